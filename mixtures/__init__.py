@@ -1,0 +1,1 @@
+"""SeqIO Task / Mixture registrations. Import a module here to register its tasks."""

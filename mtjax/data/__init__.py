@@ -1,0 +1,1 @@
+"""Data: SeqIO bridge and cache (TF), Grain pipeline, packing and feature conversion (TF-free)."""

@@ -1,0 +1,220 @@
+"""Materialise SeqIO task splits into ArrayRecord shards plus a `manifest.json`.
+
+This is the only data module that imports SeqIO (and with it TensorFlow). It runs a task's
+source and its pre-cache preprocessors once, writes the tokenized examples, and records what the
+TF-free pipeline needs to finish the job in numpy: the post-cache operations, the EOS ids and the
+mixture rates. A cache is written to a temporary folder and renamed into place, so a crash never
+leaves a half-written cache that looks complete. A fingerprint of the task definition decides
+when a cache is stale and must be rebuilt.
+
+Layout::
+
+  <cache_dir>/<task>/<split>/manifest.json
+  <cache_dir>/<task>/<split>/data.array_record-00000-of-0000N
+  <cache_dir>/mixtures/<mixture>.json       (flattened rates; lets training run without TF)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from mtjax.data import mixing, records
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+# Post-cache SeqIO preprocessors that the pipeline re-implements in numpy (see pipeline.py).
+NUMPY_POST_CACHE_OPS = ("append_eos_after_trim", "append_eos")
+
+log = logging.getLogger(__name__)
+
+
+def _describe(obj: Any) -> str:
+  """A stable description of a callable for fingerprints: name, bound args and source."""
+  import functools  # pylint: disable=g-import-not-at-top
+
+  if isinstance(obj, functools.partial):
+    args = ", ".join([_describe(a) for a in obj.args] +
+                     [f"{k}={_describe(v)}" for k, v in sorted(obj.keywords.items())])
+    return f"partial({_describe(obj.func)}, {args})"
+  if hasattr(obj, "templates"):
+    return f"templates{[(t.name, t.inputs, t.targets) for t in obj.templates]}"
+  if callable(obj):
+    name = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    try:
+      source = inspect.getsource(obj)
+    except (OSError, TypeError):
+      source = ""
+    return f"{name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+  return repr(obj)
+
+
+def split_preprocessors(task) -> tuple[list, list[str]]:
+  """Returns (pre-cache preprocessors, names of post-cache ops) for a SeqIO task.
+
+  Everything before `seqio.CacheDatasetPlaceholder` runs at cache time. Without a placeholder,
+  everything runs at cache time except trailing EOS ops. Post-cache ops must be ones the numpy
+  pipeline implements; anything else is an error naming the task and the preprocessor.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  preps = list(task.preprocessors)
+  marks = [i for i, p in enumerate(preps) if isinstance(p, seqio.CacheDatasetPlaceholder)]
+  if marks:
+    pre, post = preps[:marks[0]], preps[marks[0] + 1:]
+  else:
+    cut = len(preps)
+    while cut > 0 and getattr(preps[cut - 1], "__name__", "") in NUMPY_POST_CACHE_OPS:
+      cut -= 1
+    pre, post = preps[:cut], preps[cut:]
+  names = []
+  for p in post:
+    name = getattr(p, "__name__", type(p).__name__)
+    if name not in NUMPY_POST_CACHE_OPS:
+      raise ValueError(
+          f"task {task.name!r}: post-cache preprocessor {name!r} has no numpy implementation "
+          f"(supported: {NUMPY_POST_CACHE_OPS}). Move it before seqio.CacheDatasetPlaceholder().")
+    names.append(name)
+  return pre, names
+
+
+def fingerprint(task, split: str) -> str:
+  """Hash of everything that determines a task split's cached examples."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  pre, post = split_preprocessors(task)
+  source = task.source
+  parts = [f"v{FORMAT_VERSION}", task.name, split, type(source).__name__]
+  if isinstance(source, seqio.FunctionDataSource):
+    parts.append(_describe(source._dataset_fn))  # pylint: disable=protected-access
+  else:
+    parts.append(repr(getattr(source, "_split_to_filepattern", "")))
+  parts += [_describe(p) for p in pre] + post
+  for name, feature in sorted(task.output_features.items()):
+    vocab = feature.vocabulary
+    parts.append(f"{name}:{type(vocab).__name__}:{vocab.vocab_size}:{feature.add_eos}:"
+                 f"{feature.dtype}:{getattr(vocab, 'sentencepiece_model_file', '')}")
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def split_dir(cache_dir: str, task_name: str, split: str) -> str:
+  return os.path.join(cache_dir, task_name, split)
+
+
+def read_manifest(cache_dir: str, task_name: str, split: str) -> dict | None:
+  path = os.path.join(split_dir(cache_dir, task_name, split), MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
+                     seed: int = 0) -> dict:
+  """Builds (or reuses, if the fingerprint matches) the cache of one task split."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  if split not in task.splits:
+    raise ValueError(f"task {task.name!r} has no split {split!r} (it has {list(task.splits)})")
+  fp = fingerprint(task, split)
+  existing = read_manifest(cache_dir, task.name, split)
+  if existing and existing.get("fingerprint") == fp:
+    return existing
+  if existing:
+    log.info("cache of %s/%s is stale (task definition changed): rebuilding", task.name, split)
+
+  pre, post = split_preprocessors(task)
+  dataset = task.source.get_dataset(split=split, shuffle=False, seed=seed)
+  with seqio.utils.map_seed_manager(seed):
+    for prep in pre:
+      fn = seqio.utils.add_kwargs_to_transform(
+          prep, sequence_length=None, output_features=task.output_features)
+      dataset = fn(dataset)
+
+  final = split_dir(cache_dir, task.name, split)
+  os.makedirs(os.path.dirname(final), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{split}-tmp-", dir=os.path.dirname(final))
+  try:
+    names = [f"data.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
+    writers = [array_record_module.ArrayRecordWriter(os.path.join(tmp, n), "group_size:1")
+               for n in names]
+    counts = [0] * num_shards
+    features: dict[str, dict] = {}
+    for i, example in enumerate(dataset.as_numpy_iterator()):
+      if i == 0:
+        features = {k: _feature_spec(v) for k, v in example.items()}
+      writers[i % num_shards].write(records.encode(example))
+      counts[i % num_shards] += 1
+    for w in writers:
+      w.close()
+    if sum(counts) == 0:
+      raise ValueError(f"task {task.name!r} split {split!r} produced no examples")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "task": task.name,
+        "split": split,
+        "fingerprint": fp,
+        "num_examples": sum(counts),
+        "shards": [{"file": n, "num_examples": c} for n, c in zip(names, counts)],
+        "features": features,
+        "post_cache_ops": post,
+        "output_features": {
+            name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
+                   "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size)}
+            for name, f in task.output_features.items()},
+    }
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1)
+    if os.path.exists(final):
+      shutil.rmtree(final)
+    os.replace(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  log.info("cached %s/%s: %d examples", task.name, split, manifest["num_examples"])
+  return manifest
+
+
+def _feature_spec(value) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  array = np.asarray(value)
+  if array.dtype.kind in ("S", "O", "U"):
+    return {"dtype": "string", "rank": int(array.ndim)}
+  return {"dtype": array.dtype.name, "rank": int(array.ndim)}
+
+
+def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
+                  num_shards: int = 1) -> mixing.MixtureSpec:
+  """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  spec = mixing.from_seqio(name)
+  for entry in spec.tasks:
+    task = seqio.get_mixture_or_task(entry.name)
+    for split in splits:
+      if split in task.splits:
+        cache_task_split(task, split, cache_dir, num_shards=num_shards)
+  mixing.write_spec(spec, cache_dir)
+  return spec
+
+
+def ensure_cached(name: str, cache_dir: str, splits=("train", "validation")) -> mixing.MixtureSpec:
+  """Caches on first use. Without SeqIO/TF installed, falls back to an existing cache."""
+  try:
+    import seqio  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    spec = mixing.read_spec(name, cache_dir)
+    if spec is None:
+      raise RuntimeError(
+          f"mixture {name!r} is not cached in {cache_dir} and seqio is not installed to build it; "
+          "run `mtjax cache` on a machine with seqio first") from None
+    return spec
+  return cache_mixture(name, cache_dir, splits=splits)

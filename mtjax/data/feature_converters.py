@@ -1,0 +1,56 @@
+"""Feature conversion in numpy, mirroring SeqIO's converters (the model-facing feature names).
+
+Input: one example of `inputs` / `targets` token arrays, either packed (with
+`*_segment_ids` and `*_positions` from the packer) or padded. Output for encoder-decoder
+models, as `seqio.EncDecFeatureConverter` produces:
+`encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights`, and
+when packed `encoder_segment_ids, encoder_positions, decoder_segment_ids, decoder_positions`;
+plus `task_ids` (per target token) which mtjax adds for per-task losses and prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+BOS_ID = 0  # T5 starts decoding from the pad id
+
+
+def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None = None) -> np.ndarray:
+  """Shifts targets right by one; each packed segment starts again from BOS."""
+  shifted = np.concatenate([np.full(targets.shape[:-1] + (1,), BOS_ID, targets.dtype),
+                            targets[..., :-1]], axis=-1)
+  if segment_ids is not None:
+    prev = np.concatenate([np.zeros(segment_ids.shape[:-1] + (1,), segment_ids.dtype),
+                           segment_ids[..., :-1]], axis=-1)
+    shifted = np.where(segment_ids == prev, shifted, BOS_ID).astype(targets.dtype)
+  return shifted
+
+
+def pad_to(x: np.ndarray, length: int) -> np.ndarray:
+  x = np.asarray(x)[:length]
+  return np.pad(x, (0, length - x.shape[0]))
+
+
+def enc_dec(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.ndarray]:
+  """Converts one (packed or padded-to-length) example to encoder-decoder model features."""
+  targets = np.asarray(example["targets"], np.int32)
+  out = {
+      "encoder_input_tokens": np.asarray(example["inputs"], np.int32),
+      "decoder_target_tokens": targets,
+  }
+  if packed:
+    dec_seg = np.asarray(example["targets_segment_ids"], np.int32)
+    out["decoder_input_tokens"] = autoregressive_inputs(targets, dec_seg)
+    out["decoder_loss_weights"] = (dec_seg > 0).astype(np.float32)
+    out["encoder_segment_ids"] = np.asarray(example["inputs_segment_ids"], np.int32)
+    out["encoder_positions"] = np.asarray(example["inputs_positions"], np.int32)
+    out["decoder_segment_ids"] = dec_seg
+    out["decoder_positions"] = np.asarray(example["targets_positions"], np.int32)
+  else:
+    out["decoder_input_tokens"] = autoregressive_inputs(targets)
+    out["decoder_loss_weights"] = (targets > 0).astype(np.float32)
+  if "task_ids" in example:
+    out["task_ids"] = np.asarray(example["task_ids"], np.int32)
+  return out

@@ -1,0 +1,76 @@
+"""Mixtures as the pipeline sees them: a flat, ordered list of (task, rate).
+
+SeqIO is the source of truth for rates: `Mixture.get_rate(task)` already flattens nested
+mixtures (a sub-mixture's rate is shared among its tasks in proportion to their rates). The
+flattened spec is also written next to the cache so a run on an existing cache needs no SeqIO.
+The order of `tasks` defines `task_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRate:
+  name: str
+  rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSpec:
+  name: str
+  tasks: tuple[TaskRate, ...]
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(t.name for t in self.tasks)
+
+  @property
+  def weights(self) -> tuple[float, ...]:
+    """Rates normalised to sum to one."""
+    total = sum(t.rate for t in self.tasks)
+    return tuple(t.rate / total for t in self.tasks)
+
+
+def from_seqio(name: str) -> MixtureSpec:
+  """Flattens a registered SeqIO mixture (or wraps a single task) into a MixtureSpec."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise ValueError(f"unknown SeqIO mixture or task {name!r}: is the module that registers it "
+                     "listed in data.modules?") from e
+  if isinstance(provider, seqio.Task):
+    return MixtureSpec(name, (TaskRate(provider.name, 1.0),))
+  entries = tuple(TaskRate(t.name, float(provider.get_rate(t))) for t in provider.tasks)
+  entries = tuple(e for e in entries if e.rate > 0)
+  if not entries:
+    raise ValueError(f"mixture {name!r} has no task with a positive rate")
+  return MixtureSpec(name, entries)
+
+
+def _path(name: str, cache_dir: str) -> str:
+  return os.path.join(cache_dir, "mixtures", f"{name}.json")
+
+
+def write_spec(spec: MixtureSpec, cache_dir: str) -> None:
+  path = _path(spec.name, cache_dir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"name": spec.name, "tasks": [dataclasses.asdict(t) for t in spec.tasks]}, f,
+              indent=1)
+  os.replace(tmp, path)
+
+
+def read_spec(name: str, cache_dir: str) -> MixtureSpec | None:
+  path = _path(name, cache_dir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    raw = json.load(f)
+  return MixtureSpec(raw["name"], tuple(TaskRate(**t) for t in raw["tasks"]))

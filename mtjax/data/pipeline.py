@@ -1,0 +1,136 @@
+"""The training input pipeline: cached ArrayRecord -> Grain -> packed model batches. TF-free.
+
+Per task: random-access source over the cache, this host's shard, a seeded shuffle, endless
+repeat, decode and the post-cache ops in numpy. The tasks are then interleaved by
+`MapDataset.mix` with the mixture's normalised rates (deterministic by construction), packed
+(first-fit) or padded, converted to model features, and batched. Every step is a Grain dataset,
+so the iterator's state is a few integers and restoring it replays the exact stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+from mtjax.data import cache, feature_converters, mixing, records
+
+TOKEN_FEATURES = ("inputs", "targets")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+  """What shapes the stream; everything else comes from the mixture spec and the cache."""
+
+  lengths: Mapping[str, int]  # {"inputs": ..., "targets": ...}
+  batch_size: int  # per host
+  pack: bool = True
+  seed: int = 0
+  shard_index: int = 0  # this host's data shard
+  num_shards: int = 1
+
+
+def _manifest(cache_dir: str, task: str, split: str) -> dict:
+  manifest = cache.read_manifest(cache_dir, task, split)
+  if manifest is None:
+    raise FileNotFoundError(
+        f"no cache for task {task!r} split {split!r} under {cache_dir}; run `mtjax cache`")
+  return manifest
+
+
+def task_source(cache_dir: str, task: str, split: str) -> grain.sources.ArrayRecordDataSource:
+  manifest = _manifest(cache_dir, task, split)
+  folder = cache.split_dir(cache_dir, task, split)
+  return grain.sources.ArrayRecordDataSource(
+      [os.path.join(folder, s["file"]) for s in manifest["shards"]])
+
+
+def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping[str, dict],
+               lengths: Mapping[str, int]) -> dict[str, Any]:
+  """Numpy versions of SeqIO's post-cache EOS ops, then the final trim to `lengths`."""
+  out = dict(example)
+  for name in TOKEN_FEATURES:
+    tokens = np.asarray(out[name])
+    feature, length = output_features[name], lengths[name]
+    for op in ops:
+      if op == "append_eos_after_trim" and feature["add_eos"]:
+        tokens = np.append(tokens[:length - 1], feature["eos_id"]).astype(tokens.dtype)
+      elif op == "append_eos" and feature["add_eos"]:
+        tokens = np.append(tokens, feature["eos_id"]).astype(tokens.dtype)
+    out[name] = tokens[:length]
+  return out
+
+
+def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
+                 options: PipelineOptions, repeat: bool = True) -> grain.MapDataset:
+  """One task's examples: sharded, shuffled, repeated, decoded, EOS-terminated, trimmed."""
+  manifest = _manifest(cache_dir, task, split)
+  ops, features = manifest["post_cache_ops"], manifest["output_features"]
+  lengths = dict(options.lengths)
+
+  def prepare(record: bytes) -> dict[str, np.ndarray]:
+    example = post_cache(records.decode(record), ops, features, lengths)
+    out = {k: np.asarray(example[k], np.int32) for k in TOKEN_FEATURES}
+    out["task_ids"] = np.full_like(out["targets"], task_id)
+    return out
+
+  ds = grain.MapDataset.source(task_source(cache_dir, task, split))
+  if options.num_shards > 1:
+    ds = ds[options.shard_index::options.num_shards]
+  if len(ds) == 0:
+    raise ValueError(f"task {task!r} split {split!r}: shard {options.shard_index} of "
+                     f"{options.num_shards} is empty ({manifest['num_examples']} examples)")
+  # A distinct, fixed shuffle seed per task keeps tasks independent of the mixture's order.
+  ds = ds.shuffle(seed=options.seed * 1_000_003 + task_id)
+  if repeat:
+    ds = ds.repeat()
+  return ds.map(prepare)
+
+
+def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
+                   split: str = "train") -> grain.MapDataset:
+  """The mixture's examples, interleaved deterministically in proportion to the rates."""
+  parts = [task_dataset(cache_dir, t, i, split, options) for i, t in enumerate(spec.task_names)]
+  if len(parts) == 1:
+    return parts[0]
+  return grain.MapDataset.mix(parts, list(spec.weights))
+
+
+def _pad_example(example: Mapping[str, np.ndarray], lengths: Mapping[str, int]) -> dict:
+  return {
+      "inputs": feature_converters.pad_to(example["inputs"], lengths["inputs"]),
+      "targets": feature_converters.pad_to(example["targets"], lengths["targets"]),
+      "task_ids": feature_converters.pad_to(example["task_ids"], lengths["targets"]),
+  }
+
+
+def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
+                  options: PipelineOptions) -> grain.IterDataset:
+  """Batches of encoder-decoder features for training (checkpointable iterator)."""
+  lengths = dict(options.lengths)
+  ds = mixed_examples(spec, cache_dir, options).to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if options.pack:
+    ds = grain.experimental.FirstFitPackIterDataset(
+        ds,
+        length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
+                       "task_ids": lengths["targets"]},
+        num_packing_bins=options.batch_size,
+        seed=options.seed,
+        shuffle_bins=True,
+    )
+  else:
+    ds = ds.map(lambda ex: _pad_example(ex, lengths))
+  packed = options.pack
+  ds = ds.map(lambda ex: feature_converters.enc_dec(ex, packed=packed))
+  return ds.batch(options.batch_size, drop_remainder=True)
+
+
+def read_examples(cache_dir: str, task: str, split: str, limit: int | None = None) -> list[dict]:
+  """All (or the first `limit`) cached examples of a split, in cache order (for evaluation)."""
+  source = task_source(cache_dir, task, split)
+  n = len(source) if limit is None else min(limit, len(source))
+  return [records.decode(source[i]) for i in range(n)]

@@ -1,0 +1,1 @@
+"""Parameter-efficient finetuning: soft prompts, LoRA, trainable-parameter filters (not built yet)."""
