@@ -1,0 +1,37 @@
+# The README's two commands: `make quickstart` and `make test`. Re-running installs nothing new:
+# installs are recorded in stamp files that are only redone when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
+# Quickstart config; override e.g. `make quickstart QUICKSTART_ARGS="--set train.steps=50"`.
+QUICKSTART_ARGS ?=
+
+.PHONY: quickstart test bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_INSTALLED): pyproject.toml $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+quickstart: $(INSTALLED)
+	$(BIN)/mtjax train --config=configs/quickstart.py $(QUICKSTART_ARGS)
+
+test: $(TEST_INSTALLED)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	@ls scripts/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet (scripts/bench_*.py)"; exit 0; }
+	@for s in scripts/bench_*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,163 @@
+"""`mtjax <command>`: train, eval, cache.
+
+Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a python config
+(`--config=configs/x.py --set a.b=VALUE`). Unknown keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "train": "train (or resume) a run from a config; evaluates every task at the end",
+    "eval": "evaluate the latest checkpoint of a run directory on each task of its mixture",
+    "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
+}
+
+CONFIG_HELP = """configuration (exactly one front end):
+  --gin_file=FILE          gin file (repeatable); --gin.MACRO=VALUE or --gin.Class.param=VALUE
+                           override bindings, as in T5X
+  --config=FILE            python file defining get_config() -> RunConfig
+  --set KEY=VALUE          override a field of the python config, e.g. --set train.steps=50
+"""
+
+
+def _config_parser(name: str, description: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=f"mtjax {name}", description=description, epilog=CONFIG_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--gin_file", action="append", default=[], help="gin config file (repeatable)")
+  p.add_argument("--config", help="python config file with get_config()")
+  p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                 help="override a python-config field (repeatable)")
+  return p
+
+
+def resolve_config(args, gin_bindings):
+  """Builds the RunConfig from whichever front end the arguments name."""
+  from mtjax.config import gin_config, python_config  # pylint: disable=g-import-not-at-top
+
+  if args.gin_file and args.config:
+    raise SystemExit("error: use either --gin_file or --config, not both")
+  if args.gin_file:
+    if args.set:
+      raise SystemExit("error: --set applies to --config; with gin use --gin.KEY=VALUE")
+    return gin_config.load(args.gin_file, gin_bindings)
+  if gin_bindings:
+    raise SystemExit("error: --gin.KEY=VALUE needs --gin_file")
+  if args.config:
+    return python_config.load(args.config, args.set)
+  raise SystemExit("error: give a config: --gin_file=FILE or --config=FILE "
+                   "(e.g. --config=configs/quickstart.py)")
+
+
+def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Pulls `--gin.X=Y` (and `--gin.X Y`) out of argv; returns (rest, bindings)."""
+  rest, bindings, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise SystemExit(f"error: {arg} needs a value")
+        body, i = f"{body}={argv[i + 1]}", i + 1
+      bindings.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, bindings
+
+
+def _cmd_train(argv):
+  argv, bindings = _split_gin_flags(argv)
+  parser = _config_parser("train", COMMANDS["train"])
+  parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+  args = parser.parse_args(argv)
+  cfg = _load_or_exit(args, bindings)
+  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+
+  summary = loop.train(cfg, progress=not args.no_progress)
+  print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
+                    "final_metrics": {k: round(v, 4) for k, v in summary["final_metrics"].items()
+                                      if "/" not in k}}))
+
+
+def _cmd_eval(argv):
+  parser = argparse.ArgumentParser(prog="mtjax eval", description=COMMANDS["eval"])
+  parser.add_argument("--run_dir", required=True, help="a run directory written by mtjax train")
+  parser.add_argument("--max_examples", type=int, help="per task (default: the run's config)")
+  args = parser.parse_args(argv)
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+  from mtjax.train import checkpoint as ckpt_lib, loop  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(args.run_dir, "config.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"error: {path} not found: is {args.run_dir!r} a run directory?")
+  with open(path) as f:
+    cfg = schema.from_dict(json.load(f))
+  if args.max_examples:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval,
+                                                            max_examples=args.max_examples))
+  setup = loop.build(cfg)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), save_every=1,
+                                       keep=cfg.train.keep_checkpoints)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise SystemExit(f"error: no checkpoint in {checkpointer.directory}")
+  params = checkpointer.restore_params(step, setup.params)
+  print(f"evaluating {cfg.run_dir} at step {step}")
+  loop.evaluate(setup, params)
+
+
+def _cmd_cache(argv):
+  parser = argparse.ArgumentParser(prog="mtjax cache", description=COMMANDS["cache"])
+  parser.add_argument("--mixture_or_task", required=True)
+  parser.add_argument("--module", action="append", default=[],
+                      help="module registering it (repeatable; default mixtures.synthetic)")
+  parser.add_argument("--cache_dir", default=".cache/mtjax")
+  parser.add_argument("--splits", default="train,validation")
+  parser.add_argument("--num_shards", type=int, default=1)
+  args = parser.parse_args(argv)
+  from mtjax.data import cache  # pylint: disable=g-import-not-at-top
+  from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
+
+  import_modules(args.module or ["mixtures.synthetic"])
+  spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
+                             splits=tuple(args.splits.split(",")), num_shards=args.num_shards)
+  for entry, weight in zip(spec.tasks, spec.weights):
+    print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
+
+
+def _load_or_exit(args, bindings):
+  try:
+    return resolve_config(args, bindings)
+  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise SystemExit(f"error: {message}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print("usage: mtjax <command> [options]\n\ncommands:")
+    for name, text in COMMANDS.items():
+      print(f"  {name:<8}{text}")
+    print("\nRun `mtjax <command> --help` for a command's options.")
+    return
+  command, rest = argv[0], argv[1:]
+  handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache}
+  if command not in handlers:
+    raise SystemExit(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+  handlers[command](rest)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,108 @@
+"""The typed run configuration. Both front ends (gin, python) produce one `RunConfig`.
+
+Each section is a frozen dataclass registered with gin under its class name, so a gin file says
+`TrainConfig.steps = 100` and a python config says `train.steps=100`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  mixture: str = "synthetic"  # a registered SeqIO mixture or task
+  modules: tuple[str, ...] = ("mixtures.synthetic",)  # imported to register tasks
+  cache_dir: str = ".cache/mtjax"
+  inputs_length: int = 64
+  targets_length: int = 16
+  batch_size: int = 32  # global, in packed rows
+  pack: bool = True
+  seed: int = 0
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  preset: str = "t5_quickstart"  # see mtjax.models.t5.PRESETS
+  dropout_rate: float = 0.0
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: str = "adafactor"  # adafactor | adamw
+  learning_rate: float = 1e-3
+  schedule: str = "constant"  # constant | linear | cosine | rsqrt
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  clip_norm: float = 0.0  # 0 disables global-norm clipping
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  log_every: int = 50
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  label_smoothing: float = 0.0
+  z_loss: float = 0.0
+  seed: int = 0  # parameter init and dropout
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  at_end: bool = True  # greedy-decode each task's split and compute its SeqIO metrics
+  split: str = "validation"
+  max_examples: int = 200  # per task
+  batch_size: int = 200
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1  # -1 fills the remaining devices
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  run_dir: str = "runs/default"
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+def to_dict(cfg) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict) -> RunConfig:
+  """Rebuilds a RunConfig from `to_dict` output (e.g. the config.json of a run)."""
+  sections = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)
+              if f.default_factory is not dataclasses.MISSING}
+  kwargs = {}
+  for key, value in raw.items():
+    if key in sections:
+      typ = sections[key]
+      fields = {f.name: f for f in dataclasses.fields(typ)}
+      unknown = set(value) - set(fields)
+      if unknown:
+        raise KeyError(f"unknown config key(s) {sorted(f'{key}.{u}' for u in unknown)}")
+      kwargs[key] = typ(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    elif key == "run_dir":
+      kwargs[key] = value
+    else:
+      raise KeyError(f"unknown config key {key!r}")
+  return RunConfig(**kwargs)

@@ -1,0 +1,71 @@
+"""Building blocks shared by the model families. Every parameter carries logical axis names."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mtjax.parallel.rules import constrain
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str], dtype) -> nnx.Param:
+  """A parameter with logical axis names (turned into mesh axes by mtjax.parallel.rules)."""
+  if len(shape) != len(names):
+    raise ValueError(f"shape {tuple(shape)} and axis names {tuple(names)} differ in rank")
+  value = init(rngs.params(), tuple(shape), dtype)
+  if jax.sharding.get_abstract_mesh().empty:  # no mesh: keep the names, place nothing
+    with nnx.use_eager_sharding(False):
+      return nnx.Param(value, sharding_names=tuple(names))
+  return nnx.Param(value, sharding_names=tuple(names))
+
+
+def normal(stddev: float):
+  return jax.nn.initializers.normal(stddev=stddev)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when `rng` is None (evaluation) or `rate` is 0."""
+  if rng is None or rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """T5's layer norm: scale only, no mean subtraction, no bias."""
+
+  def __init__(self, features: int, *, eps: float, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, jax.nn.initializers.ones, (features,), ("embed",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding table `[vocab, embed]`; `attend` reuses it as a tied output head."""
+
+  def __init__(self, vocab_size: int, features: int, *, param_dtype, rngs: nnx.Rngs):
+    self.embedding = param(rngs, normal(1.0), (vocab_size, features), ("vocab", "embed"),
+                           param_dtype)
+
+  def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
+    return jnp.take(self.embedding[...].astype(dtype), tokens, axis=0)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.einsum("btd,vd->btv", x, self.embedding[...].astype(x.dtype))
+
+
+def attention(q, k, v, *, bias=None, mask=None, scale: float = 1.0):
+  """`[B,T,N,H]` attention through `jax.nn.dot_product_attention` (cuDNN flash on GPU)."""
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+
+
+def activation_names(x: jax.Array) -> jax.Array:
+  """Shards `[batch, length, embed]` activations at block boundaries."""
+  return constrain(x, ("batch", "length", "embed"))

@@ -1,0 +1,254 @@
+"""T5-family encoder-decoder in Flax NNX (T5 v1.1 / mT5 / Flan-T5 shape; v1.0 via config).
+
+Relative position buckets (shared across a stack's layers, as in T5), RMS layer norm, no biases,
+gated-GELU or ReLU feed-forward, tied or untied output head. Attention is packing-aware:
+segment ids restrict attention to the same example. T5 folds 1/sqrt(d) into the query init,
+so attention uses scale 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mtjax.models import layers
+from mtjax.models.layers import param
+from mtjax.parallel.rules import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  vocab_size: int = 32128
+  d_model: int = 512
+  d_kv: int = 64
+  d_ff: int = 1024
+  num_heads: int = 6
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  feed_forward: str = "gated-gelu"  # or "relu" (T5 v1.0)
+  tie_word_embeddings: bool = False
+  layer_norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.feed_forward not in ("gated-gelu", "relu"):
+      raise ValueError(f"model.feed_forward must be 'gated-gelu' or 'relu', "
+                       f"got {self.feed_forward!r}")
+
+
+PRESETS: dict[str, T5Config] = {
+    # Tiny shapes for tests and the CPU quickstart (byte vocabulary: 259 ids, padded to 384).
+    "t5_test": T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_heads=4,
+                        num_encoder_layers=2, num_decoder_layers=2,
+                        relative_attention_num_buckets=16, relative_attention_max_distance=32),
+    "t5_quickstart": T5Config(vocab_size=384, d_model=128, d_kv=32, d_ff=256, num_heads=4,
+                              num_encoder_layers=2, num_decoder_layers=2,
+                              relative_attention_num_buckets=32,
+                              relative_attention_max_distance=64),
+    # Published shapes (HF configs of google/t5-v1_1-*).
+    "t5_1_1_small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_heads=6,
+                             num_encoder_layers=8, num_decoder_layers=8),
+    "t5_1_1_base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_heads=12,
+                            num_encoder_layers=12, num_decoder_layers=12),
+    "t5_1_1_large": T5Config(d_model=1024, d_kv=64, d_ff=2816, num_heads=16,
+                             num_encoder_layers=24, num_decoder_layers=24),
+}
+
+
+def preset(name: str, **overrides) -> T5Config:
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+  return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """T5's bucketing of `key_pos - query_pos`: exact for small offsets, log-spaced beyond."""
+  bucket = jnp.zeros_like(relative_position)
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(
+      max_distance / max_exact)
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nnx.Module):
+  """Per-head learned bias over relative-position buckets, shared by a stack's layers."""
+
+  def __init__(self, cfg: T5Config, bidirectional: bool, *, rngs: nnx.Rngs):
+    self.cfg, self.bidirectional = cfg, bidirectional
+    self.embedding = param(rngs, layers.normal(1.0),
+                           (cfg.relative_attention_num_buckets, cfg.num_heads),
+                           ("relpos_buckets", "heads"), cfg.param_dtype)
+
+  def __call__(self, q_len: int, k_len: int, dtype) -> jax.Array:
+    rel = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
+    buckets = relative_position_bucket(rel, self.bidirectional,
+                                       self.cfg.relative_attention_num_buckets,
+                                       self.cfg.relative_attention_max_distance)
+    bias = jnp.take(self.embedding[...], buckets, axis=0)  # [T, S, N]
+    return jnp.transpose(bias, (2, 0, 1))[None].astype(dtype)  # [1, N, T, S]
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+    d, n, h, pd = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.param_dtype
+    self.cfg = cfg
+    self.query = param(rngs, layers.normal((d * h) ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
+    self.key = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
+    self.value = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
+    self.out = param(rngs, layers.normal((n * h) ** -0.5), (n, h, d), ("heads", "kv", "embed"), pd)
+
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None):
+    dt = x_q.dtype
+    q = jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt))
+    k = jnp.einsum("bsd,dnh->bsnh", x_kv, self.key[...].astype(dt))
+    v = jnp.einsum("bsd,dnh->bsnh", x_kv, self.value[...].astype(dt))
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    y = layers.attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+    return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt))
+
+
+class FeedForward(nnx.Module):
+  def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+    d, f, pd = cfg.d_model, cfg.d_ff, cfg.param_dtype
+    self.gated = cfg.feed_forward == "gated-gelu"
+    self.wi_0 = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+    if self.gated:
+      self.wi_1 = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+    self.wo = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
+
+  def __call__(self, x, dropout_rate: float = 0.0, rng=None):
+    dt = x.dtype
+    h = x @ self.wi_0[...].astype(dt)
+    if self.gated:
+      h = jax.nn.gelu(h, approximate=True) * (x @ self.wi_1[...].astype(dt))
+    else:
+      h = jax.nn.relu(h)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = layers.dropout(h, dropout_rate, rng)
+    return h @ self.wo[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: self-attention, optional cross-attention, feed-forward."""
+
+  def __init__(self, cfg: T5Config, cross: bool, *, rngs: nnx.Rngs):
+    kw = dict(eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.cfg = cfg
+    self.self_norm = layers.RMSNorm(cfg.d_model, **kw)
+    self.self_attention = Attention(cfg, rngs=rngs)
+    if cross:
+      self.cross_norm = layers.RMSNorm(cfg.d_model, **kw)
+      self.cross_attention = Attention(cfg, rngs=rngs)
+    self.mlp_norm = layers.RMSNorm(cfg.d_model, **kw)
+    self.mlp = FeedForward(cfg, rngs=rngs)
+
+  def __call__(self, x, *, bias, mask, encoded=None, cross_mask=None, rng=None):
+    rate = self.cfg.dropout_rate
+    keys = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+    h = self.self_attention(self.self_norm(x), self.self_norm(x), bias=bias, mask=mask)
+    x = x + layers.dropout(h, rate, keys[0])
+    if encoded is not None:
+      h = self.cross_attention(self.cross_norm(x), encoded, mask=cross_mask)
+      x = x + layers.dropout(h, rate, keys[1])
+    h = self.mlp(self.mlp_norm(x), rate, keys[2])
+    x = x + layers.dropout(h, rate, keys[3])
+    return layers.activation_names(x)
+
+
+def _same_segment(q_seg, k_seg):
+  return (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # [B, 1, T, S]
+
+
+class T5(nnx.Module):
+  """Encoder-decoder. `__call__(batch)` takes the features of mtjax.data.feature_converters."""
+
+  def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.token_embed = layers.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype,
+                                    rngs=rngs)
+    self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True, rngs=rngs)
+    self.encoder_layers = nnx.List(
+        [Block(cfg, cross=False, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.encoder_norm = layers.RMSNorm(cfg.d_model, **kw)
+    self.decoder_relpos = RelativePositionBias(cfg, bidirectional=False, rngs=rngs)
+    self.decoder_layers = nnx.List(
+        [Block(cfg, cross=True, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    self.decoder_norm = layers.RMSNorm(cfg.d_model, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
+                           ("embed", "vocab"), cfg.param_dtype)
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.cfg.dtype)
+
+  def encode(self, tokens, segment_ids=None, *, rng=None):
+    """Encoder states `[B, S, D]`; `segment_ids` (packing) default to `tokens > 0`."""
+    seg = (tokens > 0).astype(jnp.int32) if segment_ids is None else segment_ids
+    mask = _same_segment(seg, seg) & (seg > 0)[:, None, None, :]
+    x = layers.activation_names(self.token_embed(tokens, self.dtype))
+    x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
+    bias = self.encoder_relpos(tokens.shape[1], tokens.shape[1], self.dtype)
+    for i, block in enumerate(self.encoder_layers):
+      x = block(x, bias=bias, mask=mask, rng=_fold(rng, 1 + i))
+    x = self.encoder_norm(x)
+    return layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
+
+  def decode(self, encoded, encoder_segment_ids, decoder_input_tokens,
+             decoder_segment_ids=None, *, rng=None):
+    """Logits `[B, T, V]` (float32) for teacher-forced decoder inputs."""
+    t = decoder_input_tokens.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    if decoder_segment_ids is None:
+      self_mask = causal
+      cross_mask = (encoder_segment_ids > 0)[:, None, None, :]
+    else:
+      self_mask = causal & _same_segment(decoder_segment_ids, decoder_segment_ids)
+      cross_mask = _same_segment(decoder_segment_ids, encoder_segment_ids)
+    x = layers.activation_names(self.token_embed(decoder_input_tokens, self.dtype))
+    x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 2000))
+    bias = self.decoder_relpos(t, t, self.dtype)
+    for i, block in enumerate(self.decoder_layers):
+      x = block(x, bias=bias, mask=self_mask, encoded=encoded, cross_mask=cross_mask,
+                rng=_fold(rng, 2001 + i))
+    x = self.decoder_norm(x)
+    x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 3000))
+    if self.cfg.tie_word_embeddings:
+      logits = self.token_embed.attend(x * self.cfg.d_model ** -0.5)
+    else:
+      logits = x @ self.lm_head[...].astype(x.dtype)
+    return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+  def __call__(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
+    enc_tokens = batch["encoder_input_tokens"]
+    enc_seg = batch.get("encoder_segment_ids")
+    if enc_seg is None:
+      enc_seg = (enc_tokens > 0).astype(jnp.int32)
+    encoded = self.encode(enc_tokens, enc_seg, rng=_fold(rng, 1))
+    return self.decode(encoded, enc_seg, batch["decoder_input_tokens"],
+                       batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
+
+
+def _fold(rng, i):
+  return None if rng is None else jax.random.fold_in(rng, i)

@@ -1,0 +1,49 @@
+"""Where training metrics go: a JSONL file, TensorBoard event files, and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+class MetricWriter:
+  """Appends one JSON object per log step to `metrics.jsonl`; mirrors scalars to TensorBoard."""
+
+  def __init__(self, run_dir: str, tensorboard: bool = True):
+    os.makedirs(run_dir, exist_ok=True)
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._file = open(self.path, "a")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def summarize(sums: Mapping[str, np.ndarray], task_names: tuple[str, ...]) -> dict[str, float]:
+  """Turns summed step metrics into per-token loss/accuracy, overall and per task."""
+  tokens = max(float(sums["token_sum"]), 1.0)
+  out = {"loss": float(sums["loss_sum"]) / tokens,
+         "accuracy": float(sums["correct_sum"]) / tokens}
+  if "task_token_sum" in sums:
+    for i, name in enumerate(task_names):
+      n = float(sums["task_token_sum"][i])
+      if n > 0:
+        out[f"loss/{name}"] = float(sums["task_loss_sum"][i]) / n
+        out[f"accuracy/{name}"] = float(sums["task_correct_sum"][i]) / n
+  return out

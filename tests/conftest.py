@@ -1,0 +1,27 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported) and a shared synthetic cache."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+  """The built-in synthetic mixture materialised once per test session; returns the cache dir."""
+  import mixtures.synthetic  # noqa: F401  (registers the tasks)
+  from mtjax.data import cache
+
+  cache_dir = str(tmp_path_factory.mktemp("cache"))
+  cache.cache_mixture("synthetic", cache_dir)
+  return cache_dir

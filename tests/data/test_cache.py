@@ -1,0 +1,84 @@
+"""The cache holds exactly what SeqIO's own pipeline produces, and is rebuilt when stale."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import seqio
+
+from mtjax.data import cache, pipeline
+from mtjax.data.templates import Template
+
+
+def test_cached_examples_equal_seqio_pipeline(synthetic_cache):
+  lengths = {"inputs": 24, "targets": 6}  # short enough that some examples get trimmed
+  for name in ("synthetic_sort", "synthetic_compare"):
+    task = seqio.get_mixture_or_task(name)
+    expected = list(task.get_dataset(lengths, split="validation", shuffle=False)
+                    .take(50).as_numpy_iterator())
+    manifest = cache.read_manifest(synthetic_cache, name, "validation")
+    got = pipeline.read_examples(synthetic_cache, name, "validation", limit=50)
+    assert len(got) == len(expected) == 50
+    for ours, theirs in zip(got, expected):
+      ours = pipeline.post_cache(ours, manifest["post_cache_ops"], manifest["output_features"],
+                                 lengths)
+      for key in ("inputs", "targets"):
+        np.testing.assert_array_equal(ours[key], theirs[key])
+      assert ours["targets_pretokenized"] == theirs["targets_pretokenized"].decode()
+
+
+def test_manifest_records_post_cache_ops_and_counts(synthetic_cache):
+  manifest = cache.read_manifest(synthetic_cache, "synthetic_copy", "train")
+  assert manifest["post_cache_ops"] == ["append_eos_after_trim"]
+  assert manifest["num_examples"] == 4000
+  assert manifest["output_features"]["targets"]["eos_id"] == 1
+
+
+def _one_template_task(name, inputs_template):
+  import mixtures.synthetic as synthetic
+  from mtjax.data.templates import apply_templates
+  import functools
+
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(functools.partial(synthetic._dataset_fn, task="copy"),
+                                      splits=("validation",)),
+      preprocessors=[apply_templates([Template("t", inputs_template, "{answer}")]),
+                     seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=synthetic.OUTPUT_FEATURES)
+
+
+def test_changed_task_definition_rebuilds_the_cache(tmp_path):
+  task = _one_template_task("test_cache_stale", "Copy: {text}")
+  first = cache.cache_task_split(task, "validation", str(tmp_path))
+  again = cache.cache_task_split(task, "validation", str(tmp_path))
+  assert again["fingerprint"] == first["fingerprint"]
+  task = _one_template_task("test_cache_stale", "Please copy: {text}")
+  rebuilt = cache.cache_task_split(task, "validation", str(tmp_path))
+  assert rebuilt["fingerprint"] != first["fingerprint"]
+  example = pipeline.read_examples(str(tmp_path), "test_cache_stale", "validation", limit=1)[0]
+  assert example["inputs_pretokenized"].startswith("Please copy: ")
+  # No temporary folders are left behind.
+  assert sorted(os.listdir(tmp_path / "test_cache_stale")) == ["validation"]
+
+
+def test_unsupported_post_cache_preprocessor_is_named(tmp_path):
+  import mixtures.synthetic as synthetic
+  import functools
+  import pytest
+
+  def my_augment(ds):
+    return ds
+
+  seqio.TaskRegistry.remove("test_cache_bad_post")
+  task = seqio.TaskRegistry.add(
+      "test_cache_bad_post",
+      source=seqio.FunctionDataSource(functools.partial(synthetic._dataset_fn, task="copy"),
+                                      splits=("validation",)),
+      preprocessors=[seqio.CacheDatasetPlaceholder(), my_augment],
+      output_features=synthetic.OUTPUT_FEATURES)
+  with pytest.raises(ValueError, match="test_cache_bad_post.*my_augment"):
+    cache.cache_task_split(task, "validation", str(tmp_path))

@@ -1,0 +1,58 @@
+"""A train step on the 8-device mesh matches the same step on one device."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from mtjax.config import schema
+from mtjax.parallel import arrays
+from mtjax.train import loop, step as step_lib
+
+
+def _cfg(cache_dir, data, fsdp, tensor):
+  return schema.RunConfig(
+      data=schema.DataConfig(cache_dir=cache_dir, inputs_length=32, targets_length=8,
+                             batch_size=8),
+      model=schema.ModelConfig(preset="t5_test"),
+      optimizer=schema.OptimizerConfig(name="adamw", learning_rate=1e-2),
+      train=schema.TrainConfig(steps=3),
+      mesh=schema.MeshConfig(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def _run(cfg, devices, steps=3):
+  setup = loop.build(cfg, devices=devices)
+  data = loop.data_iterator(setup)
+  fn = step_lib.make_train_step(setup.graphdef, setup.tx, num_tasks=len(setup.spec.tasks))
+  params, opt_state, losses = setup.params, setup.opt_state, []
+  with jax.set_mesh(setup.mesh):
+    from flax import nnx
+    with nnx.logical_axis_rules(setup.rules):
+      for i in range(steps):
+        batch = arrays.global_batch(next(data), setup.mesh, setup.rules)
+        params, opt_state, m = fn(params, opt_state, batch, i)
+        losses.append(float(m["loss"]))
+  return setup, losses, jax.device_get(params)
+
+
+def test_sharded_step_matches_single_device(synthetic_cache):
+  assert jax.device_count() == 8
+  one, losses_1, params_1 = _run(_cfg(synthetic_cache, 1, 1, 1), jax.devices()[:1])
+  eight, losses_8, params_8 = _run(_cfg(synthetic_cache, 2, 2, 2), jax.devices())
+  assert dict(eight.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  # The parameters really are sharded on the 8-device mesh.
+  kernel = eight.params["encoder_layers"][0]["mlp"]["wi_0"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  np.testing.assert_allclose(losses_8, losses_1, rtol=0, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert losses_1[-1] < losses_1[0]  # and it learns
+
+
+def test_batch_not_divisible_by_mesh_names_the_key(synthetic_cache):
+  cfg = _cfg(synthetic_cache, 8, 1, 1)
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=12))
+  setup = loop.build(cfg)
+  with pytest.raises(ValueError, match="data.batch_size=12"):
+    loop.data_iterator(setup)
