@@ -31,6 +31,7 @@ class PipelineOptions:
   seed: int = 0
   shard_index: int = 0  # this host's data shard
   num_shards: int = 1
+  prefetch: int = 2  # batches prepared by a background thread while the step runs (0: off)
 
 
 def _manifest(cache_dir: str, task: str, split: str) -> dict:
@@ -126,7 +127,11 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
     ds = ds.map(lambda ex: _pad_example(ex, lengths))
   packed = options.pack
   ds = ds.map(lambda ex: feature_converters.enc_dec(ex, packed=packed))
-  return ds.batch(options.batch_size, drop_remainder=True)
+  ds = ds.batch(options.batch_size, drop_remainder=True)
+  if options.prefetch > 0:
+    # Checkpointable: the saved state is that of the last batch handed out, not produced.
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=options.prefetch)
+  return ds
 
 
 def read_examples(cache_dir: str, task: str, split: str, limit: int | None = None) -> list[dict]:

@@ -109,6 +109,7 @@ def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
 
 def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict."""
+  t_start = time.perf_counter()
   setup = build(cfg)
   _save_config(cfg, setup)
   data = data_iterator(setup)
@@ -150,10 +151,14 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   bar.close()
   checkpointer.close()
   writer.close()
+  log.info("trained %d steps in %.1fs (setup and compilation included)", cfg.train.steps - start,
+           time.perf_counter() - t_start)
   summary = {"run_dir": cfg.run_dir, "steps": cfg.train.steps, "resumed_from": start,
              "final_metrics": last}
   if cfg.eval.at_end:
+    t_eval = time.perf_counter()
     summary["eval"] = evaluate(setup, params)
+    log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   return summary
 
 
