@@ -15,7 +15,12 @@ _ND = "__nd__"
 
 
 def _pack(value: Any) -> Any:
-  if isinstance(value, (bytes, str, int, float, bool)) or value is None:
+  if isinstance(value, bytes):  # tf.string scalars arrive as bytes: store text as str
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return value
+  if isinstance(value, (str, int, float, bool)) or value is None:
     return value
   array = np.asarray(value)
   if array.dtype.kind in ("S", "O"):  # tf strings arrive as bytes objects

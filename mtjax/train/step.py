@@ -39,15 +39,3 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_tasks: in
 
   return jax.jit(step_fn, donate_argnums=(0, 1) if donate else ())
 
-
-def make_eval_loss(graphdef, *, num_tasks: int) -> Callable:
-  """Teacher-forced loss and summed metrics without an update (for held-out loss)."""
-
-  def eval_fn(params, batch):
-    model = nnx.merge(graphdef, params)
-    logits = model(batch)
-    return loss_lib.loss_and_metrics(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        batch.get("task_ids"), num_tasks)
-
-  return jax.jit(eval_fn)

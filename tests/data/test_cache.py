@@ -82,3 +82,14 @@ def test_unsupported_post_cache_preprocessor_is_named(tmp_path):
       output_features=synthetic.OUTPUT_FEATURES)
   with pytest.raises(ValueError, match="test_cache_bad_post.*my_augment"):
     cache.cache_task_split(task, "validation", str(tmp_path))
+
+
+def test_records_round_trip_arrays_and_text():
+  from mtjax.data import records
+  example = {"inputs": np.array([3, 4, 1], np.int32), "text": b"caf\xc3\xa9", "n": np.int64(7),
+             "words": np.array([b"a", b"b"]), "mat": np.ones((2, 3), np.float32)}
+  back = records.decode(records.encode(example))
+  np.testing.assert_array_equal(back["inputs"], example["inputs"])
+  assert back["inputs"].dtype == np.int32
+  assert back["text"] == "café" and back["words"] == ["a", "b"]
+  assert int(back["n"]) == 7 and back["mat"].shape == (2, 3)
