@@ -143,9 +143,14 @@ def _load_or_exit(args, bindings):
 
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
+  # TensorFlow (imported by SeqIO for caching) logs C++ noise such as failed CUDA probes.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax", "orbax", "tensorflow"):
+  for noisy in ("jax", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # SeqIO warns that tasks are "not cached" (it means its own cache, not ours) when computing
+  # rates from example counts; that is expected here.
+  logging.getLogger("absl").setLevel(logging.ERROR)
   if not argv or argv[0] in ("-h", "--help", "help"):
     print("usage: mtjax <command> [options]\n\ncommands:")
     for name, text in COMMANDS.items():

@@ -17,8 +17,8 @@ def _parse_value(text: str) -> Any:
     return text  # bare words are strings: --set data.mixture=synthetic
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-  hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+  """Checks `value` against the field's resolved type hint; ints widen to floats."""
   origin = typing.get_origin(hint)
   if hint is bool:
     if isinstance(value, bool):
