@@ -28,7 +28,7 @@ from typing import Any
 from mtjax.data import mixing, records
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the record format or manifest changes: old caches rebuild
 # Post-cache SeqIO preprocessors that the pipeline re-implements in numpy (see pipeline.py).
 NUMPY_POST_CACHE_OPS = ("append_eos_after_trim", "append_eos")
 
@@ -146,12 +146,16 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     writers = [array_record_module.ArrayRecordWriter(os.path.join(tmp, n), "group_size:1")
                for n in names]
     counts = [0] * num_shards
+    token_features = [k for k in task.output_features]
+    lengths: dict[str, list[int]] = {k: [] for k in token_features}
     features: dict[str, dict] = {}
     for i, example in enumerate(_numpy_examples(dataset)):
       if i == 0:
         features = {k: _feature_spec(v) for k, v in example.items()}
       writers[i % num_shards].write(records.encode(example))
       counts[i % num_shards] += 1
+      for name in token_features:
+        lengths[name].append(len(example[name]))
     for w in writers:
       w.close()
     if sum(counts) == 0:
@@ -165,6 +169,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
         "shards": [{"file": n, "num_examples": c} for n, c in zip(names, counts)],
         "features": features,
         "post_cache_ops": post,
+        "token_lengths": {k: _length_stats(v) for k, v in lengths.items() if v},
         "output_features": {
             name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
                    "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size)}
@@ -180,6 +185,29 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     raise
   log.info("cached %s/%s: %d examples", task.name, split, manifest["num_examples"])
   return manifest
+
+
+def _length_stats(lengths: list[int]) -> dict:
+  """Summary plus a histogram (length -> count) so trimming can be counted for any length."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  arr = np.asarray(lengths)
+  values, counts = np.unique(arr, return_counts=True)
+  return {"min": int(arr.min()), "mean": float(arr.mean()), "p95": float(np.percentile(arr, 95)),
+          "max": int(arr.max()), "histogram": {str(v): int(c) for v, c in zip(values, counts)}}
+
+
+def count_trimmed(manifest: dict, lengths: dict[str, int]) -> dict[str, int]:
+  """How many examples of a cached split lose tokens at these feature lengths (EOS included)."""
+  out = {}
+  for name, length in lengths.items():
+    stats = manifest.get("token_lengths", {}).get(name)
+    if stats is None:
+      continue
+    eos = 1 if manifest["output_features"].get(name, {}).get("add_eos") and \
+        manifest["post_cache_ops"] else 0
+    out[name] = sum(c for v, c in stats["histogram"].items() if int(v) + eos > length)
+  return out
 
 
 def _numpy_examples(dataset, batch_size: int = 1024):

@@ -42,8 +42,13 @@ def from_seqio(name: str) -> MixtureSpec:
   try:
     provider = seqio.get_mixture_or_task(name)
   except ValueError as e:
-    raise ValueError(f"unknown SeqIO mixture or task {name!r}: is the module that registers it "
-                     "listed in data.modules?") from e
+    import difflib  # pylint: disable=g-import-not-at-top
+
+    known = list(seqio.MixtureRegistry.names()) + list(seqio.TaskRegistry.names())
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown SeqIO mixture or task {name!r}.{hint} If it is yours, list the "
+                     "module that registers it in data.modules.") from e
   if isinstance(provider, seqio.Task):
     return MixtureSpec(name, (TaskRate(provider.name, 1.0),))
   entries = tuple(TaskRate(t.name, float(provider.get_rate(t))) for t in provider.tasks)

@@ -10,6 +10,7 @@ so the iterator's state is a few integers and restoring it replays the exact str
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Mapping
 
@@ -19,6 +20,8 @@ import numpy as np
 from mtjax.data import cache, feature_converters, mixing, records
 
 TOKEN_FEATURES = ("inputs", "targets")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,20 @@ def _pad_example(example: Mapping[str, np.ndarray], lengths: Mapping[str, int]) 
       "targets": feature_converters.pad_to(example["targets"], lengths["targets"]),
       "task_ids": feature_converters.pad_to(example["task_ids"], lengths["targets"]),
   }
+
+
+def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[str, int],
+                    split: str = "train") -> dict[str, dict[str, int]]:
+  """Logs, per task, how many examples the feature lengths will trim; returns the counts."""
+  report = {}
+  for task in spec.task_names:
+    manifest = _manifest(cache_dir, task, split)
+    trimmed = {k: v for k, v in cache.count_trimmed(manifest, lengths).items() if v}
+    if trimmed:
+      report[task] = trimmed
+      log.warning("task %s/%s: %s of %d examples are longer than the feature length %s and will "
+                  "be trimmed", task, split, trimmed, manifest["num_examples"], dict(lengths))
+  return report
 
 
 def train_batches(spec: mixing.MixtureSpec, cache_dir: str,

@@ -93,3 +93,24 @@ def test_records_round_trip_arrays_and_text():
   assert back["inputs"].dtype == np.int32
   assert back["text"] == "café" and back["words"] == ["a", "b"]
   assert int(back["n"]) == 7 and back["mat"].shape == (2, 3)
+
+
+def test_trimmed_examples_are_counted_exactly(synthetic_cache):
+  from mtjax.data import mixing
+  lengths = {"inputs": 30, "targets": 8}
+  spec = mixing.read_spec("synthetic", synthetic_cache)
+  report = pipeline.report_trimming(spec, synthetic_cache, lengths)
+  for task in spec.task_names:
+    examples = pipeline.read_examples(synthetic_cache, task, "train")
+    for name, length in lengths.items():
+      # Tokens plus the EOS that append_eos_after_trim adds must fit.
+      want = sum(len(ex[name]) + 1 > length for ex in examples)
+      assert report.get(task, {}).get(name, 0) == want, (task, name)
+  assert report["synthetic_sort"]["inputs"] > 0  # the long template does get trimmed at 30
+
+
+def test_unknown_mixture_suggests_close_names():
+  import pytest
+  from mtjax.data import mixing
+  with pytest.raises(ValueError, match="synthetic_copy"):
+    mixing.from_seqio("synthetic_cpoy")
