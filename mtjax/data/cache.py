@@ -92,7 +92,11 @@ def fingerprint(task, split: str) -> str:
   source = task.source
   parts = [f"v{FORMAT_VERSION}", task.name, split, type(source).__name__]
   if isinstance(source, seqio.FunctionDataSource):
-    parts.append(_describe(source._dataset_fn))  # pylint: disable=protected-access
+    fn = source._dataset_fn  # pylint: disable=protected-access
+    parts.append(_describe(fn))
+    for path in getattr(fn, "data_files", ()):  # files read by the function: size and mtime
+      st = os.stat(path)
+      parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
   else:
     parts.append(repr(getattr(source, "_split_to_filepattern", "")))
   parts += [_describe(p) for p in pre] + post
