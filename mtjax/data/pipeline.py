@@ -31,6 +31,8 @@ class PipelineOptions:
   lengths: Mapping[str, int]  # {"inputs": ..., "targets": ...}
   batch_size: int  # per host
   pack: bool = True
+  packer: str = "first_fit"  # or "best_fit" (fuller rows, needs more bins to shine)
+  packing_bins: int = 0  # rows packed at once; 0 means one batch worth
   seed: int = 0
   shard_index: int = 0  # this host's data shard
   num_shards: int = 1
@@ -132,11 +134,15 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
   ds = mixed_examples(spec, cache_dir, options).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if options.pack:
-    ds = grain.experimental.FirstFitPackIterDataset(
+    packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
+               "best_fit": grain.experimental.BestFitPackIterDataset}
+    if options.packer not in packers:
+      raise ValueError(f"data.packer must be one of {sorted(packers)}, got {options.packer!r}")
+    ds = packers[options.packer](
         ds,
         length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
                        "task_ids": lengths["targets"]},
-        num_packing_bins=options.batch_size,
+        num_packing_bins=options.packing_bins or options.batch_size,
         seed=options.seed,
         shuffle_bins=True,
     )

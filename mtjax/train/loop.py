@@ -85,7 +85,8 @@ def data_iterator(setup: Setup):
                      f"data x fsdp mesh size ({parallel}) and the number of hosts ({n_hosts})")
   options = pipeline.PipelineOptions(
       lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
-      batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, seed=cfg.data.seed,
+      batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
+      packing_bins=cfg.data.packing_bins, seed=cfg.data.seed,
       shard_index=jax.process_index(), num_shards=n_hosts)
   pipeline.report_trimming(setup.spec, cfg.data.cache_dir, options.lengths)
   return iter(pipeline.train_batches(setup.spec, cfg.data.cache_dir, options))
