@@ -48,8 +48,9 @@ def main() -> None:
   p.add_argument("--targets_length", type=int, default=64)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--batches", type=int, default=200)
-  p.add_argument("--packer", default="best_fit", choices=["first_fit", "best_fit"])
-  p.add_argument("--packing_bins", type=int, default=128)
+  p.add_argument("--packer", default="best_fit", choices=["first_fit", "best_fit", "window"])
+  p.add_argument("--packing_bins", type=int, default=128,
+                 help="rows packed at once (Grain packers) or examples per window (window)")
   p.add_argument("--cache_dir", default=None, help="default: a fresh temporary folder")
   p.add_argument("--json", help="also write the results here")
   args = p.parse_args()

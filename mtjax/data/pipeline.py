@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from mtjax.data import cache, feature_converters, mixing, records
+from mtjax.data import cache, feature_converters, mixing, packing, records
 
 TOKEN_FEATURES = ("inputs", "targets")
 
@@ -31,8 +31,8 @@ class PipelineOptions:
   lengths: Mapping[str, int]  # {"inputs": ..., "targets": ...}
   batch_size: int  # per host
   pack: bool = True
-  packer: str = "first_fit"  # or "best_fit" (fuller rows, needs more bins to shine)
-  packing_bins: int = 0  # rows packed at once; 0 means one batch worth
+  packer: str = "first_fit"  # "best_fit" / "first_fit" (Grain's) or "window" (packing.py)
+  packing_bins: int = 0  # Grain packers: rows packed at once (0: one batch); window: examples
   seed: int = 0
   shard_index: int = 0  # this host's data shard
   num_shards: int = 1
@@ -131,13 +131,18 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
                   options: PipelineOptions) -> grain.IterDataset:
   """Batches of encoder-decoder features for training (checkpointable iterator)."""
   lengths = dict(options.lengths)
-  ds = mixed_examples(spec, cache_dir, options).to_iter_dataset(
-      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  mixed = mixed_examples(spec, cache_dir, options)
+  if options.pack and options.packer == "window":
+    ds = packing.WindowPackIterDataset(mixed, lengths, window=options.packing_bins or 1024,
+                                       seed=options.seed)
+    return _convert_and_batch(ds, options)
+  ds = mixed.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if options.pack:
     packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
                "best_fit": grain.experimental.BestFitPackIterDataset}
     if options.packer not in packers:
-      raise ValueError(f"data.packer must be one of {sorted(packers)}, got {options.packer!r}")
+      raise ValueError(f"data.packer must be one of {sorted(packers) + ['window']}, "
+                       f"got {options.packer!r}")
     ds = packers[options.packer](
         ds,
         length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
@@ -148,6 +153,10 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
     )
   else:
     ds = ds.map(lambda ex: _pad_example(ex, lengths))
+  return _convert_and_batch(ds, options)
+
+
+def _convert_and_batch(ds: grain.IterDataset, options: PipelineOptions) -> grain.IterDataset:
   packed = options.pack
   ds = ds.map(lambda ex: feature_converters.enc_dec(ex, packed=packed))
   ds = ds.batch(options.batch_size, drop_remainder=True)
