@@ -28,7 +28,7 @@ from typing import Any
 from mtjax.data import mixing, records
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # bump when the record format or manifest changes: old caches rebuild
+FORMAT_VERSION = 3  # bump when the record format or manifest changes: old caches rebuild
 # Post-cache SeqIO preprocessors that the pipeline re-implements in numpy (see pipeline.py).
 NUMPY_POST_CACHE_OPS = ("append_eos_after_trim", "append_eos")
 
@@ -152,6 +152,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     counts = [0] * num_shards
     token_features = [k for k in task.output_features]
     lengths: dict[str, list[int]] = {k: [] for k in token_features}
+    tokens: dict[str, list] = {k: [] for k in token_features}
     features: dict[str, dict] = {}
     for i, example in enumerate(_numpy_examples(dataset)):
       if i == 0:
@@ -160,8 +161,10 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
       counts[i % num_shards] += 1
       for name in token_features:
         lengths[name].append(len(example[name]))
+        tokens[name].append(example[name])
     for w in writers:
       w.close()
+    token_arrays = _write_token_arrays(tmp, tokens)
     if sum(counts) == 0:
       raise ValueError(f"task {task.name!r} split {split!r} produced no examples")
     manifest = {
@@ -174,6 +177,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
         "features": features,
         "post_cache_ops": post,
         "token_lengths": {k: _length_stats(v) for k, v in lengths.items() if v},
+        "token_arrays": token_arrays,
         "output_features": {
             name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
                    "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size)}
@@ -189,6 +193,27 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     raise
   log.info("cached %s/%s: %d examples", task.name, split, manifest["num_examples"])
   return manifest
+
+
+def _write_token_arrays(folder: str, tokens: dict[str, list]) -> dict:
+  """Writes each token feature as one flat array plus offsets: what training reads.
+
+  Random access into a memory-mapped flat array costs a slice, not a record read and decode;
+  the ArrayRecord shards keep the full examples (strings included) for evaluation.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for name, arrays in tokens.items():
+    if not arrays or any(np.asarray(a).ndim != 1 for a in arrays):
+      continue
+    flat = np.concatenate([np.asarray(a, np.int32) for a in arrays])
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    np.save(os.path.join(folder, f"{name}.tokens.npy"), flat)
+    np.save(os.path.join(folder, f"{name}.offsets.npy"), offsets)
+    out[name] = {"tokens": f"{name}.tokens.npy", "offsets": f"{name}.offsets.npy"}
+  return out
 
 
 def _length_stats(lengths: list[int]) -> dict:

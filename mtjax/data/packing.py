@@ -96,7 +96,9 @@ class _WindowPackIterator(grain.DatasetIterator):
   def _load(self) -> None:
     ds = self._ds
     start = self._window * ds._window
-    examples = [ds._examples[i] for i in range(start, start + ds._window)]
+    indices = list(range(start, start + ds._window))
+    getitems = getattr(ds._examples, "_getitems", None)  # Grain's batched read, when present
+    examples = getitems(indices) if getitems else [ds._examples[i] for i in indices]
     rng = np.random.default_rng([ds._seed, self._window])
     self._rows = pack_window(examples, ds._lengths, rng)
 

@@ -48,10 +48,46 @@ def _manifest(cache_dir: str, task: str, split: str) -> dict:
 
 
 def task_source(cache_dir: str, task: str, split: str) -> grain.sources.ArrayRecordDataSource:
+  """Full cached examples (serialized records; strings included), by index."""
   manifest = _manifest(cache_dir, task, split)
   folder = cache.split_dir(cache_dir, task, split)
   return grain.sources.ArrayRecordDataSource(
       [os.path.join(folder, s["file"]) for s in manifest["shards"]])
+
+
+class TokenSource:
+  """Random access to a split's token features through memory-mapped flat arrays.
+
+  Example `i` of feature `f` is `tokens_f[offsets_f[i]:offsets_f[i + 1]]`: a slice, no record
+  read or decode. This is what the training stream reads.
+  """
+
+  def __init__(self, cache_dir: str, task: str, split: str, features=TOKEN_FEATURES):
+    manifest = _manifest(cache_dir, task, split)
+    folder = cache.split_dir(cache_dir, task, split)
+    arrays = manifest.get("token_arrays", {})
+    missing = [f for f in features if f not in arrays]
+    if missing:
+      raise ValueError(f"cache of {task}/{split} has no token arrays for {missing}; rebuild it "
+                       "with `mtjax cache`")
+    self._features = tuple(features)
+    self._tokens = {f: np.load(os.path.join(folder, arrays[f]["tokens"]), mmap_mode="r")
+                    for f in features}
+    self._offsets = {f: np.load(os.path.join(folder, arrays[f]["offsets"])) for f in features}
+    self._len = manifest["num_examples"]
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    out = {}
+    for f in self._features:
+      start, end = self._offsets[f][i], self._offsets[f][i + 1]
+      out[f] = np.asarray(self._tokens[f][start:end])
+    return out
+
+  def __repr__(self) -> str:
+    return f"TokenSource({self._len} examples, features={self._features})"
 
 
 def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping[str, dict],
@@ -62,10 +98,12 @@ def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping
     tokens = np.asarray(out[name])
     feature, length = output_features[name], lengths[name]
     for op in ops:
-      if op == "append_eos_after_trim" and feature["add_eos"]:
-        tokens = np.append(tokens[:length - 1], feature["eos_id"]).astype(tokens.dtype)
-      elif op == "append_eos" and feature["add_eos"]:
-        tokens = np.append(tokens, feature["eos_id"]).astype(tokens.dtype)
+      if feature["add_eos"] and op in ("append_eos_after_trim", "append_eos"):
+        keep = min(len(tokens), length - 1) if op == "append_eos_after_trim" else len(tokens)
+        with_eos = np.empty(keep + 1, tokens.dtype)
+        with_eos[:keep] = tokens[:keep]
+        with_eos[keep] = feature["eos_id"]
+        tokens = with_eos
     out[name] = tokens[:length]
   return out
 
@@ -77,13 +115,13 @@ def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
   ops, features = manifest["post_cache_ops"], manifest["output_features"]
   lengths = dict(options.lengths)
 
-  def prepare(record: bytes) -> dict[str, np.ndarray]:
-    example = post_cache(records.decode(record), ops, features, lengths)
+  def prepare(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    example = post_cache(example, ops, features, lengths)
     out = {k: np.asarray(example[k], np.int32) for k in TOKEN_FEATURES}
     out["task_ids"] = np.full_like(out["targets"], task_id)
     return out
 
-  ds = grain.MapDataset.source(task_source(cache_dir, task, split))
+  ds = grain.MapDataset.source(TokenSource(cache_dir, task, split))
   if options.num_shards > 1:
     ds = ds[options.shard_index::options.num_shards]
   if len(ds) == 0:
