@@ -11,7 +11,7 @@ def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/quickstart",
       data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=64,
-                      targets_length=16, batch_size=32, pack=True),
+                      targets_length=16, batch_size=32, pack=True, packer="window"),
       model=ModelConfig(preset="t5_quickstart"),
       # T5X's finetuning optimizer; a tiny model takes a larger constant rate.
       optimizer=OptimizerConfig(name="adafactor", learning_rate=2e-2, schedule="constant"),

@@ -6,7 +6,7 @@ SeqIO mixture. mtjax reads its ArrayRecord cache (built first, not timed); SeqIO
 sources (`use_cached=False`, as without a SeqIO cache job). Reports examples/s (packed
 segments), the ratio, and the fill rate (non-padding tokens / all tokens) of each.
 
-  python scripts/bench_data.py [--mixture synthetic --batches 200 --packer best_fit]
+  python scripts/bench_data.py [--mixture synthetic --batches 200 --packer window]
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def main() -> None:
   p.add_argument("--targets_length", type=int, default=64)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--batches", type=int, default=200)
-  p.add_argument("--packer", default="best_fit", choices=["first_fit", "best_fit", "window"])
-  p.add_argument("--packing_bins", type=int, default=128,
+  p.add_argument("--packer", default="window", choices=["first_fit", "best_fit", "window"])
+  p.add_argument("--packing_bins", type=int, default=4096,
                  help="rows packed at once (Grain packers) or examples per window (window)")
   p.add_argument("--cache_dir", default=None, help="default: a fresh temporary folder")
   p.add_argument("--json", help="also write the results here")

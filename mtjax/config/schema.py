@@ -21,8 +21,8 @@ class DataConfig:
   targets_length: int = 16
   batch_size: int = 32  # global, in packed rows
   pack: bool = True
-  packer: str = "first_fit"  # first_fit | best_fit
-  packing_bins: int = 0  # rows packed at once per host; 0 = the per-host batch size
+  packer: str = "window"  # window (mtjax.data.packing) | best_fit | first_fit (Grain's)
+  packing_bins: int = 0  # window: examples per window (0 = 4096); Grain: open rows (0 = batch)
   seed: int = 0
 
 

@@ -1,10 +1,13 @@
-"""Window packing: best-fit-decreasing over fixed windows of a random-access example stream.
+"""Window packing: best fit over fixed windows of a random-access example stream.
 
 Grain's packers are general but spend most of their time in per-example Python bookkeeping.
 Because mtjax's mixed stream is random access (a `MapDataset`), packing can work on whole
-windows instead: read examples `[w*W, (w+1)*W)`, place them into as few rows as best-fit
-decreasing manages (vectorised over the open rows), shuffle the rows with a seed derived from
-the window, and hand them out one by one. The iterator state is `(window, row)`; restoring
+windows instead: read examples `[w*W, (w+1)*W)` in one batched read, place each, in stream
+order, into the open row it fits most tightly (vectorised over all rows of the window), shuffle
+the rows with a seed derived from the window, and hand them out one by one. Stream order beats
+sorting by size here (measured: fill 0.957 vs 0.91 on the synthetic mixture at 256/64): the
+mixed stream interleaves input-heavy and target-heavy examples, which is what fills both
+features of a row. The iterator state is `(window, row)`; restoring
 recomputes one window, so it is cheap and exact. Output rows look like Grain's packer output:
 `<feature>`, `<feature>_segment_ids`, `<feature>_positions` for each packed feature, and
 per-token `task_ids` aligned with `targets`.
@@ -24,19 +27,16 @@ def pack_window(examples: list[Mapping[str, np.ndarray]], lengths: Mapping[str, 
   li = np.array([len(ex["inputs"]) for ex in examples])
   lt = np.array([len(ex["targets"]) for ex in examples])
   cap_i, cap_t = lengths["inputs"], lengths["targets"]
-  # Sizes as fractions of a row, so both features count: biggest examples first.
-  size = li / cap_i + lt / cap_t
-  order = np.argsort(-size, kind="stable")
   rem_i = np.empty(len(examples), np.int64)  # remaining room of each open row
   rem_t = np.empty(len(examples), np.int64)
   members: list[list[int]] = []
-  for j in order:
+  for j in range(len(examples)):
     n = len(members)
     fits = (rem_i[:n] >= li[j]) & (rem_t[:n] >= lt[j])
     if fits.any():
-      # Best fit: the row left with the least room (both features, as fractions) afterwards.
-      slack = (rem_i[:n] - li[j]) / cap_i + (rem_t[:n] - lt[j]) / cap_t
-      r = int(np.argmin(np.where(fits, slack, np.inf)))
+      # Best fit: the row left with the least input room (then target room) afterwards.
+      slack = (rem_i[:n] - li[j]) * (cap_t + 1) + (rem_t[:n] - lt[j])
+      r = int(np.argmin(np.where(fits, slack, np.iinfo(np.int64).max)))
     else:
       r = n
       members.append([])
@@ -76,7 +76,7 @@ class WindowPackIterDataset(grain.IterDataset):
   """Packed rows from a random-access stream of trimmed examples (see module docstring)."""
 
   def __init__(self, examples: grain.MapDataset, lengths: Mapping[str, int], *,
-               window: int = 1024, seed: int = 0):
+               window: int = 4096, seed: int = 0):
     super().__init__(examples)
     self._examples, self._lengths = examples, dict(lengths)
     self._window, self._seed = window, seed

@@ -31,7 +31,7 @@ class PipelineOptions:
   lengths: Mapping[str, int]  # {"inputs": ..., "targets": ...}
   batch_size: int  # per host
   pack: bool = True
-  packer: str = "first_fit"  # "best_fit" / "first_fit" (Grain's) or "window" (packing.py)
+  packer: str = "window"  # "window" (packing.py) or Grain's "best_fit" / "first_fit"
   packing_bins: int = 0  # Grain packers: rows packed at once (0: one batch); window: examples
   seed: int = 0
   shard_index: int = 0  # this host's data shard
@@ -171,7 +171,7 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
   lengths = dict(options.lengths)
   mixed = mixed_examples(spec, cache_dir, options)
   if options.pack and options.packer == "window":
-    ds = packing.WindowPackIterDataset(mixed, lengths, window=options.packing_bins or 1024,
+    ds = packing.WindowPackIterDataset(mixed, lengths, window=options.packing_bins or 4096,
                                        seed=options.seed)
     return _convert_and_batch(ds, options)
   ds = mixed.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
