@@ -1,0 +1,50 @@
+"""Rate helpers against their formulas; 100k draws of a nested capped, tempered mixture."""
+
+import collections
+
+import numpy as np
+import pytest
+import seqio
+
+import mixtures.synthetic as synthetic
+from mtjax.data import mixing, pipeline, rates
+
+SIZES = {f"synthetic_{k}": v[1] for k, v in synthetic.TASKS.items()}  # train examples per task
+
+
+def test_rate_formulas():
+  copy, sort = (seqio.get_mixture_or_task(n) for n in ("synthetic_copy", "synthetic_sort"))
+  assert rates.t5_examples_proportional(5000, 2.0)(sort) == pytest.approx(5000 ** 0.5)
+  assert rates.t5_examples_proportional(5000, 2.0)(copy) == pytest.approx(4000 ** 0.5)
+  assert rates.flan_examples_proportional()(sort) == 3000
+  assert rates.t0_examples_proportional(num_templates=4, cap=6000)(sort) == 6000 / 4
+  assert rates.t0_examples_proportional(num_templates=4, cap=6000)(copy) == 4000
+
+
+def test_nested_capped_tempered_mixture_over_100k_draws(synthetic_cache):
+  rate = rates.t5_examples_proportional(maximum=5000, temperature=2.0)
+  for name in ("test_rates_strings", "test_rates_top"):
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(
+      "test_rates_strings", ["synthetic_copy", "synthetic_reverse", "synthetic_sort"],
+      default_rate=rate)
+  seqio.MixtureRegistry.add(
+      "test_rates_top", [("test_rates_strings", 2.0), ("synthetic_add", rate),
+                         ("synthetic_compare", rate)])
+  # By hand: inner rates min(n, 5000) ** 0.5, normalised within the sub-mixture, times 2.0.
+  inner = {t: min(SIZES[t], 5000) ** 0.5 for t in
+           ("synthetic_copy", "synthetic_reverse", "synthetic_sort")}
+  want = {t: 2.0 * r / sum(inner.values()) for t, r in inner.items()}
+  want.update({t: min(SIZES[t], 5000) ** 0.5 for t in ("synthetic_add", "synthetic_compare")})
+  total = sum(want.values())
+
+  spec = mixing.from_seqio("test_rates_top")
+  for t in spec.tasks:
+    assert t.rate == pytest.approx(want[t.name])
+  ds = pipeline.mixed_examples(spec, synthetic_cache,
+                               pipeline.PipelineOptions({"inputs": 8, "targets": 4}, 1))
+  n = 100_000
+  counts = collections.Counter(int(ds[i]["task_ids"][0]) for i in range(n))
+  for i, t in enumerate(spec.task_names):
+    share = counts[i] / n
+    assert share == pytest.approx(want[t] / total, rel=0.01), t
