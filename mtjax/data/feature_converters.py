@@ -54,3 +54,54 @@ def enc_dec(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.nda
   if "task_ids" in example:
     out["task_ids"] = np.asarray(example["task_ids"], np.int32)
   return out
+
+
+def concat_for_prefix_lm(example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Prefix LM, before packing: one sequence `inputs + targets` with a mask of the inputs part."""
+  inputs = np.asarray(example["inputs"], np.int32)
+  targets = np.asarray(example["targets"], np.int32)
+  out = {"targets": np.concatenate([inputs, targets]),
+         "inputs_mask": np.concatenate([np.ones_like(inputs), np.zeros_like(targets)])}
+  if "task_ids" in example:
+    task_id = int(np.asarray(example["task_ids"]).reshape(-1)[0])
+    out["task_ids"] = np.full(len(out["targets"]), task_id, np.int32)
+  return out
+
+
+def decoder_only(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.ndarray]:
+  """Targets-only language modelling (`seqio.LMFeatureConverter`): loss on every token."""
+  targets = np.asarray(example["targets"], np.int32)
+  seg = np.asarray(example["targets_segment_ids"], np.int32) if packed else None
+  out = {
+      "decoder_target_tokens": targets,
+      "decoder_input_tokens": autoregressive_inputs(targets, seg),
+      "decoder_loss_weights": ((targets > 0) if seg is None else (seg > 0)).astype(np.int32),
+  }
+  if packed:
+    out["decoder_segment_ids"] = seg
+    out["decoder_positions"] = np.asarray(example["targets_positions"], np.int32)
+  if "task_ids" in example:
+    out["task_ids"] = np.asarray(example["task_ids"], np.int32)
+  return out
+
+
+def prefix_lm(example: Mapping[str, np.ndarray], packed: bool,
+              loss_on_targets_only: bool = True) -> dict[str, np.ndarray]:
+  """Prefix LM (`seqio.PrefixLMFeatureConverter`) from a `concat_for_prefix_lm` example.
+
+  `decoder_causal_attention` marks the bidirectional part: the inputs plus one position, where
+  the last input token is read and the first target is predicted.
+  """
+  out = decoder_only(example, packed)
+  is_input = np.asarray(example["inputs_mask"], np.int32)
+  if packed:
+    seg = out["decoder_segment_ids"]
+  else:
+    seg = (out["decoder_target_tokens"] > 0).astype(np.int32)
+  prev_input = np.concatenate([[0], is_input[:-1]])
+  prev_seg = np.concatenate([[0], seg[:-1]])
+  one_more = (prev_input == 1) & (prev_seg == seg) & (seg > 0)
+  out["decoder_causal_attention"] = ((is_input == 1) | one_more).astype(np.int32)
+  if loss_on_targets_only:
+    out["decoder_loss_weights"] = (out["decoder_loss_weights"] * (1 - is_input)).astype(np.int32)
+  return out
