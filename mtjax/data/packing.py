@@ -21,16 +21,13 @@ import grain
 import numpy as np
 
 
-def pack_window(examples: list[Mapping[str, np.ndarray]], lengths: Mapping[str, int],
-                rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-  """Packs examples (already trimmed to `lengths`) into rows; returns the rows, shuffled."""
-  li = np.array([len(ex["inputs"]) for ex in examples])
-  lt = np.array([len(ex["targets"]) for ex in examples])
+def plan_rows(li: np.ndarray, lt: np.ndarray, lengths: Mapping[str, int]) -> list[list[int]]:
+  """Best fit in stream order: which examples (by position) go into which row."""
   cap_i, cap_t = lengths["inputs"], lengths["targets"]
-  rem_i = np.empty(len(examples), np.int64)  # remaining room of each open row
-  rem_t = np.empty(len(examples), np.int64)
+  rem_i = np.empty(len(li), np.int64)  # remaining room of each open row
+  rem_t = np.empty(len(li), np.int64)
   members: list[list[int]] = []
-  for j in range(len(examples)):
+  for j in range(len(li)):
     n = len(members)
     fits = (rem_i[:n] >= li[j]) & (rem_t[:n] >= lt[j])
     if fits.any():
@@ -44,8 +41,7 @@ def pack_window(examples: list[Mapping[str, np.ndarray]], lengths: Mapping[str, 
     members[r].append(int(j))
     rem_i[r] -= li[j]
     rem_t[r] -= lt[j]
-  rows = [_assemble([examples[j] for j in sorted(m)], cap_i, cap_t) for m in members]
-  return [rows[i] for i in rng.permutation(len(rows))]
+  return [sorted(m) for m in members]
 
 
 def _assemble(parts: list[Mapping[str, np.ndarray]], cap_i: int, cap_t: int) -> dict:
@@ -73,13 +69,24 @@ def _assemble(parts: list[Mapping[str, np.ndarray]], cap_i: int, cap_t: int) -> 
 
 
 class WindowPackIterDataset(grain.IterDataset):
-  """Packed rows from a random-access stream of trimmed examples (see module docstring)."""
+  """This host's rows of a global packed stream that does not depend on the number of hosts.
 
-  def __init__(self, examples: grain.MapDataset, lengths: Mapping[str, int], *,
-               window: int = 4096, seed: int = 0):
-    super().__init__(examples)
-    self._examples, self._lengths = examples, dict(lengths)
-    self._window, self._seed = window, seed
+  Every host plans the same global rows from a cheap plan stream (task, index and final lengths
+  of each example: no token reads), one window at a time. Global row
+  `g` belongs to global batch `g // global_batch` at slot `g % global_batch`; a host keeps the
+  slots `[h * per_host, (h + 1) * per_host)` and reads the tokens of those rows only. So the
+  global batches are identical for 1, 2 or N hosts, and each host reads only its share.
+  """
+
+  def __init__(self, plan: grain.MapDataset, fetch, lengths: Mapping[str, int], *,
+               global_batch: int, shard_index: int, num_shards: int, window: int = 4096,
+               seed: int = 0):
+    super().__init__(plan)
+    if global_batch % num_shards:
+      raise ValueError(f"global batch {global_batch} is not divisible by {num_shards} hosts")
+    self.plan, self.fetch, self.lengths = plan, fetch, dict(lengths)
+    self.global_batch, self.shard_index, self.num_shards = global_batch, shard_index, num_shards
+    self.window, self.seed = window, seed
 
   def __iter__(self) -> grain.DatasetIterator:
     return _WindowPackIterator(self)
@@ -90,31 +97,44 @@ class _WindowPackIterator(grain.DatasetIterator):
   def __init__(self, ds: WindowPackIterDataset):
     super().__init__()
     self._ds = ds
-    self._window, self._row = 0, 0
-    self._rows: list[dict[str, Any]] | None = None
+    self._window, self._row, self._rows_before = 0, 0, 0
+    self._plan: list | None = None
 
   def _load(self) -> None:
     ds = self._ds
-    start = self._window * ds._window
-    indices = list(range(start, start + ds._window))
-    getitems = getattr(ds._examples, "_getitems", None)  # Grain's batched read, when present
-    examples = getitems(indices) if getitems else [ds._examples[i] for i in indices]
-    rng = np.random.default_rng([ds._seed, self._window])
-    self._rows = pack_window(examples, ds._lengths, rng)
+    start = self._window * ds.window
+    indices = list(range(start, start + ds.window))
+    getitems = getattr(ds.plan, "_getitems", None)
+    entries = getitems(indices) if getitems else [ds.plan[i] for i in indices]
+    li = np.array([e["inputs_len"] for e in entries])
+    lt = np.array([e["targets_len"] for e in entries])
+    members = plan_rows(li, lt, ds.lengths)
+    order = np.random.default_rng([ds.seed, self._window]).permutation(len(members))
+    self._plan = [[entries[j] for j in members[i]] for i in order]
+
+  def _mine(self, global_row: int) -> bool:
+    per_host = self._ds.global_batch // self._ds.num_shards
+    return (global_row % self._ds.global_batch) // per_host == self._ds.shard_index
 
   def __next__(self) -> dict[str, Any]:
-    if self._rows is None:
-      self._load()
-    while self._row >= len(self._rows):
-      self._window, self._row = self._window + 1, 0
-      self._load()
-    row = self._rows[self._row]
-    self._row += 1
-    return row
+    ds = self._ds
+    while True:
+      if self._plan is None:
+        self._load()
+      if self._row >= len(self._plan):
+        self._rows_before += len(self._plan)
+        self._window, self._row, self._plan = self._window + 1, 0, None
+        continue
+      row, global_row = self._plan[self._row], self._rows_before + self._row
+      self._row += 1
+      if self._mine(global_row):
+        parts = [ds.fetch(int(e["task_ids"]), int(e["index"])) for e in row]
+        return _assemble(parts, ds.lengths["inputs"], ds.lengths["targets"])
 
   def get_state(self) -> dict[str, Any]:
-    return {"window": self._window, "row": self._row}
+    return {"window": self._window, "row": self._row, "rows_before": self._rows_before}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._window, self._row = int(state["window"]), int(state["row"])
-    self._rows = None
+    self._rows_before = int(state["rows_before"])
+    self._plan = None

@@ -108,12 +108,62 @@ def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping
   return out
 
 
-def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
-                 options: PipelineOptions, repeat: bool = True) -> grain.MapDataset:
-  """One task's examples: sharded, shuffled, repeated, decoded, EOS-terminated, trimmed."""
+def final_lengths(raw: np.ndarray, ops: list[str], feature: Mapping[str, Any],
+                  length: int) -> np.ndarray:
+  """Lengths after `post_cache` (EOS ops, then the trim), computed from raw lengths only."""
+  out = np.asarray(raw, np.int64)
+  for op in ops:
+    if feature["add_eos"] and op == "append_eos_after_trim":
+      out = np.minimum(out, length - 1) + 1
+    elif feature["add_eos"] and op == "append_eos":
+      out = out + 1
+  return np.minimum(out, length)
+
+
+class PlanSource:
+  """Per example of a task: its index and final feature lengths, from the offsets alone."""
+
+  def __init__(self, cache_dir: str, task: str, task_id: int, split: str,
+               lengths: Mapping[str, int]):
+    manifest = _manifest(cache_dir, task, split)
+    folder = cache.split_dir(cache_dir, task, split)
+    arrays = manifest.get("token_arrays", {})
+    self._task_id = task_id
+    self._lengths = {}
+    for name in TOKEN_FEATURES:
+      if name not in arrays:
+        raise ValueError(f"cache of {task}/{split} has no token arrays for {name!r}; rebuild it")
+      raw = np.diff(np.load(os.path.join(folder, arrays[name]["offsets"])))
+      self._lengths[name] = final_lengths(raw, manifest["post_cache_ops"],
+                                          manifest["output_features"][name], lengths[name])
+
+  def __len__(self) -> int:
+    return len(self._lengths["inputs"])
+
+  def __getitem__(self, i: int) -> dict[str, int]:
+    return {"task_ids": self._task_id, "index": i, "inputs_len": self._lengths["inputs"][i],
+            "targets_len": self._lengths["targets"][i]}
+
+
+def _task_stream(source, task: str, task_id: int, split: str, options: PipelineOptions,
+                 shard: bool, repeat: bool = True) -> grain.MapDataset:
+  """Random access over one task: optionally this host's shard, seeded shuffle, repeat."""
+  ds = grain.MapDataset.source(source)
+  if shard and options.num_shards > 1:
+    ds = ds[options.shard_index::options.num_shards]
+  if len(ds) == 0:
+    raise ValueError(f"task {task!r} split {split!r}: shard {options.shard_index} of "
+                     f"{options.num_shards} is empty ({len(source)} examples)")
+  # A distinct, fixed shuffle seed per task keeps tasks independent of the mixture's order.
+  ds = ds.shuffle(seed=options.seed * 1_000_003 + task_id)
+  return ds.repeat() if repeat else ds
+
+
+def _preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapping[str, int]):
+  """Raw token example -> EOS-terminated, trimmed int32 features plus per-token `task_ids`."""
   manifest = _manifest(cache_dir, task, split)
   ops, features = manifest["post_cache_ops"], manifest["output_features"]
-  lengths = dict(options.lengths)
+  lengths = dict(lengths)
 
   def prepare(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     example = post_cache(example, ops, features, lengths)
@@ -121,26 +171,34 @@ def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
     out["task_ids"] = np.full_like(out["targets"], task_id)
     return out
 
-  ds = grain.MapDataset.source(TokenSource(cache_dir, task, split))
-  if options.num_shards > 1:
-    ds = ds[options.shard_index::options.num_shards]
-  if len(ds) == 0:
-    raise ValueError(f"task {task!r} split {split!r}: shard {options.shard_index} of "
-                     f"{options.num_shards} is empty ({manifest['num_examples']} examples)")
-  # A distinct, fixed shuffle seed per task keeps tasks independent of the mixture's order.
-  ds = ds.shuffle(seed=options.seed * 1_000_003 + task_id)
-  if repeat:
-    ds = ds.repeat()
+  return prepare
+
+
+def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
+                 options: PipelineOptions, repeat: bool = True) -> grain.MapDataset:
+  """One task's examples: this host's shard, shuffled, repeated, EOS-terminated, trimmed."""
+  prepare = _preparer(cache_dir, task, task_id, split, options.lengths)
+  ds = _task_stream(TokenSource(cache_dir, task, split), task, task_id, split, options,
+                    shard=True, repeat=repeat)
   return ds.map(prepare)
+
+
+def _mix(parts: list[grain.MapDataset], spec: mixing.MixtureSpec) -> grain.MapDataset:
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, list(spec.weights))
 
 
 def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
                    split: str = "train") -> grain.MapDataset:
-  """The mixture's examples, interleaved deterministically in proportion to the rates."""
-  parts = [task_dataset(cache_dir, t, i, split, options) for i, t in enumerate(spec.task_names)]
-  if len(parts) == 1:
-    return parts[0]
-  return grain.MapDataset.mix(parts, list(spec.weights))
+  """This host's examples of the mixture, interleaved deterministically by the rates."""
+  return _mix([task_dataset(cache_dir, t, i, split, options)
+               for i, t in enumerate(spec.task_names)], spec)
+
+
+def mixed_plan(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
+               split: str = "train") -> grain.MapDataset:
+  """The global (all hosts) mixed stream as (task, index, lengths): reads no tokens."""
+  return _mix([_task_stream(PlanSource(cache_dir, t, i, split, options.lengths), t, i, split,
+                            options, shard=False) for i, t in enumerate(spec.task_names)], spec)
 
 
 def _pad_example(example: Mapping[str, np.ndarray], lengths: Mapping[str, int]) -> dict:
@@ -165,16 +223,33 @@ def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[s
   return report
 
 
-def train_batches(spec: mixing.MixtureSpec, cache_dir: str,
-                  options: PipelineOptions) -> grain.IterDataset:
-  """Batches of encoder-decoder features for training (checkpointable iterator)."""
+def _window_rows(spec, cache_dir, options, split) -> grain.IterDataset:
+  """This host's rows of the host-count-independent global packing (packing.py)."""
+  sources = [TokenSource(cache_dir, t, split) for t in spec.task_names]
+  preparers = [_preparer(cache_dir, t, i, split, options.lengths)
+               for i, t in enumerate(spec.task_names)]
+
+  def fetch(task_id: int, index: int) -> dict[str, np.ndarray]:
+    return preparers[task_id](sources[task_id][index])
+
+  return packing.WindowPackIterDataset(
+      mixed_plan(spec, cache_dir, options, split), fetch, options.lengths,
+      global_batch=options.batch_size * options.num_shards, shard_index=options.shard_index,
+      num_shards=options.num_shards, window=options.packing_bins or 4096, seed=options.seed)
+
+
+def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
+                  split: str = "train") -> grain.IterDataset:
+  """This host's batches of encoder-decoder features (a checkpointable iterator).
+
+  With the `window` packer the global batches do not depend on the number of hosts; with
+  Grain's packers each host mixes and packs its own shard of every task.
+  """
   lengths = dict(options.lengths)
-  mixed = mixed_examples(spec, cache_dir, options)
   if options.pack and options.packer == "window":
-    ds = packing.WindowPackIterDataset(mixed, lengths, window=options.packing_bins or 4096,
-                                       seed=options.seed)
-    return _convert_and_batch(ds, options)
-  ds = mixed.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    return _convert_and_batch(_window_rows(spec, cache_dir, options, split), options)
+  ds = mixed_examples(spec, cache_dir, options, split).to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if options.pack:
     packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
                "best_fit": grain.experimental.BestFitPackIterDataset}

@@ -164,3 +164,29 @@ def test_window_packer_restores_exactly_at_many_points(synthetic_cache):
     resumed.set_state(states[point])
     for want in stream[point:point + 4]:
       _assert_same(next(resumed), want)
+
+
+def test_window_packing_gives_the_same_global_batches_for_any_host_count(synthetic_cache,
+                                                                         monkeypatch):
+  spec = mixing.read_spec("synthetic", synthetic_cache)
+  opts = lambda **kw: pipeline.PipelineOptions(
+      LENGTHS, **{"packer": "window", "packing_bins": 64, "seed": 3, "prefetch": 0, **kw})
+  one = iter(pipeline.train_batches(spec, synthetic_cache, opts(batch_size=8)))
+  four = [iter(pipeline.train_batches(spec, synthetic_cache,
+                                      opts(batch_size=2, shard_index=h, num_shards=4)))
+          for h in range(4)]
+  for _ in range(6):
+    whole = next(one)
+    parts = [next(it) for it in four]
+    for k in whole:
+      np.testing.assert_array_equal(whole[k], np.concatenate([p[k] for p in parts]), err_msg=k)
+
+  # A host reads the tokens of its own rows only.
+  reads = []
+  original = pipeline.TokenSource.__getitem__
+  monkeypatch.setattr(pipeline.TokenSource, "__getitem__",
+                      lambda self, i: reads.append(i) or original(self, i))
+  host = iter(pipeline.train_batches(spec, synthetic_cache,
+                                     opts(batch_size=2, shard_index=1, num_shards=4)))
+  segments = sum(int(next(host)["decoder_segment_ids"].max(axis=1).sum()) for _ in range(6))
+  assert len(reads) == segments
