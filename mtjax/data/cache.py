@@ -276,7 +276,7 @@ def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
 def ensure_cached(name: str, cache_dir: str, splits=("train", "validation")) -> mixing.MixtureSpec:
   """Caches on first use. Without SeqIO/TF installed, falls back to an existing cache."""
   try:
-    import seqio  # pylint: disable=g-import-not-at-top,unused-import
+    import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     spec = mixing.read_spec(name, cache_dir)
     if spec is None:

@@ -189,7 +189,7 @@ def evaluate(setup: Setup, params) -> list[dict]:
 
   cfg = setup.cfg
   try:
-    import seqio  # pylint: disable=g-import-not-at-top,unused-import
+    import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     log.warning("seqio is not installed: skipping metric evaluation (it needs the tasks' "
                 "postprocessors and metric functions)")

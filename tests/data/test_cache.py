@@ -1,7 +1,5 @@
 """The cache holds exactly what SeqIO's own pipeline produces, and is rebuilt when stale."""
 
-import dataclasses
-import json
 import os
 
 import numpy as np
