@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def import_modules(modules) -> None:
-  """Imports the modules that register the config's SeqIO tasks and mixtures."""
+  """Imports the modules that register the config's SeqIO tasks and mixtures.
+
+  The working directory is importable, as with `python -m`, so `data.modules=my_tasks` finds a
+  `my_tasks.py` next to where `mtjax` runs.
+  """
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
   for name in modules:
     try:
       importlib.import_module(name)
