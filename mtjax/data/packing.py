@@ -1,16 +1,19 @@
-"""Window packing: best fit over fixed windows of a random-access example stream.
+"""Window packing: best fit over fixed windows of the global, random-access example stream.
 
 Grain's packers are general but spend most of their time in per-example Python bookkeeping.
-Because mtjax's mixed stream is random access (a `MapDataset`), packing can work on whole
-windows instead: read examples `[w*W, (w+1)*W)` in one batched read, place each, in stream
-order, into the open row it fits most tightly (vectorised over all rows of the window), shuffle
-the rows with a seed derived from the window, and hand them out one by one. Stream order beats
-sorting by size here (measured: fill 0.957 vs 0.91 on the synthetic mixture at 256/64): the
-mixed stream interleaves input-heavy and target-heavy examples, which is what fills both
-features of a row. The iterator state is `(window, row)`; restoring
-recomputes one window, so it is cheap and exact. Output rows look like Grain's packer output:
-`<feature>`, `<feature>_segment_ids`, `<feature>_positions` for each packed feature, and
-per-token `task_ids` aligned with `targets`.
+Because mtjax's mixed stream is random access, packing can work on whole windows instead, and
+only needs each example's lengths to decide: read the plan entries `[w*W, (w+1)*W)` (task,
+index, final lengths) in one batched read, place each, in stream order, into the open row it
+fits most tightly (vectorised over the window's rows), shuffle the rows with a seed derived
+from the window, and hand them out. Stream order beats sorting by size here (measured: fill
+0.957 vs 0.91 on the synthetic mixture at 256/64): the mixed stream interleaves input-heavy and
+target-heavy examples, which is what fills both features of a row.
+
+Because the plan is global and cheap, every host computes the same rows and reads tokens only
+for its own slots of each global batch: global batches do not depend on the number of hosts.
+The iterator state is `(window, row, rows_before)`; restoring recomputes one window's plan.
+Rows look like Grain's packer output: `<feature>`, `<feature>_segment_ids`,
+`<feature>_positions` for inputs and targets, and per-token `task_ids` aligned with `targets`.
 """
 
 from __future__ import annotations
