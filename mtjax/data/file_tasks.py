@@ -1,4 +1,4 @@
-"""Register a SeqIO task from your own JSONL / CSV / TSV files and prompt templates.
+"""Register a SeqIO task from your own JSONL / CSV / TSV / Parquet files and prompt templates.
 
     register_file_task("my_rte", {"train": "rte/train.jsonl", "validation": "rte/dev.jsonl"},
                        templates=promptsource.load("rte/templates.yaml"),
@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from mtjax.data.promptsource import PromptTemplate
 from mtjax.data.templates import Template
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet"}
 
 
 def _format(path: str) -> str:
@@ -34,10 +35,26 @@ def _format(path: str) -> str:
 
 
 def iter_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """Yields (line number, record) for every record of a JSONL / CSV / TSV file (with header)."""
+  """Yields (line, record) for each record of a JSONL / CSV / TSV (with header) / Parquet file.
+
+  For Parquet the "line" is the 1-based row number.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"data file {path!r} does not exist")
   kind = _format(path)
+  if kind == "parquet":
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+    try:
+      parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+      raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+    row = 0
+    for batch in parquet.iter_batches():
+      for record in batch.to_pylist():
+        row += 1
+        yield row, record
+    return
   with open(path, newline="", encoding="utf-8") as f:
     if kind == "jsonl":
       for lineno, line in enumerate(f, start=1):

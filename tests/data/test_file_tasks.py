@@ -124,3 +124,18 @@ def test_changed_data_file_rebuilds_the_cache(tmp_path):
   task = file_tasks.register_file_task("test_file_changed", {"train": str(data)}, [t])
   second = cache.cache_task_split(task, "train", str(tmp_path / "c"))
   assert first["num_examples"] == 1 and second["num_examples"] == 2
+
+
+def test_parquet_task(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  path = tmp_path / "d.parquet"
+  pq.write_table(pa.table({"question": ["Capital of France?", "2 + 2?"], "answer": ["Paris", "4"]}),
+                 path)
+  rows = file_tasks.rendered_examples([str(path)], [Template("qa", "Q: {question}", "{answer}")])
+  assert [(r["inputs"], r["targets"]) for r in rows] == [("Q: Capital of France?", "Paris"),
+                                                        ("Q: 2 + 2?", "4")]
+  bad = tmp_path / "bad.parquet"
+  bad.write_bytes(b"not parquet")
+  with pytest.raises(ValueError, match="bad.parquet: not a readable Parquet file"):
+    list(file_tasks.iter_records(str(bad)))
