@@ -6,6 +6,11 @@ models, as `seqio.EncDecFeatureConverter` produces:
 `encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights`, and
 when packed `encoder_segment_ids, encoder_positions, decoder_segment_ids, decoder_positions`;
 plus `task_ids` (per target token) which mtjax adds for per-task losses and prompts.
+
+Decoder-only models read one sequence `inputs + targets` (`concat_for_prefix_lm`, before packing)
+of length `inputs_length + targets_length`, as `seqio.PrefixLMFeatureConverter` builds it.
+`decoder_only` keeps the loss on the targets but attends causally everywhere (no
+`decoder_causal_attention`); `prefix_lm` adds the bidirectional-prefix mask.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 BOS_ID = 0  # T5 starts decoding from the pad id
+CONVERTERS = ("enc_dec", "decoder_only", "prefix_lm")
 
 
 def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None = None) -> np.ndarray:
@@ -104,4 +110,46 @@ def prefix_lm(example: Mapping[str, np.ndarray], packed: bool,
   out["decoder_causal_attention"] = ((is_input == 1) | one_more).astype(np.int32)
   if loss_on_targets_only:
     out["decoder_loss_weights"] = (out["decoder_loss_weights"] * (1 - is_input)).astype(np.int32)
+  return out
+
+
+def check_converter(kind: str) -> str:
+  if kind not in CONVERTERS:
+    raise ValueError(f"data.feature_converter must be one of {CONVERTERS}, got {kind!r}")
+  return kind
+
+
+def concatenates(kind: str) -> bool:
+  """Whether examples become one `inputs + targets` sequence before packing or padding."""
+  return check_converter(kind) != "enc_dec"
+
+
+def model_lengths(kind: str, lengths: Mapping[str, int]) -> dict[str, int]:
+  """Lengths the packer / padder fills: two streams for enc-dec, one concatenated otherwise."""
+  if concatenates(kind):
+    return {"inputs": 0, "targets": lengths["inputs"] + lengths["targets"]}
+  return {"inputs": lengths["inputs"], "targets": lengths["targets"]}
+
+
+def pad_example(example: Mapping[str, np.ndarray], kind: str,
+                lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """Pads one prepared (trimmed, and for decoder kinds concatenated) example to model lengths."""
+  model = model_lengths(kind, lengths)
+  if concatenates(kind):
+    return {k: pad_to(example[k], model["targets"]) for k in ("targets", "inputs_mask", "task_ids")
+            if k in example}
+  out = {"inputs": pad_to(example["inputs"], model["inputs"]),
+         "targets": pad_to(example["targets"], model["targets"])}
+  if "task_ids" in example:
+    out["task_ids"] = pad_to(example["task_ids"], model["targets"])
+  return out
+
+
+def convert(example: Mapping[str, np.ndarray], kind: str, packed: bool) -> dict[str, np.ndarray]:
+  """Model features of one padded or packed row for the chosen converter."""
+  if check_converter(kind) == "enc_dec":
+    return enc_dec(example, packed=packed)
+  out = prefix_lm(example, packed=packed)
+  if kind == "decoder_only":
+    del out["decoder_causal_attention"]
   return out

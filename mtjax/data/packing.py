@@ -14,6 +14,8 @@ for its own slots of each global batch: global batches do not depend on the numb
 The iterator state is `(window, row, rows_before)`; restoring recomputes one window's plan.
 Rows look like Grain's packer output: `<feature>`, `<feature>_segment_ids`,
 `<feature>_positions` for inputs and targets, and per-token `task_ids` aligned with `targets`.
+Decoder-only streams pack one concatenated sequence per example: inputs capacity 0, and
+`inputs_mask` (which tokens are the prompt) aligned with `targets` like `task_ids`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def plan_rows(li: np.ndarray, lt: np.ndarray, lengths: Mapping[str, int]) -> lis
 
 
 def _assemble(parts: list[Mapping[str, np.ndarray]], cap_i: int, cap_t: int) -> dict:
+  """One packed row. A zero capacity drops that feature (decoder-only rows carry `targets`
+  only); `task_ids` and `inputs_mask` (prefix LM) are aligned with `targets`."""
   row = {}
   for name, cap in (("inputs", cap_i), ("targets", cap_t)):
+    if cap == 0:
+      continue
     tokens = np.zeros(cap, np.int32)
     seg = np.zeros(cap, np.int32)
     pos = np.zeros(cap, np.int32)
@@ -61,13 +67,16 @@ def _assemble(parts: list[Mapping[str, np.ndarray]], cap_i: int, cap_t: int) -> 
       pos[at:at + n] = np.arange(n)
       at += n
     row[name], row[f"{name}_segment_ids"], row[f"{name}_positions"] = tokens, seg, pos
-  task_ids = np.zeros(cap_t, np.int32)
-  at = 0
-  for ex in parts:
-    n = len(ex["targets"])
-    task_ids[at:at + n] = ex["task_ids"][:n]
-    at += n
-  row["task_ids"] = task_ids
+  for name in ("task_ids", "inputs_mask"):
+    if parts and name not in parts[0]:
+      continue
+    values = np.zeros(cap_t, np.int32)
+    at = 0
+    for ex in parts:
+      n = len(ex["targets"])
+      values[at:at + n] = ex[name][:n]
+      at += n
+    row[name] = values
   return row
 
 

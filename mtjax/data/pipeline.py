@@ -37,6 +37,10 @@ class PipelineOptions:
   shard_index: int = 0  # this host's data shard
   num_shards: int = 1
   prefetch: int = 2  # batches prepared by a background thread while the step runs (0: off)
+  feature_converter: str = "enc_dec"  # enc_dec | decoder_only | prefix_lm (feature_converters)
+  # Staged rates: ((start_step, {task: rate}), ...); from each start step on, the mixture uses
+  # those rates (tasks left out get 0). Before the first start, the spec's own rates.
+  rate_stages: tuple = ()
 
 
 def _manifest(cache_dir: str, task: str, split: str) -> dict:
@@ -124,7 +128,7 @@ class PlanSource:
   """Per example of a task: its index and final feature lengths, from the offsets alone."""
 
   def __init__(self, cache_dir: str, task: str, task_id: int, split: str,
-               lengths: Mapping[str, int]):
+               lengths: Mapping[str, int], concat: bool = False):
     manifest = _manifest(cache_dir, task, split)
     folder = cache.split_dir(cache_dir, task, split)
     arrays = manifest.get("token_arrays", {})
@@ -136,6 +140,9 @@ class PlanSource:
       raw = np.diff(np.load(os.path.join(folder, arrays[name]["offsets"])))
       self._lengths[name] = final_lengths(raw, manifest["post_cache_ops"],
                                           manifest["output_features"][name], lengths[name])
+    if concat:  # decoder-only: one `inputs + targets` sequence
+      self._lengths = {"inputs": np.zeros_like(self._lengths["inputs"]),
+                       "targets": self._lengths["inputs"] + self._lengths["targets"]}
 
   def __len__(self) -> int:
     return len(self._lengths["inputs"])
@@ -159,8 +166,10 @@ def _task_stream(source, task: str, task_id: int, split: str, options: PipelineO
   return ds.repeat() if repeat else ds
 
 
-def _preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapping[str, int]):
-  """Raw token example -> EOS-terminated, trimmed int32 features plus per-token `task_ids`."""
+def preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapping[str, int],
+              concat: bool = False):
+  """Raw token example -> EOS-terminated, trimmed int32 features plus per-token `task_ids`
+  (concatenated to `inputs + targets` with an `inputs_mask` for decoder-only models)."""
   manifest = _manifest(cache_dir, task, split)
   ops, features = manifest["post_cache_ops"], manifest["output_features"]
   lengths = dict(lengths)
@@ -169,7 +178,7 @@ def _preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapp
     example = post_cache(example, ops, features, lengths)
     out = {k: np.asarray(example[k], np.int32) for k in TOKEN_FEATURES}
     out["task_ids"] = np.full_like(out["targets"], task_id)
-    return out
+    return feature_converters.concat_for_prefix_lm(out) if concat else out
 
   return prepare
 
@@ -177,36 +186,35 @@ def _preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapp
 def task_dataset(cache_dir: str, task: str, task_id: int, split: str,
                  options: PipelineOptions, repeat: bool = True) -> grain.MapDataset:
   """One task's examples: this host's shard, shuffled, repeated, EOS-terminated, trimmed."""
-  prepare = _preparer(cache_dir, task, task_id, split, options.lengths)
+  prepare = preparer(cache_dir, task, task_id, split, options.lengths,
+                      feature_converters.concatenates(options.feature_converter))
   ds = _task_stream(TokenSource(cache_dir, task, split), task, task_id, split, options,
                     shard=True, repeat=repeat)
   return ds.map(prepare)
 
 
-def _mix(parts: list[grain.MapDataset], spec: mixing.MixtureSpec) -> grain.MapDataset:
-  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, list(spec.weights))
+def _mix(make_part, spec: mixing.MixtureSpec, weights=None) -> grain.MapDataset:
+  """Mixes `make_part(task_id, task)` over the tasks with positive weight (task ids stay)."""
+  weights = spec.weights if weights is None else weights
+  chosen = [(i, t, w) for i, (t, w) in enumerate(zip(spec.task_names, weights)) if w > 0]
+  if not chosen:
+    raise ValueError(f"mixture {spec.name!r}: no task has a positive rate")
+  parts = [make_part(i, t) for i, t, _ in chosen]
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for *_, w in chosen])
 
 
 def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
-                   split: str = "train") -> grain.MapDataset:
+                   split: str = "train", weights=None) -> grain.MapDataset:
   """This host's examples of the mixture, interleaved deterministically by the rates."""
-  return _mix([task_dataset(cache_dir, t, i, split, options)
-               for i, t in enumerate(spec.task_names)], spec)
+  return _mix(lambda i, t: task_dataset(cache_dir, t, i, split, options), spec, weights)
 
 
 def mixed_plan(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
-               split: str = "train") -> grain.MapDataset:
+               split: str = "train", weights=None) -> grain.MapDataset:
   """The global (all hosts) mixed stream as (task, index, lengths): reads no tokens."""
-  return _mix([_task_stream(PlanSource(cache_dir, t, i, split, options.lengths), t, i, split,
-                            options, shard=False) for i, t in enumerate(spec.task_names)], spec)
-
-
-def _pad_example(example: Mapping[str, np.ndarray], lengths: Mapping[str, int]) -> dict:
-  return {
-      "inputs": feature_converters.pad_to(example["inputs"], lengths["inputs"]),
-      "targets": feature_converters.pad_to(example["targets"], lengths["targets"]),
-      "task_ids": feature_converters.pad_to(example["task_ids"], lengths["targets"]),
-  }
+  concat = feature_converters.concatenates(options.feature_converter)
+  return _mix(lambda i, t: _task_stream(PlanSource(cache_dir, t, i, split, options.lengths, concat),
+                                        t, i, split, options, shard=False), spec, weights)
 
 
 def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[str, int],
@@ -223,32 +231,52 @@ def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[s
   return report
 
 
-def _window_rows(spec, cache_dir, options, split) -> grain.IterDataset:
+def _window_rows(spec, cache_dir, options, split, weights=None) -> grain.IterDataset:
   """This host's rows of the host-count-independent global packing (packing.py)."""
+  concat = feature_converters.concatenates(options.feature_converter)
   sources = [TokenSource(cache_dir, t, split) for t in spec.task_names]
-  preparers = [_preparer(cache_dir, t, i, split, options.lengths)
+  preparers = [preparer(cache_dir, t, i, split, options.lengths, concat)
                for i, t in enumerate(spec.task_names)]
 
   def fetch(task_id: int, index: int) -> dict[str, np.ndarray]:
     return preparers[task_id](sources[task_id][index])
 
   return packing.WindowPackIterDataset(
-      mixed_plan(spec, cache_dir, options, split), fetch, options.lengths,
+      mixed_plan(spec, cache_dir, options, split, weights), fetch,
+      feature_converters.model_lengths(options.feature_converter, options.lengths),
       global_batch=options.batch_size * options.num_shards, shard_index=options.shard_index,
       num_shards=options.num_shards, window=options.packing_bins or 4096, seed=options.seed)
 
 
 def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
                   split: str = "train") -> grain.IterDataset:
-  """This host's batches of encoder-decoder features (a checkpointable iterator).
+  """This host's batches of model features (a checkpointable iterator).
 
   With the `window` packer the global batches do not depend on the number of hosts; with
-  Grain's packers each host mixes and packs its own shard of every task.
+  Grain's packers each host mixes and packs its own shard of every task. With `rate_stages`,
+  the stream switches rates at each stage's start step (see `StagedBatches`).
   """
-  lengths = dict(options.lengths)
+  feature_converters.check_converter(options.feature_converter)
+  if options.rate_stages:
+    stages = stage_weights(spec, options.rate_stages)
+    unprefetched = dataclasses.replace(options, prefetch=0, rate_stages=())
+
+    def make(k: int) -> grain.IterDataset:
+      # Stage k > 0 shuffles with its own seed, so it does not replay stage 0's order.
+      stage_options = dataclasses.replace(unprefetched, seed=options.seed + 7_919 * k)
+      return _batches(spec, cache_dir, stage_options, split, stages[k][1])
+
+    return _prefetch(StagedBatches(make, [start for start, _ in stages]), options)
+  return _prefetch(_batches(spec, cache_dir, options, split), options)
+
+
+def _batches(spec, cache_dir, options: PipelineOptions, split: str,
+             weights=None) -> grain.IterDataset:
+  kind = options.feature_converter
+  model = feature_converters.model_lengths(kind, options.lengths)
   if options.pack and options.packer == "window":
-    return _convert_and_batch(_window_rows(spec, cache_dir, options, split), options)
-  ds = mixed_examples(spec, cache_dir, options, split).to_iter_dataset(
+    return _convert_and_batch(_window_rows(spec, cache_dir, options, split, weights), options)
+  ds = mixed_examples(spec, cache_dir, options, split, weights).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if options.pack:
     packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
@@ -256,27 +284,106 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
     if options.packer not in packers:
       raise ValueError(f"data.packer must be one of {sorted(packers) + ['window']}, "
                        f"got {options.packer!r}")
+    aligned = ("task_ids", "inputs_mask") if feature_converters.concatenates(kind) else \
+        ("task_ids",)
+    length_struct = {k: v for k, v in model.items() if v > 0}
+    length_struct.update({k: model["targets"] for k in aligned})
     ds = packers[options.packer](
         ds,
-        length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
-                       "task_ids": lengths["targets"]},
+        length_struct=length_struct,
         num_packing_bins=options.packing_bins or options.batch_size,
         seed=options.seed,
         shuffle_bins=True,
     )
   else:
-    ds = ds.map(lambda ex: _pad_example(ex, lengths))
+    lengths = dict(options.lengths)
+    ds = ds.map(lambda ex: feature_converters.pad_example(ex, kind, lengths))
   return _convert_and_batch(ds, options)
 
 
 def _convert_and_batch(ds: grain.IterDataset, options: PipelineOptions) -> grain.IterDataset:
-  packed = options.pack
-  ds = ds.map(lambda ex: feature_converters.enc_dec(ex, packed=packed))
-  ds = ds.batch(options.batch_size, drop_remainder=True)
+  packed, kind = options.pack, options.feature_converter
+  ds = ds.map(lambda ex: feature_converters.convert(ex, kind, packed=packed))
+  return ds.batch(options.batch_size, drop_remainder=True)
+
+
+def _prefetch(ds: grain.IterDataset, options: PipelineOptions) -> grain.IterDataset:
   if options.prefetch > 0:
     # Checkpointable: the saved state is that of the last batch handed out, not produced.
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=options.prefetch)
   return ds
+
+
+def stage_weights(spec: mixing.MixtureSpec, rate_stages) -> list[tuple[int, tuple[float, ...]]]:
+  """[(start_step, normalised weights in spec order)], starting with the spec's own at step 0."""
+  stages = [(0, spec.weights)]
+  last = 0
+  for start, rates in rate_stages:
+    start = int(start)
+    if start < last or (start == last and len(stages) > 1):
+      raise ValueError(f"rate_stages must have increasing start steps, got {start} after {last}")
+    unknown = sorted(set(rates) - set(spec.task_names))
+    if unknown:
+      import difflib  # pylint: disable=g-import-not-at-top
+
+      hints = {u: difflib.get_close_matches(u, spec.task_names, n=1) for u in unknown}
+      raise ValueError(f"rate_stages at step {start}: tasks {unknown} are not in mixture "
+                       f"{spec.name!r} (close: {hints})")
+    raw = [float(rates.get(t, 0.0)) for t in spec.task_names]
+    if min(raw) < 0 or sum(raw) <= 0:
+      raise ValueError(f"rate_stages at step {start}: rates must be >= 0 with a positive sum")
+    weights = tuple(r / sum(raw) for r in raw)
+    if start == 0:
+      stages[0] = (0, weights)
+    else:
+      stages.append((start, weights))
+    last = start
+  return stages
+
+
+class StagedBatches(grain.IterDataset):
+  """Batches from stage k's stream for steps in `[starts[k], starts[k + 1])`.
+
+  Steps are batches handed out by this host (= global steps). Each stage is its own
+  deterministic stream, started fresh at its start step; the state is (stage, step, the stage
+  stream's state), so restoring is O(1) on either side of a boundary.
+  """
+
+  def __init__(self, make_stage, starts: list[int]):
+    super().__init__()
+    self.make_stage, self.starts = make_stage, list(starts)
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _StagedIterator(self)
+
+
+class _StagedIterator(grain.DatasetIterator):
+
+  def __init__(self, ds: StagedBatches):
+    super().__init__()
+    self._ds = ds
+    self._step = 0
+    self._stage = 0
+    self._it = iter(ds.make_stage(0))
+
+  def _stage_of(self, step: int) -> int:
+    return max(k for k, start in enumerate(self._ds.starts) if start <= step)
+
+  def __next__(self):
+    stage = self._stage_of(self._step)
+    if stage != self._stage:
+      self._stage, self._it = stage, iter(self._ds.make_stage(stage))
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"stage": self._stage, "step": self._step, "inner": self._it.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._stage, self._step = int(state["stage"]), int(state["step"])
+    self._it = iter(self._ds.make_stage(self._stage))
+    self._it.set_state(state["inner"])
 
 
 def read_examples(cache_dir: str, task: str, split: str, limit: int | None = None) -> list[dict]:
