@@ -35,16 +35,22 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 
 
 class RMSNorm(nnx.Module):
-  """T5's layer norm: scale only, no mean subtraction, no bias."""
+  """T5's layer norm: scale only, no mean subtraction, no bias.
 
-  def __init__(self, features: int, *, eps: float, param_dtype, rngs: nnx.Rngs):
-    self.eps = eps
-    self.scale = param(rngs, jax.nn.initializers.ones, (features,), ("embed",), param_dtype)
+  `plus_one` (Gemma) stores the scale as an offset from 1 (init 0), as Gemma checkpoints do.
+  """
+
+  def __init__(self, features: int, *, eps: float, param_dtype, rngs: nnx.Rngs,
+               plus_one: bool = False):
+    self.eps, self.plus_one = eps, plus_one
+    init = jax.nn.initializers.zeros if plus_one else jax.nn.initializers.ones
+    self.scale = param(rngs, init, (features,), ("embed",), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    scale = self.scale[...].astype(jnp.float32)
+    return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
 class Embed(nnx.Module):

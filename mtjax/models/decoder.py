@@ -1,0 +1,353 @@
+"""Decoder-only family in Flax NNX: Llama / Qwen2 / Gemma shapes, prefix-LM, KV cache.
+
+RoPE (HF's rotate-half layout), RMSNorm, grouped-query attention, gated MLP (SwiGLU or GeGLU),
+tied or untied head, optional QKV bias (Qwen2), Gemma's `sqrt(d)` embedding scale and
+`1 + weight` norm. `__call__(batch)` takes SeqIO decoder-only / prefix-LM features
+(`decoder_input_tokens`, optional `decoder_segment_ids`, `decoder_positions`,
+`decoder_causal_attention`) and returns float32 logits `[B, T, V]`, like `t5.T5`.
+
+Soft-prompt hook: `model.embed_hook`, if set, is called as
+`hook(x, segment_ids, positions) -> (x, segment_ids, positions)` on the embedded inputs before
+the first layer. It may prepend positions (a prefix prompt); logits for them are dropped, so the
+output keeps the input length. An `nnx.Module` hook contributes its parameters to the state.
+
+Incremental decoding: `start_decode(model, batch, max_decode_len)` and
+`decode_step(model, cache, tokens)`; every cache leaf has the batch as its leading axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mtjax.models import layers
+from mtjax.models.layers import param
+from mtjax.parallel.rules import constrain
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,  # SwiGLU (Llama, Qwen2)
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GeGLU (Gemma)
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  vocab_size: int = 32000
+  d_model: int = 1024
+  num_layers: int = 16
+  num_heads: int = 16
+  num_kv_heads: int = 16  # < num_heads: grouped-query attention
+  head_dim: int = 64
+  d_ff: int = 2816
+  activation: str = "silu"  # gated MLP activation: silu (SwiGLU) | gelu_tanh (GeGLU) | gelu
+  rope_theta: float = 10000.0
+  # Llama 3 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_pos).
+  rope_llama3_scaling: tuple[float, float, float, int] | None = None
+  norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  qkv_bias: bool = False  # Qwen2
+  scale_embeddings: bool = False  # Gemma: multiply embeddings by sqrt(d_model)
+  norm_plus_one: bool = False  # Gemma: RMSNorm scales by (1 + weight), weight init 0
+  dropout_rate: float = 0.0
+  remat: str = "none"  # see REMAT_POLICIES
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+
+
+PRESETS: dict[str, DecoderConfig] = {
+    # Tiny shapes for tests and a CPU quickstart (byte vocabulary padded to 384).
+    "decoder_test": DecoderConfig(vocab_size=384, d_model=32, num_layers=2, num_heads=4,
+                                  num_kv_heads=2, head_dim=8, d_ff=64),
+    "decoder_quickstart": DecoderConfig(vocab_size=384, d_model=128, num_layers=4, num_heads=4,
+                                        num_kv_heads=2, head_dim=32, d_ff=384),
+    # The benchmark shape of issue 8 (~270M parameters with a 32k vocabulary).
+    "llama_270m": DecoderConfig(vocab_size=32000, d_model=1024, num_layers=16, num_heads=16,
+                                num_kv_heads=16, head_dim=64, d_ff=2816, norm_eps=1e-5),
+    # Shapes of open models (their HF config.json); load weights with mtjax.models.hf.
+    "llama3_1b": DecoderConfig(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32,
+                               num_kv_heads=8, head_dim=64, d_ff=8192, rope_theta=500000.0,
+                               rope_llama3_scaling=(32.0, 1.0, 4.0, 8192), norm_eps=1e-5,
+                               tie_word_embeddings=True),
+    "qwen2_0_5b": DecoderConfig(vocab_size=151936, d_model=896, num_layers=24, num_heads=14,
+                                num_kv_heads=2, head_dim=64, d_ff=4864, rope_theta=1000000.0,
+                                qkv_bias=True, tie_word_embeddings=True),
+    "gemma_2b": DecoderConfig(vocab_size=256000, d_model=2048, num_layers=18, num_heads=8,
+                              num_kv_heads=1, head_dim=256, d_ff=16384, activation="gelu_tanh",
+                              tie_word_embeddings=True, scale_embeddings=True,
+                              norm_plus_one=True),
+}
+
+
+def preset(name: str, **overrides) -> DecoderConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown decoder preset {name!r}; known: {sorted(PRESETS)}")
+  return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def rope_frequencies(cfg: DecoderConfig) -> jax.Array:
+  """Inverse frequencies `[head_dim / 2]` (float32), with Llama 3 scaling if configured."""
+  h = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  if cfg.rope_llama3_scaling is None:
+    return inv
+  factor, low, high, original = cfg.rope_llama3_scaling
+  wavelen = 2 * jnp.pi / inv
+  low_wavelen, high_wavelen = original / low, original / high
+  scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+  smooth = (original / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotates `[B, T, N, H]` by `positions [B, T]` in HF's rotate-half layout."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return x * cos + jnp.concatenate([-x2, x1], -1) * sin
+
+
+class Attention(nnx.Module):
+  """GQA self-attention; `kv_cache` (k, v, write index) makes it incremental."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    d, n, k, h, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
+    self.cfg = cfg
+    self.query = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
+    self.key = param(rngs, layers.normal(d ** -0.5), (d, k, h), ("embed", "heads", "kv"), pd)
+    self.value = param(rngs, layers.normal(d ** -0.5), (d, k, h), ("embed", "heads", "kv"), pd)
+    self.out = param(rngs, layers.normal((n * h) ** -0.5), (n, h, d), ("heads", "kv", "embed"), pd)
+    if cfg.qkv_bias:
+      zeros = jax.nn.initializers.zeros
+      self.query_bias = param(rngs, zeros, (n, h), ("heads", "kv"), pd)
+      self.key_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
+      self.value_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
+
+  def __call__(self, x, positions, mask, inv_freq, kv_cache=None):
+    """Returns (output, (k, v)): the keys/values attended to (the updated cache if given)."""
+    dt = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dt))
+    k = jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dt))
+    v = jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dt))
+    if self.cfg.qkv_bias:
+      q = q + self.query_bias[...].astype(dt)
+      k = k + self.key_bias[...].astype(dt)
+      v = v + self.value_bias[...].astype(dt)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    if kv_cache is not None:  # write this call's keys/values at each example's own index
+      k_cache, v_cache, index = kv_cache
+      write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, 0))
+      k, v = write(k_cache, k.astype(k_cache.dtype), index), write(v_cache, v.astype(v_cache.dtype),
+                                                                   index)
+    y = layers.attention(q, k.astype(dt), v.astype(dt), mask=mask,
+                         scale=self.cfg.head_dim ** -0.5)
+    return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)), (k, v)
+
+
+class MLP(nnx.Module):
+  """Gated feed-forward: `down(act(gate(x)) * up(x))`."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    d, f, pd = cfg.d_model, cfg.d_ff, cfg.param_dtype
+    self.act = ACTIVATIONS[cfg.activation]
+    self.gate = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+    self.up = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+    self.down = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
+
+  def __call__(self, x, dropout_rate: float = 0.0, rng=None):
+    dt = x.dtype
+    h = self.act(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = layers.dropout(h, dropout_rate, rng)
+    return h @ self.down[...].astype(dt)
+
+
+def _norm(cfg: DecoderConfig, rngs):
+  return layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.param_dtype, rngs=rngs,
+                        plus_one=cfg.norm_plus_one)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attention_norm = _norm(cfg, rngs)
+    self.attention = Attention(cfg, rngs=rngs)
+    self.mlp_norm = _norm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask, inv_freq, kv_cache=None, rng=None):
+    rate = self.cfg.dropout_rate
+    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+    h, kv = self.attention(self.attention_norm(x), positions, mask, inv_freq, kv_cache)
+    x = x + layers.dropout(h, rate, keys[0])
+    h = self.mlp(self.mlp_norm(x), rate, keys[1])
+    x = x + layers.dropout(h, rate, keys[2])
+    return layers.activation_names(x), kv
+
+
+def make_mask(length: int, segment_ids=None, causal_attention=None) -> jax.Array:
+  """`[B or 1, 1, T, T]`: causal, bidirectional over the prefix-LM inputs, within segments."""
+  mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  if causal_attention is not None:  # SeqIO's decoder_causal_attention: 1 over the inputs part
+    ca = causal_attention.astype(bool)
+    mask = mask | (ca[:, None, :, None] & ca[:, None, None, :])
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+  return mask
+
+
+class Decoder(nnx.Module):
+  """Decoder-only LM. `__call__(batch)` takes the features of SeqIO's decoder-only converters."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.token_embed = layers.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype,
+                                    rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = _norm(cfg, rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
+                           ("embed", "vocab"), cfg.param_dtype)
+    self.embed_hook = None  # soft-prompt hook, see the module docstring
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.cfg.dtype)
+
+  def embed(self, tokens, segment_ids, positions, *, hook: bool = True):
+    """Embedded inputs after the soft-prompt hook: (x, segment_ids, positions)."""
+    x = self.token_embed(tokens, self.dtype)
+    if self.cfg.scale_embeddings:
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
+    if hook and self.embed_hook is not None:
+      x, segment_ids, positions = self.embed_hook(x, segment_ids, positions)
+    return layers.activation_names(x), segment_ids, positions
+
+  def logits(self, x):
+    x = self.final_norm(x)
+    if self.cfg.tie_word_embeddings:
+      logits = self.token_embed.attend(x)
+    else:
+      logits = x @ self.lm_head[...].astype(x.dtype)
+    return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+  def _blocks(self, x, positions, mask, caches=None, rng=None):
+    """Runs the layers; returns (x, per-layer (k, v))."""
+    inv_freq = rope_frequencies(self.cfg)
+    policy = REMAT_POLICIES[self.cfg.remat]
+    kvs = []
+    for i, block in enumerate(self.layers):
+      cache = None if caches is None else caches[i]
+      if self.cfg.remat != "none" and cache is None:
+        x, kv = nnx.remat(lambda b, *a: b(*a), policy=policy)(
+            block, x, positions, mask, inv_freq, None, _fold(rng, 1 + i))
+      else:
+        x, kv = block(x, positions, mask, inv_freq, cache, _fold(rng, 1 + i))
+      kvs.append(kv)
+    return x, kvs
+
+  def __call__(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
+    tokens = batch["decoder_input_tokens"]
+    b, t = tokens.shape
+    segment_ids = batch.get("decoder_segment_ids")
+    positions = batch.get("decoder_positions")
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    causal_attention = batch.get("decoder_causal_attention")
+    x, segment_ids, positions = self.embed(tokens, segment_ids, positions)
+    extra = x.shape[1] - t  # positions a prefix hook prepended
+    if extra and causal_attention is not None:
+      causal_attention = jnp.pad(causal_attention, ((0, 0), (extra, 0)), constant_values=1)
+    x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
+    mask = make_mask(x.shape[1], segment_ids, causal_attention)
+    x, _ = self._blocks(x, positions, mask, rng=rng)
+    x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
+    return self.logits(x[:, extra:])
+
+
+def _fold(rng, i):
+  return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def prompt_lengths(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Per-example prompt length `[B]`: `decoder_prompt_lengths`, else from a mask, else the
+  position after the last non-zero token (a leading BOS 0 is allowed)."""
+  if "decoder_prompt_lengths" in batch:
+    return jnp.asarray(batch["decoder_prompt_lengths"], jnp.int32)
+  tokens = batch["decoder_input_tokens"]
+  mask = batch.get("decoder_prompt_mask")
+  if mask is not None:
+    return jnp.sum(jnp.asarray(mask) > 0, axis=1).astype(jnp.int32)
+  idx = jnp.arange(1, tokens.shape[1] + 1)[None]
+  return jnp.maximum(jnp.max(jnp.where(tokens != 0, idx, 0), axis=1), 1).astype(jnp.int32)
+
+
+def start_decode(model: Decoder, batch: Mapping[str, jax.Array], max_decode_len: int):
+  """Runs the right-padded prompts; returns (logits `[B, V]` at each last prompt token, cache).
+
+  `batch`: `decoder_input_tokens [B, P]` plus `decoder_prompt_lengths [B]` or
+  `decoder_prompt_mask [B, P]` (else lengths are inferred from the last non-zero token); an
+  optional `decoder_causal_attention` makes the prompt bidirectional (prefix-LM). The cache
+  holds `P + max_decode_len` (plus any prefix-hook) positions per layer.
+  """
+  cfg = model.cfg
+  tokens = jnp.asarray(batch["decoder_input_tokens"], jnp.int32)
+  b, p = tokens.shape
+  lengths = prompt_lengths(batch)
+  positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+  x, _, positions = model.embed(tokens, None, positions)
+  extra = x.shape[1] - p
+  lengths = lengths + extra
+  causal_attention = batch.get("decoder_causal_attention")
+  if causal_attention is not None and extra:
+    causal_attention = jnp.pad(causal_attention, ((0, 0), (extra, 0)), constant_values=1)
+  size = x.shape[1] + max_decode_len
+  mask = make_mask(x.shape[1], None, causal_attention)
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, max_decode_len)))  # empty slots: masked
+  zeros = jnp.zeros((b, size, cfg.num_kv_heads, cfg.head_dim), model.dtype)
+  start = jnp.zeros((b,), jnp.int32)
+  x, kvs = model._blocks(x, positions, mask, caches=[(zeros, zeros, start)] * cfg.num_layers)
+  last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
+  next_pos = jnp.take_along_axis(positions, (lengths - 1)[:, None], axis=1)[:, 0] + 1
+  cache = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs], "index": lengths,
+           "position": next_pos}
+  return model.logits(last)[:, 0], cache
+
+
+def decode_step(model: Decoder, cache, tokens: jax.Array):
+  """Feeds `tokens [B]` at each example's next slot; returns (logits `[B, V]`, cache)."""
+  index, position = cache["index"], cache["position"]
+  x, _, _ = model.embed(jnp.asarray(tokens, jnp.int32)[:, None], None, position[:, None],
+                        hook=False)
+  size = cache["k"][0].shape[1]
+  mask = (jnp.arange(size)[None] <= index[:, None])[:, None, None, :]  # [B, 1, 1, S]
+  caches = [(k, v, index) for k, v in zip(cache["k"], cache["v"])]
+  x, kvs = model._blocks(x, position[:, None], mask, caches=caches)
+  new = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs], "index": index + 1,
+         "position": position + 1}
+  return model.logits(x)[:, 0], new

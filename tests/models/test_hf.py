@@ -1,0 +1,189 @@
+"""HF interop: tiny random `transformers` models -> mtjax logits equal to torch's (1e-4, fp32),
+with and without padding; export -> `transformers.from_pretrained` -> the same logits again."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mtjax.models import decoder, hf, t5  # noqa: E402
+
+ATOL = 1e-4
+
+
+def _t5_v1_0():
+  return transformers.T5Config(
+      vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
+      num_decoder_layers=3, feed_forward_proj="relu", tie_word_embeddings=True,
+      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+
+
+def _t5_v1_1():
+  return transformers.T5Config(
+      vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+
+
+def _mt5():
+  return transformers.MT5Config(
+      vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+
+
+def _llama():
+  return transformers.LlamaConfig(
+      vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5,
+      rope_theta=500.0, tie_word_embeddings=False)
+
+
+def _qwen2():
+  return transformers.Qwen2Config(
+      vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=1, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+
+def _gemma():
+  return transformers.GemmaConfig(
+      vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+      hidden_activation="gelu_pytorch_tanh")
+
+
+CONFIGS = {"t5_v1_0": _t5_v1_0, "t5_v1_1": _t5_v1_1, "mt5": _mt5, "llama_gqa": _llama,
+           "qwen2": _qwen2, "gemma": _gemma}
+
+
+def _torch_model(name):
+  config = CONFIGS[name]()
+  torch.manual_seed(len(name))
+  if name.startswith(("t5", "mt5")):
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
+    if name != "t5_v1_0":  # v1.1 / mT5: a head of its own
+      model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+  else:
+    model = transformers.AutoModelForCausalLM.from_config(config)
+  with torch.no_grad():  # norms and biases away from their init, so their mapping is tested
+    for key, p in model.named_parameters():
+      if "norm" in key or key.endswith("bias"):
+        p.add_(torch.randn_like(p) * 0.1)
+  return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def saved(request, tmp_path_factory):
+  name = request.param
+  model = _torch_model(name)
+  path = str(tmp_path_factory.mktemp(name))
+  model.save_pretrained(path)
+  return name, model, path
+
+
+ENC = np.array([[5, 6, 7, 8, 9, 10, 1], [11, 12, 1, 0, 0, 0, 0]], np.int32)
+DEC = np.array([[0, 3, 4, 5, 6], [0, 7, 8, 0, 0]], np.int32)
+DEC_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
+TOKENS = np.array([[3, 5, 7, 9, 11, 13, 15], [4, 6, 8, 10, 0, 0, 0]], np.int32)
+MASK = (np.arange(7)[None] < np.array([[7], [4]])).astype(np.int32)
+
+
+def _torch_logits(name, model, padded: bool):
+  with torch.no_grad():
+    if name.startswith(("t5", "mt5")):
+      enc, dec = (ENC, DEC) if padded else (ENC[:1], DEC[:1])
+      return model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+                   decoder_input_ids=torch.tensor(dec),
+                   decoder_attention_mask=torch.tensor(DEC_MASK[:len(dec)])).logits.numpy()
+    tokens, mask = (TOKENS, MASK) if padded else (TOKENS[:1], MASK[:1])
+    return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+def _mtjax_logits(name, model, padded: bool):
+  forward = nnx.jit(lambda m, b: m(b))
+  if name.startswith(("t5", "mt5")):
+    enc, dec = (ENC, DEC) if padded else (ENC[:1], DEC[:1])
+    return np.asarray(forward(model, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
+  tokens = TOKENS if padded else TOKENS[:1]
+  return np.asarray(forward(model, {"decoder_input_tokens": tokens}))
+
+
+def _assert_close_on_real_tokens(name, got, want):
+  mask = (DEC_MASK if name.startswith(("t5", "mt5")) else MASK)[:len(got)].astype(bool)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got[mask], want[mask], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_loaded_model_matches_transformers_logits(saved, padded):
+  name, torch_model, path = saved
+  model = hf.load(path)
+  _assert_close_on_real_tokens(name, _mtjax_logits(name, model, padded),
+                               _torch_logits(name, torch_model, padded))
+
+
+def test_loaded_config_has_the_family_options(saved):
+  name, _, path = saved
+  cfg = hf.load(path).cfg
+  if name == "t5_v1_0":
+    assert cfg.feed_forward == "relu" and cfg.tie_word_embeddings
+  elif name in ("t5_v1_1", "mt5"):
+    assert cfg.feed_forward == "gated-gelu" and not cfg.tie_word_embeddings
+  elif name == "llama_gqa":
+    assert (cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta) == (4, 2, 500.0)
+  elif name == "qwen2":
+    assert cfg.qkv_bias and cfg.num_kv_heads == 1
+  elif name == "gemma":
+    assert cfg.scale_embeddings and cfg.norm_plus_one and cfg.tie_word_embeddings
+    assert cfg.activation == "gelu_tanh"
+
+
+def test_export_round_trips_through_transformers(saved, tmp_path):
+  name, torch_model, path = saved
+  model = hf.load(path)
+  hf.export(model, str(tmp_path))
+  auto = (transformers.AutoModelForSeq2SeqLM if name.startswith(("t5", "mt5"))
+          else transformers.AutoModelForCausalLM)
+  reloaded = auto.from_pretrained(str(tmp_path)).eval()
+  _assert_close_on_real_tokens(name, _torch_logits(name, reloaded, True),
+                               _torch_logits(name, torch_model, True))
+  # and back into mtjax: identical parameters
+  again = hf.load(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(again))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sharded_checkpoint_loads_onto_a_mesh(tmp_path):
+  from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
+  torch_model = _torch_model("llama_gqa")
+  torch_model.save_pretrained(str(tmp_path), max_shard_size="20KB")
+  assert os.path.exists(tmp_path / "model.safetensors.index.json")
+  mesh = mesh_lib.make_mesh(2, 2, 2)
+  model = hf.load(str(tmp_path), mesh=mesh)
+  query = model.layers[0].attention.query[...]
+  spec = rules_lib.logical_to_spec(("embed", "heads", "kv"), rules_lib.DEFAULT_RULES)
+  assert query.sharding.spec == spec and len(query.sharding.device_set) == 8
+  with jax.set_mesh(mesh):
+    got = _mtjax_logits("llama_gqa", model, True)
+  _assert_close_on_real_tokens("llama_gqa", got, _torch_logits("llama_gqa", torch_model, True))
+
+
+def test_unknown_key_is_named(tmp_path):
+  from safetensors.numpy import save_file
+  cfg = hf.config_to_hf(decoder.preset("decoder_test"))
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(cfg, f)
+  save_file({"model.layers.0.self_attn.q_norm.weight": np.zeros(8, np.float32)},
+            str(tmp_path / "model.safetensors"))
+  with pytest.raises(KeyError, match="q_norm"):
+    hf.load(str(tmp_path))
+
+
+def test_t5_preset_exports_the_v1_0_tie(tmp_path):
+  cfg = hf.config_to_hf(t5.preset("t5_test", tie_word_embeddings=True, feed_forward="relu"))
+  assert cfg["tie_word_embeddings"] and cfg["feed_forward_proj"] == "relu"
