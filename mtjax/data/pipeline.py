@@ -162,7 +162,7 @@ def _task_stream(source, task: str, task_id: int, split: str, options: PipelineO
     raise ValueError(f"task {task!r} split {split!r}: shard {options.shard_index} of "
                      f"{options.num_shards} is empty ({len(source)} examples)")
   # A distinct, fixed shuffle seed per task keeps tasks independent of the mixture's order.
-  ds = ds.shuffle(seed=options.seed * 1_000_003 + task_id)
+  ds = ds.shuffle(seed=(options.seed * 1_000_003 + task_id) % 2**32)  # Grain wants < 2**32
   return ds.repeat() if repeat else ds
 
 

@@ -2,6 +2,7 @@
 
 import collections
 
+import numpy as np
 import pytest
 import seqio
 
@@ -47,3 +48,38 @@ def test_nested_capped_tempered_mixture_over_100k_draws(synthetic_cache):
   for i, t in enumerate(spec.task_names):
     share = counts[i] / n
     assert share == pytest.approx(want[t] / total, rel=0.01), t
+
+
+def test_staged_rates_switch_at_the_start_step_and_resume_across_it(synthetic_cache):
+  spec = mixing.read_spec("synthetic", synthetic_cache)
+  late = {"synthetic_copy": 1.0, "synthetic_add": 3.0}
+  opts = pipeline.PipelineOptions({"inputs": 64, "targets": 16}, batch_size=100, pack=False,
+                                  prefetch=0, rate_stages=((40, late),))
+  it = iter(pipeline.train_batches(spec, synthetic_cache, opts))
+  counts = [collections.Counter(), collections.Counter()]
+  for step in range(80):
+    counts[step >= 40].update(next(it)["task_ids"][:, 0].tolist())
+  late_w = {i: late.get(t, 0.0) / 4.0 for i, t in enumerate(spec.task_names)}
+  for i, w in enumerate(spec.weights):  # 4000 draws per stage; Grain's mix is near-exact
+    assert counts[0][i] / 4000 == pytest.approx(w, rel=0.01)
+    assert counts[1][i] / 4000 == pytest.approx(late_w[i], rel=0.01)
+
+  # Window-packed stream with prefetch: restore at points on both sides of the boundary.
+  staged = pipeline.PipelineOptions({"inputs": 64, "targets": 16}, batch_size=4, seed=5,
+                                    packing_bins=48, rate_stages=((6, late),))
+  make = lambda: iter(pipeline.train_batches(spec, synthetic_cache, staged))
+  it = make()
+  states, stream = [], []
+  for _ in range(12):
+    states.append(it.get_state())
+    stream.append(next(it))
+  assert set(np.unique(np.concatenate([b["task_ids"][b["decoder_loss_weights"] > 0]
+                                       for b in stream[6:]]))) == \
+      {spec.task_names.index(t) for t in late}
+  for point in (2, 5, 6, 7, 10):
+    resumed = make()
+    resumed.set_state(states[point])
+    for want in stream[point:point + 2]:
+      got = next(resumed)
+      for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
