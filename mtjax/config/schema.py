@@ -24,6 +24,8 @@ class DataConfig:
   packer: str = "window"  # window (mtjax.data.packing) | best_fit | first_fit (Grain's)
   packing_bins: int = 0  # window: examples per window (0 = 4096); Grain: open rows (0 = batch)
   seed: int = 0
+  feature_converter: str = "enc_dec"  # enc_dec | decoder_only | prefix_lm
+  rate_stages: tuple = ()  # ((start_step, {task: rate}), ...): other rates from that step on
 
 
 @gin.configurable
