@@ -1,85 +1,182 @@
-"""SeqIO-style evaluation of each task in a mixture: decode, postprocess, metric functions.
+"""SeqIO-style evaluation of each task in a mixture: decode, score, postprocess, metric functions.
 
-Predictions are greedy decodes of the cached validation inputs; targets are the task's
-pretokenized targets. Both go through the task's own `postprocess_fn`, and the task's own
-predict-metric functions score them, so numbers match what SeqIO/T5X would report.
+Per task (every example of its eval split once, in cache order, via `mtjax.data.eval_data`):
+- predict metrics: decode (greedy / beam / sampling, `mtjax.eval.generate`), then exactly what
+  `seqio.Evaluator` does with the token ids: `vocab.decode`, the task's `postprocess_fn` on
+  predictions and on `targets_pretokenized`, and each predict-metric fn;
+- score metrics: the summed log-likelihood of each example's targets (T5X's `score_fn`);
+- rank classification, when examples carry `answer_choices` (PromptSource) or are rows of the
+  rank-classification format (`idx`, `is_correct`): accuracy, and per template median / IQR;
+- the format-specialisation rate, given a label set: the share of predictions in it.
+`task_metrics` is the SeqIO-equivalent metric step on its own, so it can be checked against
+`seqio.Evaluator` on the same model outputs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
 
-from mtjax.data import cache, feature_converters, pipeline
-from mtjax.eval.decoding import greedy_decode
-from mtjax.parallel import rules as rules_lib
-
-
-def _encoder_inputs(examples, cache_dir, task, split, inputs_length) -> np.ndarray:
-  manifest = cache.read_manifest(cache_dir, task, split)
-  rows = []
-  for ex in examples:
-    ex = pipeline.post_cache(ex, manifest["post_cache_ops"], manifest["output_features"],
-                             {"inputs": inputs_length, "targets": 10**9})
-    rows.append(feature_converters.pad_to(np.asarray(ex["inputs"], np.int32), inputs_length))
-  return np.stack(rows)
+from mtjax.data import eval_data, feature_converters, pipeline
+from mtjax.eval import batching, generate, scoring
 
 
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def postprocessed_targets(task, examples) -> list:
+  vocab = task.output_features["targets"].vocabulary
+  out = []
+  for ex in examples:
+    target = ex.get("targets_pretokenized")
+    target = vocab.decode(list(ex["targets"])) if target is None else _text(target)
+    out.append(task.postprocess_fn(target, example=ex, is_target=True))
+  return out
+
+
+def postprocessed_predictions(task, examples, predicted_ids) -> list:
+  vocab = task.output_features["targets"].vocabulary
+  return [task.postprocess_fn(vocab.decode([int(t) for t in ids]), example=ex, is_target=False)
+          for ex, ids in zip(examples, predicted_ids)]
+
+
+def task_metrics(task, examples: Sequence[Mapping[str, Any]], predicted_ids=None,
+                 scores=None) -> dict[str, float]:
+  """The task's predict metrics on decoded token ids and score metrics on scores, as SeqIO."""
+  targets = postprocessed_targets(task, examples)
+  metrics = {}
+  if predicted_ids is not None:
+    predictions = postprocessed_predictions(task, examples, predicted_ids)
+    for fn in task.predict_metric_fns:
+      metrics.update(fn(targets=targets, predictions=predictions))
+  if scores is not None:
+    for fn in task.score_metric_fns:
+      metrics.update(fn(targets=targets, scores=np.asarray(scores)))
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def format_rate(predictions: Sequence[Any], label_set: Sequence[str]) -> float:
+  """Format-specialisation rate: percent of predictions that are exactly one of the labels."""
+  labels = {_text(x).strip() for x in label_set}
+  hits = sum(_text(p).strip() in labels for p in predictions)
+  return 100.0 * hits / max(len(predictions), 1)
+
+
+def prompt_batch(family: str, tokens: np.ndarray) -> dict[str, np.ndarray]:
+  """Generation inputs: encoder tokens (enc-dec), or right-padded prompts + their lengths."""
+  if family == "enc_dec":
+    return {"encoder_input_tokens": tokens}
+  lengths = (tokens > 0).sum(-1).astype(np.int32)
+  return {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
+
+
+def _prepared(examples, cache_dir, task_name, split, lengths):
+  prepare = pipeline.preparer(cache_dir, task_name, 0, split, lengths, False)
+  return [prepare(ex) for ex in examples]
+
+
+def _load(cache_dir, task_name, split, lengths, max_examples) -> list[dict]:
+  """The first `max_examples` cached examples of the split, in cache order."""
+  examples = []
+  for batch in eval_data.task_batches(cache_dir, task_name, split, lengths, batch_size=256,
+                                      limit=max_examples):
+    examples.extend(batch.examples)
+  return examples
+
+
 def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: str,
                   inputs_length: int, targets_length: int, max_examples: int, batch_size: int,
-                  mesh=None, rules=None) -> dict:
+                  mesh=None, rules=None, decode: generate.DecodeOptions | None = None,
+                  scoring_mode: str = "sum", family: str = "enc_dec", seed: int = 0,
+                  label_set: Sequence[str] = ()) -> dict:
   """Metrics of one task, plus a few (input, prediction, target) samples."""
   import seqio  # pylint: disable=g-import-not-at-top  (metric fns and vocabularies live in SeqIO)
 
   task = seqio.get_mixture_or_task(task_name)
   vocab = task.output_features["targets"].vocabulary
-  examples = pipeline.read_examples(cache_dir, task_name, split, limit=max_examples)
-  tokens = _encoder_inputs(examples, cache_dir, task_name, split, inputs_length)
-  parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  batch_size = max(parallel, int(math.ceil(min(batch_size, len(tokens)) / parallel)) * parallel)
-  sharding = None if mesh is None else NamedSharding(
-      mesh, rules_lib.logical_to_spec(("batch",), rules))
-  decoded = []
-  for start in range(0, len(tokens), batch_size):
-    chunk = tokens[start:start + batch_size]
-    padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-    batch = padded if sharding is None else jax.device_put(padded, sharding)
-    out = np.asarray(greedy_decode(graphdef, params, batch, max_length=targets_length,
-                                   eos_id=int(vocab.eos_id)))
-    decoded.extend(out[:len(chunk)])
-  predictions, targets = [], []
-  for ex, ids in zip(examples, decoded):
-    ids = [int(t) for t in ids]
-    if vocab.eos_id in ids:
-      ids = ids[:ids.index(vocab.eos_id)]
-    predictions.append(task.postprocess_fn(vocab.decode(ids), example=ex, is_target=False))
-    targets.append(task.postprocess_fn(_text(ex["targets_pretokenized"]), example=ex,
-                                       is_target=True))
-  metrics = {}
-  for fn in task.predict_metric_fns:
-    metrics.update({k: float(v) for k, v in fn(targets, predictions).items()})
-  samples = [{"inputs": _text(ex.get("inputs_pretokenized", "")), "prediction": p, "target": t}
-             for ex, p, t in list(zip(examples, predictions, targets))[:3]]
+  lengths = {"inputs": inputs_length, "targets": targets_length}
+  examples = _load(cache_dir, task_name, split, lengths, max_examples)
+  if not examples:
+    return {"task": task_name, "num_examples": 0, "metrics": {}, "samples": []}
+  prepared = _prepared(examples, cache_dir, task_name, split, lengths)
+  inputs = [np.asarray(p["inputs"], np.int32) for p in prepared]
+  run = functools.partial(batching.map_batches, batch_size=batch_size, mesh=mesh, rules=rules)
+  decode = decode or generate.DecodeOptions(max_length=targets_length, eos_id=int(vocab.eos_id))
+  metrics, predictions, predicted_ids, target_scores = {}, None, None, None
+
+  if task.predict_metric_fns or label_set:
+    tokens = np.stack([feature_converters.pad_to(x, inputs_length) for x in inputs])
+    rng = jax.random.key(seed)
+    counter = iter(range(1 << 30))
+    predicted_ids = run(
+        lambda b: generate.generate(graphdef, params, b, jax.random.fold_in(rng, next(counter)),
+                                    options=decode)[0],
+        prompt_batch(family, tokens))
+    predictions = postprocessed_predictions(task, examples, predicted_ids)
+
+  needs_scores = task.score_metric_fns or "is_correct" in examples[0]
+  if needs_scores:
+    target_scores = scoring.score_pairs(
+        graphdef, params, [(x, p["targets"]) for x, p in zip(inputs, prepared)],
+        lengths=lengths, family=family, batch_size=batch_size, mesh=mesh, rules=rules)
+  metrics.update(task_metrics(task, examples, predicted_ids,
+                              None if target_scores is None else target_scores["sum"]))
+  if label_set and predictions is not None:
+    metrics["format_rate"] = format_rate(predictions, label_set)
+
+  if "is_correct" in examples[0]:  # SeqIO rank-classification rows
+    ranked = scoring.rank_classification_rows(examples, target_scores[scoring_mode])
+    metrics["rank_accuracy"] = ranked["accuracy"]
+  elif any(len(ex.get("answer_choices", [])) for ex in examples):
+    add_eos = bool(task.output_features["targets"].add_eos)
+    pairs, owners, gold = scoring.choice_pairs(examples, inputs, vocab, add_eos=add_eos,
+                                               targets_length=targets_length)
+    choice_scores = scoring.score_pairs(graphdef, params, pairs, lengths=lengths, family=family,
+                                        batch_size=batch_size, mesh=mesh, rules=rules)
+    ranked = scoring.rank_answer_choices(choice_scores, owners, gold, scoring_mode)
+    metrics["rank_accuracy"] = ranked["accuracy"]
+    per_template = scoring.per_template_accuracy(examples, ranked["predicted"], gold)
+    if len(per_template) > 1:
+      summary = scoring.median_iqr(list(per_template.values()))
+      metrics["rank_accuracy_median"] = summary["median"]
+      metrics["rank_accuracy_iqr"] = summary["iqr"]
+      metrics.update({f"rank_accuracy/template_{t}": v for t, v in per_template.items()})
+
+  targets = postprocessed_targets(task, examples)
+  samples = [{"inputs": _text(ex.get("inputs_pretokenized", "")),
+              "prediction": None if predictions is None else predictions[i],
+              "target": targets[i]} for i, ex in enumerate(examples[:3])]
   return {"task": task_name, "num_examples": len(examples), "metrics": metrics,
-          "samples": samples}
+          "samples": _jsonable(samples)}
+
+
+def _jsonable(x):
+  return json.loads(json.dumps(x, default=str))
 
 
 def evaluate_mixture(graphdef, params, task_names: Sequence[str], **kwargs) -> list[dict]:
   return [evaluate_task(graphdef, params, name, **kwargs) for name in task_names]
 
 
+def averages(results: list[dict]) -> dict[str, float]:
+  """Each metric averaged over the tasks that report it (unweighted, as T5X's `average`)."""
+  sums: dict[str, list[float]] = {}
+  for r in results:
+    for k, v in r["metrics"].items():
+      sums.setdefault(k, []).append(v)
+  return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
 def format_table(results: list[dict]) -> str:
   rows = [(r["task"], k, f"{v:.1f}") for r in results for k, v in r["metrics"].items()]
+  if len(results) > 1:
+    rows += [("average", k, f"{v:.1f}") for k, v in averages(results).items()]
   widths = [max(len(x) for x in col) for col in zip(("task", "metric", "value"), *rows)]
   line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
   return "\n".join([line(("task", "metric", "value")), line(["-" * w for w in widths])] +
@@ -90,3 +187,20 @@ def write_results(results: list[dict], path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(results, f, indent=1)
+
+
+def log_results(results: list[dict], output_dir: str, step: int, *,
+                tensorboard: bool = True) -> dict[str, float]:
+  """Appends one row (`<task>/<metric>` and `average/<metric>`) to `eval_metrics.jsonl` and
+  TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns the row."""
+  row = {f"{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
+  row.update({f"average/{k}": v for k, v in averages(results).items()})
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "eval_metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": int(step), **row}) + "\n")
+  if tensorboard:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    with SummaryWriter(os.path.join(output_dir, "tensorboard")) as tb:
+      for k, v in row.items():
+        tb.add_scalar(f"eval/{k}", v, int(step))
+  return row

@@ -1,0 +1,176 @@
+"""Log-likelihood of targets given inputs, and rank classification (T0 / GPT-3 style).
+
+Scores come from the model's full teacher-forced forward (`model(batch)`, the same call the
+trainer makes), so they are what the training loss measures: the sum of the log-probabilities
+of the target tokens (EOS included, as the targets feature carries it), and that sum divided by
+the number of target tokens ("mean", length-normalised). The model family only changes how an
+(inputs, targets) pair becomes features (`FEATURES`); for decoder-only and prefix-LM models
+the inputs are a prefix whose tokens have loss weight 0, so only target tokens are scored.
+
+Rank classification scores every answer choice of an example and predicts the argmax. Two
+input formats: PromptSource-style examples carrying `answer_choices` (the target is one of
+them), and SeqIO's rank-classification format (T5's `rank_classification` preprocessor: one
+row per choice with `idx = [example, choice]` and `is_correct`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mtjax.data import feature_converters
+from mtjax.eval import batching
+
+MODES = ("sum", "mean")
+
+
+def target_log_probs(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """Per-token `log p(target)` `[B, T]`, zero where the weight is zero."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), -1)[..., 0]
+  return jnp.where(weights > 0, picked, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def score_batch(graphdef, params, batch) -> dict[str, jax.Array]:
+  """`{"sum": [B], "length": [B]}`: summed target log-probability and number of target tokens."""
+  model = nnx.merge(graphdef, params)
+  logits = model(batch)
+  weights = batch["decoder_loss_weights"]
+  lp = target_log_probs(logits, batch["decoder_target_tokens"], weights)
+  return {"sum": lp.sum(-1), "length": (weights > 0).sum(-1)}
+
+
+def _enc_dec(inputs, targets, lengths):
+  return feature_converters.enc_dec(
+      {"inputs": feature_converters.pad_to(inputs, lengths["inputs"]),
+       "targets": feature_converters.pad_to(targets, lengths["targets"])}, packed=False)
+
+
+def _prefix_lm(inputs, targets, lengths, causal_prefix: bool = False):
+  inputs = np.asarray(inputs, np.int32)[:lengths["inputs"]]
+  targets = np.asarray(targets, np.int32)[:lengths["targets"]]
+  total = lengths["inputs"] + lengths["targets"]
+  joined = feature_converters.concat_for_prefix_lm({"inputs": inputs, "targets": targets})
+  joined = {k: feature_converters.pad_to(v, total) for k, v in joined.items()}
+  out = feature_converters.prefix_lm(joined, packed=False, loss_on_targets_only=True)
+  if causal_prefix:  # a plain decoder-only model: causal attention over the prompt too
+    del out["decoder_causal_attention"]
+  return out
+
+
+# How an (inputs, targets) pair becomes model features, per model family. A family whose
+# converter is not here (e.g. a new decoder) adds an entry.
+FEATURES = {
+    "enc_dec": _enc_dec,
+    "decoder_only": functools.partial(_prefix_lm, causal_prefix=True),
+    "prefix_lm": _prefix_lm,
+}
+
+
+def pair_features(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], lengths: Mapping[str, int],
+                  family: str = "enc_dec") -> dict[str, np.ndarray]:
+  """Stacked model features of (input tokens, target tokens) pairs, truncated to `lengths`."""
+  if family not in FEATURES:
+    raise ValueError(f"unknown model family {family!r} for scoring; known: {sorted(FEATURES)}")
+  rows = [FEATURES[family](np.asarray(i, np.int32), np.asarray(t, np.int32), lengths)
+          for i, t in pairs]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def score_pairs(graphdef, params, pairs, *, lengths, family: str = "enc_dec",
+                batch_size: int = 64, mesh=None, rules=None) -> dict[str, np.ndarray]:
+  """`{"sum", "length", "mean"}` per pair (numpy)."""
+  if not pairs:
+    return {"sum": np.zeros(0), "length": np.zeros(0, np.int64), "mean": np.zeros(0)}
+  features = pair_features(pairs, lengths, family)
+  out = batching.map_batches(functools.partial(score_batch, graphdef, params), features,
+                             batch_size=batch_size, mesh=mesh, rules=rules)
+  out["mean"] = out["sum"] / np.maximum(out["length"], 1)
+  return out
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def encode_target(vocab, text: str, add_eos: bool, length: int) -> list[int]:
+  """Tokens of a target string as the task's targets feature would be (EOS after trimming)."""
+  ids = list(vocab.encode(text))
+  return ids[:length - 1] + [int(vocab.eos_id)] if add_eos else ids[:length]
+
+
+def choice_pairs(examples: Sequence[Mapping[str, Any]], input_tokens: Sequence[Sequence[int]],
+                 vocab, *, add_eos: bool, targets_length: int):
+  """(pairs, owner example index per pair, gold choice index per example or -1)."""
+  pairs, owners, gold = [], [], []
+  for i, (ex, inputs) in enumerate(zip(examples, input_tokens)):
+    choices = [_text(c) for c in ex.get("answer_choices", [])]
+    target = _text(ex.get("targets_pretokenized", ""))
+    gold.append(choices.index(target) if target in choices else -1)
+    for c in choices:
+      pairs.append((inputs, encode_target(vocab, c, add_eos, targets_length)))
+      owners.append(i)
+  return pairs, np.asarray(owners, np.int64), np.asarray(gold, np.int64)
+
+
+def argmax_by_group(scores: np.ndarray, groups: np.ndarray, num_groups: int) -> np.ndarray:
+  """Index (into `scores`) of the best row of each group; -1 for empty groups. First wins ties."""
+  best = np.full(num_groups, -1, np.int64)
+  for row, (g, s) in enumerate(zip(groups, scores)):
+    if best[g] < 0 or s > scores[best[g]]:
+      best[g] = row
+  return best
+
+
+def rank_answer_choices(scores: Mapping[str, np.ndarray], owners: np.ndarray, gold: np.ndarray,
+                        mode: str = "sum") -> dict[str, Any]:
+  """Predicted choice per example and accuracy (percent) over examples with a gold choice."""
+  if mode not in MODES:
+    raise ValueError(f"eval.scoring must be one of {MODES}, got {mode!r}")
+  best = argmax_by_group(scores[mode], owners, len(gold))
+  first = np.searchsorted(owners, np.arange(len(gold)))  # owners ascend: pairs in example order
+  predicted = np.where(best >= 0, best - first, -1)
+  valid = gold >= 0
+  accuracy = 100.0 * float(np.mean(predicted[valid] == gold[valid])) if valid.any() else 0.0
+  return {"predicted": predicted, "accuracy": accuracy, "num_scored": int(valid.sum())}
+
+
+def rank_classification_rows(rows: Sequence[Mapping[str, Any]], scores: np.ndarray
+                             ) -> dict[str, Any]:
+  """SeqIO rank-classification format: rows grouped by `idx[0]`; correct if the best row is.
+
+  `scores` are one number per row (sum or mean log-likelihood, chosen by the caller).
+  """
+  keys = [int(np.asarray(r["idx"]).reshape(-1)[0]) for r in rows]
+  ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+  groups = np.asarray([ids[k] for k in keys], np.int64)
+  best = argmax_by_group(np.asarray(scores, np.float64), groups, len(ids))
+  correct = [bool(rows[b]["is_correct"]) for b in best]
+  return {"accuracy": 100.0 * float(np.mean(correct)) if correct else 0.0,
+          "num_examples": len(ids), "predicted_rows": best}
+
+
+def median_iqr(values: Sequence[float]) -> dict[str, float]:
+  """T0 reporting over a task's prompt templates: median and interquartile range."""
+  v = np.asarray(values, np.float64)
+  if v.size == 0:
+    return {"median": float("nan"), "iqr": float("nan")}
+  q1, med, q3 = np.percentile(v, [25, 50, 75])
+  return {"median": float(med), "iqr": float(q3 - q1)}
+
+
+def per_template_accuracy(examples: Sequence[Mapping[str, Any]], predicted: np.ndarray,
+                          gold: np.ndarray) -> dict[str, float]:
+  """Accuracy per `template_id` (file / PromptSource tasks carry it); {} if absent."""
+  by_template: dict[str, list[bool]] = {}
+  for ex, p, g in zip(examples, predicted, gold):
+    if "template_id" not in ex or g < 0:
+      continue
+    by_template.setdefault(str(int(np.asarray(ex["template_id"]))), []).append(p == g)
+  return {t: 100.0 * float(np.mean(v)) for t, v in sorted(by_template.items())}
