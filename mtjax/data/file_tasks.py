@@ -112,18 +112,26 @@ def rendered_examples(paths: Sequence[str], templates: Sequence) -> list[dict[st
   return out
 
 
-def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, files, templates):
-  del shuffle_files, seed  # file order is the canonical order; Grain shuffles later
+def to_dataset(examples: Sequence[Mapping[str, Any]]):
+  """Rendered examples -> tf.data: strings, `answer_choices` (ragged), int ids (`idx` int64)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  examples = rendered_examples(files[split], templates)
-  columns = {k: [ex[k] for ex in examples] for k in ("inputs", "targets", "example_json")}
-  tensors = {k: tf.constant(v, tf.string) for k, v in columns.items()}
-  tensors["idx"] = tf.constant([ex["idx"] for ex in examples], tf.int64)
-  tensors["template_id"] = tf.constant([ex["template_id"] for ex in examples], tf.int32)
-  tensors["answer_choices"] = tf.ragged.constant(
-      [ex["answer_choices"] for ex in examples], dtype=tf.string, ragged_rank=1)
+  tensors = {}
+  for key, value in examples[0].items():
+    column = [ex[key] for ex in examples]
+    if isinstance(value, str):
+      tensors[key] = tf.constant(column, tf.string)
+    elif isinstance(value, (list, tuple)):
+      dtype = tf.string if key == "answer_choices" else tf.int32
+      tensors[key] = tf.ragged.constant(column, dtype=dtype, ragged_rank=1)
+    else:
+      tensors[key] = tf.constant(column, tf.int64 if key == "idx" else tf.int32)
   return tf.data.Dataset.from_tensor_slices(tensors)
+
+
+def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, files, templates):
+  del shuffle_files, seed  # file order is the canonical order; Grain shuffles later
+  return to_dataset(rendered_examples(files[split], templates))
 
 
 def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],

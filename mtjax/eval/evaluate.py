@@ -14,6 +14,7 @@ Per task (every example of its eval split once, in cache order, via `mtjax.data.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -107,7 +108,9 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
   prepared = _prepared(examples, cache_dir, task_name, split, lengths)
   inputs = [np.asarray(p["inputs"], np.int32) for p in prepared]
   run = functools.partial(batching.map_batches, batch_size=batch_size, mesh=mesh, rules=rules)
-  decode = decode or generate.DecodeOptions(max_length=targets_length, eos_id=int(vocab.eos_id))
+  # The task's vocabulary fixes EOS and its targets length the decode length.
+  decode = dataclasses.replace(decode or generate.DecodeOptions(), max_length=targets_length,
+                               eos_id=int(vocab.eos_id))
   metrics, predictions, predicted_ids, target_scores = {}, None, None, None
 
   if task.predict_metric_fns or label_set:
@@ -160,6 +163,20 @@ def _jsonable(x):
   return json.loads(json.dumps(x, default=str))
 
 
+def config_kwargs(cfg) -> dict[str, Any]:
+  """`evaluate_task` keyword arguments from a RunConfig (its data and eval sections)."""
+  e = cfg.eval
+  decode = generate.DecodeOptions(method=e.decode, beam_size=e.beam_size, alpha=e.alpha,
+                                  temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+  if e.scoring not in scoring.MODES:
+    raise ValueError(f"eval.scoring must be one of {scoring.MODES}, got {e.scoring!r}")
+  return dict(cache_dir=cfg.data.cache_dir, split=e.split, inputs_length=cfg.data.inputs_length,
+              targets_length=cfg.data.targets_length, max_examples=e.max_examples,
+              batch_size=e.batch_size, decode=decode, scoring_mode=e.scoring,
+              family=getattr(cfg.data, "feature_converter", "enc_dec"), seed=e.seed,
+              label_set=tuple(e.label_set))
+
+
 def evaluate_mixture(graphdef, params, task_names: Sequence[str], **kwargs) -> list[dict]:
   return [evaluate_task(graphdef, params, name, **kwargs) for name in task_names]
 
@@ -204,3 +221,10 @@ def log_results(results: list[dict], output_dir: str, step: int, *,
       for k, v in row.items():
         tb.add_scalar(f"eval/{k}", v, int(step))
   return row
+
+
+def report(results: list[dict], output_dir: str, step: int) -> None:
+  """Writes `eval_results.json`, appends `eval_metrics.jsonl` and TensorBoard, prints the table."""
+  write_results(results, os.path.join(output_dir, "eval_results.json"))
+  log_results(results, output_dir, step)
+  print(format_table(results), flush=True)

@@ -1,0 +1,81 @@
+"""`mtjax eval` on any checkpoint: find its run, build the model, restore, evaluate, report.
+
+A checkpoint is named by a run directory (its latest checkpoint), a run's `checkpoints/`
+directory, or one step's directory (`.../checkpoints/600`). The configuration is the run's own
+`config.json` unless a gin / python config is given; either way, `eval.*` options and the
+mixture or task to evaluate can be overridden, so a checkpoint trained on one mixture can be
+evaluated on another (held-out tasks, T0 style) with any decoding method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+from mtjax.config import schema
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+  run_dir: str
+  checkpoints_dir: str
+  step: int | None  # None: the latest
+
+
+def locate(path: str) -> CheckpointRef:
+  """Resolves a run dir, a `checkpoints/` dir or a step dir to (run dir, checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return CheckpointRef(path, os.path.join(path, "checkpoints"), None)
+  name, parent = os.path.basename(path), os.path.dirname(path)
+  if name.isdigit():
+    return CheckpointRef(os.path.dirname(parent), parent, int(name))
+  return CheckpointRef(parent, path, None)
+
+
+def run_config(ref: CheckpointRef) -> schema.RunConfig:
+  path = os.path.join(ref.run_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: give the run's config with --config or "
+                            "--gin_file, or point at a run directory written by mtjax train")
+  with open(path) as f:
+    return schema.from_dict(json.load(f))
+
+
+def with_overrides(cfg: schema.RunConfig, *, mixture_or_task: str | None = None,
+                   modules: tuple[str, ...] = (), eval_fields: Mapping[str, Any] | None = None
+                   ) -> schema.RunConfig:
+  data = cfg.data
+  if mixture_or_task:
+    data = dataclasses.replace(data, mixture=mixture_or_task)
+  if modules:
+    data = dataclasses.replace(data, modules=tuple(dict.fromkeys(data.modules + tuple(modules))))
+  known = {f.name for f in dataclasses.fields(schema.EvalConfig)}
+  unknown = set(eval_fields or {}) - known
+  if unknown:
+    raise KeyError(f"unknown eval option(s) {sorted(unknown)}; known: {sorted(known)}")
+  ev = dataclasses.replace(cfg.eval, **(eval_fields or {}))
+  return dataclasses.replace(cfg, data=data, eval=ev)
+
+
+def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
+                        output_dir: str | None = None) -> dict:
+  """Restores the checkpoint's parameters into the config's model and evaluates them."""
+  from mtjax.train import checkpoint as ckpt_lib, loop  # pylint: disable=g-import-not-at-top
+
+  setup = loop.build(cfg)
+  checkpointer = ckpt_lib.Checkpointer(ref.checkpoints_dir, save_every=1,
+                                       keep=cfg.train.keep_checkpoints)
+  step = checkpointer.latest_step() if ref.step is None else ref.step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ref.checkpoints_dir}")
+  params = checkpointer.restore_params(step, setup.params)
+  checkpointer.close()
+  output_dir = output_dir or ref.run_dir
+  print(f"evaluating {ref.run_dir} at step {step} on {cfg.data.mixture}", flush=True)
+  results = loop.evaluate(setup, params, step=step, output_dir=output_dir)
+  return {"step": step, "output_dir": output_dir, "results": results}
