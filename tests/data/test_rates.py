@@ -83,3 +83,24 @@ def test_staged_rates_switch_at_the_start_step_and_resume_across_it(synthetic_ca
       got = next(resumed)
       for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_opt_iml_rates_cap_per_task_then_split_by_benchmark():
+  groups = {"strings": ["synthetic_copy", "synthetic_reverse", "synthetic_sort"],
+            "math": ["synthetic_add", "synthetic_compare"]}
+  rate = rates.opt_iml_examples_proportional(groups, {"strings": 0.25, "math": 0.75},
+                                             maximum=5000)
+  # By hand: capped counts strings 4000/5000/5000 (sum 14000), math 5000/4000 (sum 9000).
+  want = {"synthetic_copy": 0.25 * 4000 / 14000, "synthetic_reverse": 0.25 * 5000 / 14000,
+          "synthetic_sort": 0.25 * 5000 / 14000, "synthetic_add": 0.75 * 5000 / 9000,
+          "synthetic_compare": 0.75 * 4000 / 9000}
+  for name, r in want.items():
+    assert rate(seqio.get_mixture_or_task(name)) == pytest.approx(r)
+  seqio.MixtureRegistry.remove("test_opt_iml")
+  seqio.MixtureRegistry.add("test_opt_iml", sorted(want), default_rate=rate)
+  spec = mixing.from_seqio("test_opt_iml")
+  shares = dict(zip(spec.task_names, spec.weights))
+  assert sum(shares[t] for t in groups["math"]) == pytest.approx(0.75)
+  with pytest.raises(ValueError, match="in no OPT-IML group"):
+    rates.opt_iml_examples_proportional({"math": ["synthetic_add"]}, {"math": 1.0}, 10)(
+        seqio.get_mixture_or_task("synthetic_copy"))
