@@ -14,7 +14,7 @@ import sys
 
 COMMANDS = {
     "train": "train (or resume) a run from a config; evaluates every task at the end",
-    "eval": "evaluate the latest checkpoint of a run directory on each task of its mixture",
+    "eval": "evaluate a checkpoint on each task of a mixture (decoding, scoring, metrics)",
     "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
 }
 
@@ -86,32 +86,52 @@ def _cmd_train(argv):
                                       if "/" not in k}}))
 
 
-def _cmd_eval(argv):
-  parser = argparse.ArgumentParser(prog="mtjax eval", description=COMMANDS["eval"])
-  parser.add_argument("--run_dir", required=True, help="a run directory written by mtjax train")
-  parser.add_argument("--max_examples", type=int, help="per task (default: the run's config)")
-  args = parser.parse_args(argv)
+def _eval_option_parser(parser) -> None:
+  """One `--<field>` flag per EvalConfig field (tuples comma-separated), default: the config's."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
-  from mtjax.train import checkpoint as ckpt_lib, loop  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(args.run_dir, "config.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"error: {path} not found: is {args.run_dir!r} a run directory?")
-  with open(path) as f:
-    cfg = schema.from_dict(json.load(f))
-  if args.max_examples:
-    import dataclasses  # pylint: disable=g-import-not-at-top
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval,
-                                                            max_examples=args.max_examples))
-  setup = loop.build(cfg)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), save_every=1,
-                                       keep=cfg.train.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise SystemExit(f"error: no checkpoint in {checkpointer.directory}")
-  params = checkpointer.restore_params(step, setup.params)
-  print(f"evaluating {cfg.run_dir} at step {step}")
-  loop.evaluate(setup, params)
+  group = parser.add_argument_group("eval options (override the config's eval.*)")
+  for f in dataclasses.fields(schema.EvalConfig):
+    default = f.default
+    if isinstance(default, bool):
+      kind = lambda v: v.lower() in ("1", "true", "yes")
+    elif isinstance(default, tuple):
+      item = int if "int" in str(f.type) else str
+      kind = lambda v, item=item: tuple(item(x.strip()) for x in v.split(",") if x.strip())
+    else:
+      kind = type(default)
+    group.add_argument(f"--{f.name}", type=kind, default=None, metavar=f.name.upper(),
+                       help=f"(default {default!r})")
+
+
+def _cmd_eval(argv):
+  argv, bindings = _split_gin_flags(argv)
+  parser = _config_parser("eval", COMMANDS["eval"])
+  where = parser.add_mutually_exclusive_group(required=True)
+  where.add_argument("--run_dir", help="a run directory written by mtjax train (latest step)")
+  where.add_argument("--checkpoint", help="a run dir, its checkpoints/ dir, or one step's dir")
+  parser.add_argument("--mixture_or_task", help="what to evaluate (default: the run's mixture)")
+  parser.add_argument("--module", action="append", default=[],
+                      help="module registering it (repeatable)")
+  parser.add_argument("--output_dir", help="where results go (default: the run directory)")
+  _eval_option_parser(parser)
+  args = parser.parse_args(argv)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+  from mtjax.eval import run  # pylint: disable=g-import-not-at-top
+
+  eval_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(schema.EvalConfig)
+                 if getattr(args, f.name) is not None}
+  try:
+    ref = run.locate(args.checkpoint or args.run_dir)
+    cfg = (_load_or_exit(args, bindings) if args.gin_file or args.config
+           else run.run_config(ref))
+    cfg = run.with_overrides(cfg, mixture_or_task=args.mixture_or_task,
+                             modules=tuple(args.module), eval_fields=eval_fields)
+    run.evaluate_checkpoint(cfg, ref, args.output_dir)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
 
 
 def _cmd_cache(argv):

@@ -66,6 +66,16 @@ class EvalConfig:
   split: str = "validation"
   max_examples: int = 200  # per task
   batch_size: int = 200
+  decode: str = "greedy"  # greedy | beam | sample (mtjax.eval.generate)
+  beam_size: int = 4
+  alpha: float = 0.6  # beam length penalty ((5 + length) / 6) ** alpha; 0 = plain log-prob
+  temperature: float = 1.0  # sampling; 0 = greedy
+  top_k: int = 0  # sampling: keep the k most likely tokens (0 = off)
+  top_p: float = 1.0  # sampling: nucleus mass (1 = off)
+  seed: int = 0  # sampling rng
+  scoring: str = "sum"  # rank classification by summed or length-normalised ("mean") log-lik
+  few_shot: tuple[int, ...] = ()  # k-shot in-context evaluation for each k (empty: off)
+  label_set: tuple[str, ...] = ()  # format-specialisation rate: share of outputs in this set
 
 
 @gin.configurable

@@ -15,6 +15,7 @@ import os
 from typing import Any, Mapping
 
 from mtjax.config import schema
+from mtjax.eval import evaluate, few_shot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,18 @@ def with_overrides(cfg: schema.RunConfig, *, mixture_or_task: str | None = None,
     raise KeyError(f"unknown eval option(s) {sorted(unknown)}; known: {sorted(known)}")
   ev = dataclasses.replace(cfg.eval, **(eval_fields or {}))
   return dataclasses.replace(cfg, data=data, eval=ev)
+
+
+def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh=None,
+                    rules=None) -> list[dict]:
+  """Everything `cfg.eval` asks for: each task of the mixture, then its k-shot variants."""
+  kwargs = evaluate.config_kwargs(cfg)
+  results = evaluate.evaluate_mixture(graphdef, params, task_names, mesh=mesh, rules=rules,
+                                      **kwargs)
+  if cfg.eval.few_shot:
+    results += few_shot.evaluate_few_shot(graphdef, {"": params}, task_names, cfg.eval.few_shot,
+                                          mesh=mesh, rules=rules, **kwargs)
+  return results
 
 
 def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,

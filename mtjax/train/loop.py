@@ -191,9 +191,13 @@ def _check_finite(loss: float, step: int, ckpt_dir: str) -> None:
                              f"checkpoint in {ckpt_dir} is untouched.")
 
 
-def evaluate(setup: Setup, params) -> list[dict]:
-  """Greedy-decodes each task's eval split; prints and writes the per-task metric table."""
+def evaluate(setup: Setup, params, step: int | None = None, output_dir: str | None = None
+             ) -> list[dict]:
+  """Evaluates each task (decoding and scoring as `cfg.eval` says; mtjax.eval.evaluate), then
+  writes eval_results.json / eval_metrics.jsonl / TensorBoard to `output_dir` (the run dir) and
+  prints the per-task table. `step` labels the metrics (default: the final training step)."""
   from mtjax.eval import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from mtjax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
 
   cfg = setup.cfg
   try:
@@ -203,11 +207,8 @@ def evaluate(setup: Setup, params) -> list[dict]:
                 "postprocessors and metric functions)")
     return []
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    results = eval_lib.evaluate_mixture(
-        setup.graphdef, params, setup.spec.task_names, cache_dir=cfg.data.cache_dir,
-        split=cfg.eval.split, inputs_length=cfg.data.inputs_length,
-        targets_length=cfg.data.targets_length, max_examples=cfg.eval.max_examples,
-        batch_size=cfg.eval.batch_size, mesh=setup.mesh, rules=setup.rules)
-  eval_lib.write_results(results, os.path.join(cfg.run_dir, "eval_results.json"))
-  print(eval_lib.format_table(results), flush=True)
+    results = run_lib.evaluate_config(setup.graphdef, params, setup.spec.task_names, cfg,
+                                      mesh=setup.mesh, rules=setup.rules)
+  eval_lib.report(results, output_dir or cfg.run_dir,
+                  cfg.train.steps if step is None else step)
   return results
