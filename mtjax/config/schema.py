@@ -31,9 +31,11 @@ class DataConfig:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  preset: str = "t5_quickstart"  # see mtjax.models.t5.PRESETS
+  preset: str = "t5_quickstart"  # see mtjax.models.registry.PRESETS (T5 and decoder families)
   dropout_rate: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+  hf_checkpoint: str = ""  # local HF checkpoint dir: start from its weights (preset ignored)
 
 
 @gin.configurable

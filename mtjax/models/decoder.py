@@ -9,7 +9,8 @@ tied or untied head, optional QKV bias (Qwen2), Gemma's `sqrt(d)` embedding scal
 Soft-prompt hook: `model.embed_hook`, if set, is called as
 `hook(x, segment_ids, positions) -> (x, segment_ids, positions)` on the embedded inputs before
 the first layer. It may prepend positions (a prefix prompt); logits for them are dropped, so the
-output keeps the input length. An `nnx.Module` hook contributes its parameters to the state.
+output keeps the input length. The hook is an `nnx.Module` (its parameters join the model's
+state, so they train and checkpoint with it) or None.
 
 Incremental decoding: `start_decode(model, batch, max_decode_len)` and
 `decode_step(model, cache, tokens)`; every cache leaf has the batch as its leading axis.
@@ -34,14 +35,6 @@ ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
 
-REMAT_POLICIES = {
-    "none": None,  # no rematerialisation
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   vocab_size: int = 32000
@@ -61,7 +54,7 @@ class DecoderConfig:
   scale_embeddings: bool = False  # Gemma: multiply embeddings by sqrt(d_model)
   norm_plus_one: bool = False  # Gemma: RMSNorm scales by (1 + weight), weight init 0
   dropout_rate: float = 0.0
-  remat: str = "none"  # see REMAT_POLICIES
+  remat: str = "none"  # see layers.REMAT_POLICIES
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -69,8 +62,9 @@ class DecoderConfig:
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, "
                        f"got {self.activation!r}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {sorted(layers.REMAT_POLICIES)}, "
+                       f"got {self.remat!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -233,7 +227,7 @@ class Decoder(nnx.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
                            ("embed", "vocab"), cfg.param_dtype)
-    self.embed_hook = None  # soft-prompt hook, see the module docstring
+    self.embed_hook = nnx.data(None)  # soft-prompt hook (a Module or None): module docstring
 
   @property
   def dtype(self):
@@ -259,15 +253,12 @@ class Decoder(nnx.Module):
   def _blocks(self, x, positions, mask, caches=None, rng=None):
     """Runs the layers; returns (x, per-layer (k, v))."""
     inv_freq = rope_frequencies(self.cfg)
-    policy = REMAT_POLICIES[self.cfg.remat]
     kvs = []
     for i, block in enumerate(self.layers):
       cache = None if caches is None else caches[i]
-      if self.cfg.remat != "none" and cache is None:
-        x, kv = nnx.remat(lambda b, *a: b(*a), policy=policy)(
-            block, x, positions, mask, inv_freq, None, _fold(rng, 1 + i))
-      else:
-        x, kv = block(x, positions, mask, inv_freq, cache, _fold(rng, 1 + i))
+      remat = self.cfg.remat if cache is None else "none"  # decoding has no backward pass
+      x, kv = layers.remat_call(block, remat, x, positions, mask, inv_freq, cache,
+                                _fold(rng, 1 + i))
       kvs.append(kv)
     return x, kvs
 

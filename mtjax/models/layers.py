@@ -11,6 +11,22 @@ from flax import nnx
 from mtjax.parallel.rules import constrain
 
 
+# Named rematerialisation policies for the blocks (config option `remat`).
+REMAT_POLICIES = {
+    "none": None,  # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_call(block, policy_name: str, *args):
+  """`block(*args)`, rematerialised in the backward pass under the named policy."""
+  if policy_name == "none":
+    return block(*args)
+  return nnx.remat(lambda b, *a: b(*a), policy=REMAT_POLICIES[policy_name])(block, *args)
+
+
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str], dtype) -> nnx.Param:
   """A parameter with logical axis names (turned into mesh axes by mtjax.parallel.rules)."""
   if len(shape) != len(names):

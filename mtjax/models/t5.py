@@ -4,6 +4,15 @@ Relative position buckets (shared across a stack's layers, as in T5), RMS layer 
 gated-GELU or ReLU feed-forward, tied or untied output head. Attention is packing-aware:
 segment ids restrict attention to the same example. T5 folds 1/sqrt(d) into the query init,
 so attention uses scale 1.
+
+Soft-prompt hook: `model.embed_hook`, if set, is called on the embedded encoder inputs as
+`hook(x, segment_ids, None) -> (x, segment_ids, None)`; it may prepend positions (a prefix
+prompt), and the returned segment ids then mask self- and cross-attention. The hook is an
+`nnx.Module` (its parameters join the model's state) or None.
+
+Incremental decoding: `start_decode(model, batch, max_decode_len)` (encodes once, computes the
+cross-attention keys/values once) and `decode_step(model, cache, tokens)`; every cache leaf has
+the batch as its leading axis.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ class T5Config:
   tie_word_embeddings: bool = False
   layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
+  remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -43,6 +53,9 @@ class T5Config:
     if self.feed_forward not in ("gated-gelu", "relu"):
       raise ValueError(f"model.feed_forward must be 'gated-gelu' or 'relu', "
                        f"got {self.feed_forward!r}")
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {sorted(layers.REMAT_POLICIES)}, "
+                       f"got {self.remat!r}")
 
 
 PRESETS: dict[str, T5Config] = {
@@ -61,7 +74,25 @@ PRESETS: dict[str, T5Config] = {
                             num_encoder_layers=12, num_decoder_layers=12),
     "t5_1_1_large": T5Config(d_model=1024, d_kv=64, d_ff=2816, num_heads=16,
                              num_encoder_layers=24, num_decoder_layers=24),
+    "t5_1_1_xl": T5Config(d_model=2048, d_kv=64, d_ff=5120, num_heads=32,
+                          num_encoder_layers=24, num_decoder_layers=24),
+    "t5_1_1_xxl": T5Config(d_model=4096, d_kv=64, d_ff=10240, num_heads=64,
+                           num_encoder_layers=24, num_decoder_layers=24),
 }
+# T5 v1.0 (google-t5/t5-*): ReLU, tied embeddings with d_model**-0.5 output scaling.
+_V1_0 = dict(feed_forward="relu", tie_word_embeddings=True, d_kv=64)
+PRESETS.update({
+    "t5_small": T5Config(d_model=512, d_ff=2048, num_heads=8, num_encoder_layers=6,
+                         num_decoder_layers=6, **_V1_0),
+    "t5_base": T5Config(d_model=768, d_ff=3072, num_heads=12, num_encoder_layers=12,
+                        num_decoder_layers=12, **_V1_0),
+    "t5_large": T5Config(d_model=1024, d_ff=4096, num_heads=16, num_encoder_layers=24,
+                         num_decoder_layers=24, **_V1_0),
+})
+# Flan-T5 and T0 share the v1.1 shapes (T0 = t5_1_1_xl/xxl); mT5/mT0 add the 250k vocabulary.
+for _size in ("small", "base", "large", "xl", "xxl"):
+  PRESETS[f"flan_t5_{_size}"] = PRESETS[f"t5_1_1_{_size}"]
+  PRESETS[f"mt5_{_size}"] = dataclasses.replace(PRESETS[f"t5_1_1_{_size}"], vocab_size=250112)
 
 
 def preset(name: str, **overrides) -> T5Config:
@@ -107,6 +138,15 @@ class RelativePositionBias(nnx.Module):
     bias = jnp.take(self.embedding[...], buckets, axis=0)  # [T, S, N]
     return jnp.transpose(bias, (2, 0, 1))[None].astype(dtype)  # [1, N, T, S]
 
+  def at(self, q_pos: jax.Array, k_len: int, dtype) -> jax.Array:
+    """`[B, N, 1, S]` bias for one query position per example (`q_pos [B]`), for decoding."""
+    rel = jnp.arange(k_len)[None, :] - q_pos[:, None]
+    buckets = relative_position_bucket(rel, self.bidirectional,
+                                       self.cfg.relative_attention_num_buckets,
+                                       self.cfg.relative_attention_max_distance)
+    bias = jnp.take(self.embedding[...], buckets, axis=0)  # [B, S, N]
+    return jnp.transpose(bias, (0, 2, 1))[:, :, None].astype(dtype)
+
 
 class Attention(nnx.Module):
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
@@ -117,14 +157,22 @@ class Attention(nnx.Module):
     self.value = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
     self.out = param(rngs, layers.normal((n * h) ** -0.5), (n, h, d), ("heads", "kv", "embed"), pd)
 
-  def __call__(self, x_q, x_kv, *, bias=None, mask=None):
-    dt = x_q.dtype
-    q = jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt))
+  def project_kv(self, x_kv):
+    dt = x_kv.dtype
     k = jnp.einsum("bsd,dnh->bsnh", x_kv, self.key[...].astype(dt))
     v = jnp.einsum("bsd,dnh->bsnh", x_kv, self.value[...].astype(dt))
+    return k, v
+
+  def attend(self, x_q, k, v, *, bias=None, mask=None):
+    dt = x_q.dtype
+    q = jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt))
     q = constrain(q, ("batch", "length", "heads", "kv"))
     y = layers.attention(q, k, v, bias=bias, mask=mask, scale=1.0)
     return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt))
+
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None):
+    k, v = self.project_kv(x_kv)
+    return self.attend(x_q, k, v, bias=bias, mask=mask)
 
 
 class FeedForward(nnx.Module):
@@ -162,7 +210,7 @@ class Block(nnx.Module):
     self.mlp_norm = layers.RMSNorm(cfg.d_model, **kw)
     self.mlp = FeedForward(cfg, rngs=rngs)
 
-  def __call__(self, x, *, bias, mask, encoded=None, cross_mask=None, rng=None):
+  def __call__(self, x, bias, mask, encoded=None, cross_mask=None, rng=None):
     rate = self.cfg.dropout_rate
     keys = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
     h = self.self_attention(self.self_norm(x), self.self_norm(x), bias=bias, mask=mask)
@@ -173,6 +221,19 @@ class Block(nnx.Module):
     h = self.mlp(self.mlp_norm(x), rate, keys[2])
     x = x + layers.dropout(h, rate, keys[3])
     return layers.activation_names(x)
+
+  def step(self, x, *, bias, mask, kv_cache, cross_kv, cross_mask):
+    """One decoder position `[B, 1, D]` against the cache; returns (x, updated (k, v))."""
+    k_cache, v_cache, index = kv_cache
+    h = self.self_norm(x)
+    k, v = self.self_attention.project_kv(h)
+    write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, 0))
+    k, v = write(k_cache, k.astype(k_cache.dtype), index), write(v_cache, v.astype(v_cache.dtype),
+                                                                 index)
+    x = x + self.self_attention.attend(h, k.astype(x.dtype), v.astype(x.dtype), bias=bias,
+                                       mask=mask)
+    x = x + self.cross_attention.attend(self.cross_norm(x), *cross_kv, mask=cross_mask)
+    return x + self.mlp(self.mlp_norm(x)), (k, v)
 
 
 def _same_segment(q_seg, k_seg):
@@ -198,22 +259,34 @@ class T5(nnx.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
                            ("embed", "vocab"), cfg.param_dtype)
+    self.embed_hook = nnx.data(None)  # soft-prompt hook (a Module or None): module docstring
 
   @property
   def dtype(self):
     return jnp.dtype(self.cfg.dtype)
 
   def encode(self, tokens, segment_ids=None, *, rng=None):
-    """Encoder states `[B, S, D]`; `segment_ids` (packing) default to `tokens > 0`."""
+    """Encoder states `[B, S, D]`; `segment_ids` (packing) default to `tokens > 0`.
+
+    With a length-changing `embed_hook`, use `encode_with_segments` (it returns the segment
+    ids that match the states).
+    """
+    return self.encode_with_segments(tokens, segment_ids, rng=rng)[0]
+
+  def encode_with_segments(self, tokens, segment_ids=None, *, rng=None):
+    """(encoder states `[B, S', D]`, segment ids `[B, S']`) after the soft-prompt hook."""
     seg = (tokens > 0).astype(jnp.int32) if segment_ids is None else segment_ids
+    x = self.token_embed(tokens, self.dtype)
+    if self.embed_hook is not None:
+      x, seg, _ = self.embed_hook(x, seg, None)
+    x = layers.activation_names(x)
     mask = _same_segment(seg, seg) & (seg > 0)[:, None, None, :]
-    x = layers.activation_names(self.token_embed(tokens, self.dtype))
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
-    bias = self.encoder_relpos(tokens.shape[1], tokens.shape[1], self.dtype)
+    bias = self.encoder_relpos(x.shape[1], x.shape[1], self.dtype)
     for i, block in enumerate(self.encoder_layers):
-      x = block(x, bias=bias, mask=mask, rng=_fold(rng, 1 + i))
+      x = layers.remat_call(block, self.cfg.remat, x, bias, mask, None, None, _fold(rng, 1 + i))
     x = self.encoder_norm(x)
-    return layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
+    return layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000)), seg
 
   def decode(self, encoded, encoder_segment_ids, decoder_input_tokens,
              decoder_segment_ids=None, *, rng=None):
@@ -230,10 +303,14 @@ class T5(nnx.Module):
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 2000))
     bias = self.decoder_relpos(t, t, self.dtype)
     for i, block in enumerate(self.decoder_layers):
-      x = block(x, bias=bias, mask=self_mask, encoded=encoded, cross_mask=cross_mask,
-                rng=_fold(rng, 2001 + i))
+      x = layers.remat_call(block, self.cfg.remat, x, bias, self_mask, encoded, cross_mask,
+                            _fold(rng, 2001 + i))
     x = self.decoder_norm(x)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 3000))
+    return self.head(x)
+
+  def head(self, x):
+    """Float32 logits from final-normed decoder states."""
     if self.cfg.tie_word_embeddings:
       logits = self.token_embed.attend(x * self.cfg.d_model ** -0.5)
     else:
@@ -245,10 +322,44 @@ class T5(nnx.Module):
     enc_seg = batch.get("encoder_segment_ids")
     if enc_seg is None:
       enc_seg = (enc_tokens > 0).astype(jnp.int32)
-    encoded = self.encode(enc_tokens, enc_seg, rng=_fold(rng, 1))
+    encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1))
     return self.decode(encoded, enc_seg, batch["decoder_input_tokens"],
                        batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
 
 
 def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def start_decode(model: T5, batch: Mapping[str, jax.Array], max_decode_len: int):
+  """Encodes `encoder_input_tokens` (0 = pad) once; returns (logits `[B, V]` for the first
+  target token, with the decoder fed BOS = 0, and the cache for `max_decode_len` positions)."""
+  cfg = model.cfg
+  tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
+  encoded, seg = model.encode_with_segments(tokens, batch.get("encoder_segment_ids"))
+  b = tokens.shape[0]
+  zeros = jnp.zeros((b, max_decode_len, cfg.num_heads, cfg.d_kv), model.dtype)
+  cross = [block.cross_attention.project_kv(encoded) for block in model.decoder_layers]
+  cache = {"k": [zeros] * len(cross), "v": [zeros] * len(cross),
+           "cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],
+           "encoder_mask": seg > 0, "index": jnp.zeros((b,), jnp.int32)}
+  return decode_step(model, cache, jnp.zeros((b,), jnp.int32))
+
+
+def decode_step(model: T5, cache, tokens: jax.Array):
+  """Feeds `tokens [B]` at the next decoder position; returns (logits `[B, V]`, cache)."""
+  index = cache["index"]
+  size = cache["k"][0].shape[1]
+  x = model.token_embed(jnp.asarray(tokens, jnp.int32)[:, None], model.dtype)
+  bias = model.decoder_relpos.at(index, size, model.dtype)
+  mask = (jnp.arange(size)[None] <= index[:, None])[:, None, None, :]
+  cross_mask = cache["encoder_mask"][:, None, None, :]
+  ks, vs = [], []
+  for i, block in enumerate(model.decoder_layers):
+    x, (k, v) = block.step(x, bias=bias, mask=mask, kv_cache=(cache["k"][i], cache["v"][i], index),
+                           cross_kv=(cache["cross_k"][i], cache["cross_v"][i]),
+                           cross_mask=cross_mask)
+    ks.append(k)
+    vs.append(v)
+  logits = model.head(model.decoder_norm(x))[:, 0]
+  return logits, dict(cache, k=ks, v=vs, index=index + 1)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mtjax.config import schema
 from mtjax.data import cache, pipeline
-from mtjax.models import t5
+from mtjax.models import registry
 from mtjax.parallel import arrays, mesh as mesh_lib, rules as rules_lib
 from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import metrics as metrics_lib
@@ -69,10 +69,8 @@ def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
                              splits=("train", cfg.eval.split))
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = rules_lib.DEFAULT_RULES
-  model_cfg = t5.preset(cfg.model.preset, dropout_rate=cfg.model.dropout_rate,
-                        dtype=cfg.model.dtype)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    model = t5.T5(model_cfg, rngs=nnx.Rngs(params=cfg.train.seed))
+    model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules)
     graphdef, state = nnx.split(model)
     params = state.to_pure_dict()
     lr = optimizers.schedule(cfg.optimizer.schedule, cfg.optimizer.learning_rate,

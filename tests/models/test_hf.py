@@ -83,7 +83,7 @@ def saved(request, tmp_path_factory):
   model = _torch_model(name)
   path = str(tmp_path_factory.mktemp(name))
   model.save_pretrained(path)
-  return name, model, path
+  return name, model, path, hf.load(path)
 
 
 ENC = np.array([[5, 6, 7, 8, 9, 10, 1], [11, 12, 1, 0, 0, 0, 0]], np.int32)
@@ -104,8 +104,12 @@ def _torch_logits(name, model, padded: bool):
     return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
 
 
+@nnx.jit
+def forward(model, batch):
+  return model(batch)
+
+
 def _mtjax_logits(name, model, padded: bool):
-  forward = nnx.jit(lambda m, b: m(b))
   if name.startswith(("t5", "mt5")):
     enc, dec = (ENC, DEC) if padded else (ENC[:1], DEC[:1])
     return np.asarray(forward(model, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
@@ -121,15 +125,14 @@ def _assert_close_on_real_tokens(name, got, want):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 def test_loaded_model_matches_transformers_logits(saved, padded):
-  name, torch_model, path = saved
-  model = hf.load(path)
+  name, torch_model, _, model = saved
   _assert_close_on_real_tokens(name, _mtjax_logits(name, model, padded),
                                _torch_logits(name, torch_model, padded))
 
 
 def test_loaded_config_has_the_family_options(saved):
-  name, _, path = saved
-  cfg = hf.load(path).cfg
+  name, _, _, model = saved
+  cfg = model.cfg
   if name == "t5_v1_0":
     assert cfg.feed_forward == "relu" and cfg.tie_word_embeddings
   elif name in ("t5_v1_1", "mt5"):
@@ -144,8 +147,7 @@ def test_loaded_config_has_the_family_options(saved):
 
 
 def test_export_round_trips_through_transformers(saved, tmp_path):
-  name, torch_model, path = saved
-  model = hf.load(path)
+  name, torch_model, _, model = saved
   hf.export(model, str(tmp_path))
   auto = (transformers.AutoModelForSeq2SeqLM if name.startswith(("t5", "mt5"))
           else transformers.AutoModelForCausalLM)

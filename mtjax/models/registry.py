@@ -1,0 +1,68 @@
+"""Model presets by name, for both families, and the family-agnostic entry points.
+
+`config("flan_t5_base")` -> `T5Config`, `config("llama_270m")` -> `DecoderConfig`;
+`build(cfg, rngs=...)` makes the matching module; `create(model_config, seed=...)` is what the
+trainer calls: a preset initialised from `seed`, or a local HF checkpoint when
+`ModelConfig.hf_checkpoint` is set. `start_decode` / `decode_step` dispatch to the family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+
+from flax import nnx
+
+from mtjax.models import decoder, t5
+
+PRESETS = {**t5.PRESETS, **decoder.PRESETS}
+
+
+def family(model_or_config) -> ModuleType:
+  """The family module (`t5` or `decoder`) of a model or config."""
+  if isinstance(model_or_config, (t5.T5, t5.T5Config)):
+    return t5
+  if isinstance(model_or_config, (decoder.Decoder, decoder.DecoderConfig)):
+    return decoder
+  raise TypeError(f"not an mtjax model or config: {type(model_or_config).__name__}")
+
+
+def config(name: str, **overrides):
+  """The preset's config with `overrides` (fields the family lacks are an error)."""
+  if name not in PRESETS:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(name, PRESETS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model preset {name!r}{hint} (known: {', '.join(sorted(PRESETS))})")
+  return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def build(cfg, *, rngs: nnx.Rngs):
+  return t5.T5(cfg, rngs=rngs) if family(cfg) is t5 else decoder.Decoder(cfg, rngs=rngs)
+
+
+def create(model_config, *, seed: int, mesh=None, rules=None):
+  """The model a run starts from (`model_config` is a `schema.ModelConfig`).
+
+  Call inside `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so fresh parameters are
+  created sharded; HF weights go straight to their shardings.
+  """
+  overrides = {"dropout_rate": model_config.dropout_rate, "dtype": model_config.dtype}
+  remat = getattr(model_config, "remat", "none")
+  if remat != "none":
+    overrides["remat"] = remat
+  hf_dir = getattr(model_config, "hf_checkpoint", "")
+  if hf_dir:
+    from mtjax.models import hf  # pylint: disable=g-import-not-at-top
+    return hf.load(hf_dir, mesh=mesh, rules=rules, **overrides)
+  return build(config(model_config.preset, **overrides), rngs=nnx.Rngs(params=seed))
+
+
+def start_decode(model, batch, max_decode_len: int):
+  """`(logits [B, V] float32, cache)`: see `t5.start_decode` / `decoder.start_decode`."""
+  return family(model).start_decode(model, batch, max_decode_len)
+
+
+def decode_step(model, cache, tokens):
+  """`(logits [B, V] float32, cache)`: see `t5.decode_step` / `decoder.decode_step`."""
+  return family(model).decode_step(model, cache, tokens)

@@ -1,0 +1,215 @@
+"""Decoder-only family: packing, prefix-LM masks, mesh vs single device, remat, presets, hooks;
+KV-cache decoding (both families) against recomputing the full forward each step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mtjax.models import decoder, registry, t5
+from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
+from mtjax.parallel.rules import axis_names
+
+
+@pytest.fixture(scope="module")
+def model():
+  return decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
+
+
+@nnx.jit
+def forward(model, batch):
+  return model(batch)
+
+
+def _pad(x, n):
+  return np.array(x + [0] * (n - len(x)), np.int32)
+
+
+def test_packed_row_gives_the_same_logits_as_separate_examples(model):
+  a, b = [0, 11, 12, 13, 14], [0, 31, 32]
+  separate = [np.asarray(forward(model, {"decoder_input_tokens": _pad(x, 10)[None]}))[0, :len(x)]
+              for x in (a, b)]
+  packed = {"decoder_input_tokens": _pad(a + b, 10)[None],
+            "decoder_segment_ids": _pad([1] * 5 + [2] * 3, 10)[None],
+            "decoder_positions": _pad(list(range(5)) + list(range(3)), 10)[None]}
+  logits = np.asarray(forward(model, packed))[0]
+  np.testing.assert_allclose(logits[:5], separate[0], atol=1e-5)
+  np.testing.assert_allclose(logits[5:8], separate[1], atol=1e-5)
+
+
+def test_prefix_lm_mask_is_bidirectional_over_the_inputs_only():
+  # T5X's decoder mask with decoder_causal_attention, written out for inputs of length 3.
+  ca = jnp.array([[1, 1, 1, 0, 0]])
+  mask = np.asarray(decoder.make_mask(5, None, ca))[0, 0]
+  want = np.tril(np.ones((5, 5), bool))
+  want[:3, :3] = True
+  np.testing.assert_array_equal(mask, want)
+
+
+def test_prefix_lm_inputs_see_later_inputs_but_targets_do_not_change_them(model):
+  tokens = np.array([[0, 5, 6, 7, 8, 9]], np.int32)
+  ca = np.array([[1, 1, 1, 1, 0, 0]], np.int32)
+  base = np.asarray(forward(model, {"decoder_input_tokens": tokens,
+                                    "decoder_causal_attention": ca}))
+  changed_input = tokens.copy()
+  changed_input[0, 3] = 50  # an input token: every input position may see it
+  out = np.asarray(forward(model, {"decoder_input_tokens": changed_input,
+                                   "decoder_causal_attention": ca}))
+  assert np.abs(out[0, 1] - base[0, 1]).max() > 1e-4
+  changed_target = tokens.copy()
+  changed_target[0, 5] = 50  # the last target: nothing before it may change
+  out = np.asarray(forward(model, {"decoder_input_tokens": changed_target,
+                                   "decoder_causal_attention": ca}))
+  np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
+
+
+def test_mesh_forward_equals_single_device_forward():
+  cfg = decoder.preset("decoder_test")
+  batch = {"decoder_input_tokens": np.arange(1, 33, dtype=np.int32).reshape(4, 8) % 300}
+  single = np.asarray(forward(decoder.Decoder(cfg, rngs=nnx.Rngs(0)), batch))
+  mesh = mesh_lib.make_mesh(2, 2, 2)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_lib.DEFAULT_RULES):
+    sharded_model = decoder.Decoder(cfg, rngs=nnx.Rngs(0))
+    assert len(sharded_model.layers[0].mlp.up[...].sharding.device_set) == 8
+    sharded = np.asarray(forward(sharded_model, batch))
+  np.testing.assert_allclose(sharded, single, atol=1e-5)
+
+
+def test_remat_policies_give_the_same_gradients():
+  batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}
+
+  def grads(remat):
+    m = decoder.Decoder(decoder.preset("decoder_test", remat=remat), rngs=nnx.Rngs(0))
+    loss = lambda m: jnp.sum(m(batch) ** 2)
+    return jax.tree.leaves(nnx.jit(nnx.grad(loss))(m))
+
+  for a, b in zip(grads("none"), grads("dots_saveable")):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_every_parameter_has_logical_axis_names():
+  cfg = decoder.preset("decoder_test", qkv_bias=True)
+  state = nnx.state(decoder.Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  leaves = jax.tree_util.tree_leaves_with_path(
+      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  for path, var in leaves:
+    names = axis_names(var)
+    assert names is not None and len(names) == var.get_value().ndim, jax.tree_util.keystr(path)
+
+
+def test_presets_by_name():
+  assert registry.config("flan_t5_base") == t5.preset("t5_1_1_base")
+  assert registry.config("mt5_small").vocab_size == 250112
+  v1 = registry.config("t5_small")
+  assert v1.feed_forward == "relu" and v1.tie_word_embeddings
+  llama = registry.config("llama_270m")
+  assert (llama.num_layers, llama.d_model, llama.d_ff, llama.num_heads, llama.vocab_size) == (
+      16, 1024, 2816, 16, 32000)
+  assert registry.family(registry.config("t5_quickstart")) is t5
+  assert registry.family(llama) is decoder
+  with pytest.raises(ValueError, match="flan_t5_base"):
+    registry.config("flan_t5_bse")
+
+
+def test_llama_270m_has_about_270m_parameters():
+  m = nnx.eval_shape(lambda: registry.build(registry.config("llama_270m"), rngs=nnx.Rngs(0)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert 250e6 < n < 290e6, n
+
+
+class _PrefixPrompt(nnx.Module):
+  """A minimal prefix soft prompt, to exercise the hook (the real one lives in mtjax.peft)."""
+
+  def __init__(self, length, d, rngs):
+    self.prompt = nnx.Param(jax.random.normal(rngs.params(), (length, d)))
+
+  def __call__(self, x, segment_ids, positions):
+    b, p = x.shape[0], self.prompt.shape[0]
+    x = jnp.concatenate([jnp.broadcast_to(self.prompt[...], (b, p, x.shape[-1])), x], 1)
+    if segment_ids is not None:
+      segment_ids = jnp.concatenate([jnp.broadcast_to(segment_ids[:, :1], (b, p)), segment_ids],
+                                    1)
+    if positions is not None:
+      positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (b, p)), positions + p], 1)
+    return x, segment_ids, positions
+
+
+def test_embed_hook_prefix_changes_logits_and_keeps_their_length(model):
+  m = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
+  batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}
+  base = np.asarray(forward(m, batch))
+  m.embed_hook = _PrefixPrompt(3, 32, nnx.Rngs(1))
+  out = np.asarray(forward(m, batch))
+  assert out.shape == base.shape and np.abs(out - base).max() > 1e-3
+  assert "embed_hook" in nnx.state(m, nnx.Param)  # the prompt's parameters are in the state
+
+
+# ---------------------------------------------------------------------------- KV cache
+
+
+def _greedy_cached(model, batch, steps):
+  fam = registry.family(model)
+
+  @nnx.jit
+  def run(model, batch):
+    logits, cache = fam.start_decode(model, batch, steps)
+    tokens = [jnp.argmax(logits, -1).astype(jnp.int32)]
+    for _ in range(steps - 1):
+      logits, cache = fam.decode_step(model, cache, tokens[-1])
+      tokens.append(jnp.argmax(logits, -1).astype(jnp.int32))
+    return jnp.stack(tokens, 1), cache
+
+  tokens, cache = run(model, batch)
+  b = batch[next(iter(batch))].shape[0]
+  for leaf in jax.tree.leaves(cache):
+    assert leaf.shape[0] == b  # beam search tiles/gathers along the leading axis
+  return np.asarray(tokens)
+
+
+def test_t5_cached_greedy_equals_full_recompute():
+  m = t5.T5(t5.preset("t5_test"), rngs=nnx.Rngs(3))
+  enc = np.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]], np.int32)
+  steps = 6
+  got = _greedy_cached(m, {"encoder_input_tokens": enc}, steps)
+  dec = np.zeros((2, steps), np.int32)  # BOS = 0, then the tokens chosen so far
+  for i in range(steps):
+    logits = np.asarray(forward(m, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
+    nxt = logits[:, i].argmax(-1)
+    np.testing.assert_array_equal(got[:, i], nxt)
+    if i + 1 < steps:
+      dec[:, i + 1] = nxt
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True])
+def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(prefix_lm):
+  m = decoder.Decoder(decoder.preset("decoder_test", qkv_bias=True), rngs=nnx.Rngs(4))
+  prompts = [[0, 5, 6, 7, 8], [0, 9, 10]]
+  p, steps = 5, 5
+  batch = {"decoder_input_tokens": np.stack([_pad(x, p) for x in prompts]),
+           "decoder_prompt_lengths": np.array([len(x) for x in prompts], np.int32)}
+  if prefix_lm:
+    batch["decoder_causal_attention"] = (np.arange(p)[None] <
+                                         batch["decoder_prompt_lengths"][:, None]).astype(np.int32)
+  got = _greedy_cached(m, batch, steps)
+  for row, prompt in enumerate(prompts):
+    seq = list(prompt)
+    for i in range(steps):
+      full = {"decoder_input_tokens": _pad(seq, p + steps)[None]}
+      if prefix_lm:
+        full["decoder_causal_attention"] = _pad([1] * len(prompt), p + steps)[None]
+      logits = np.asarray(forward(m, full))[0, len(seq) - 1]
+      assert got[row, i] == logits.argmax(), (row, i)
+      seq.append(int(logits.argmax()))
+
+
+def test_registry_dispatches_decoding_to_the_family():
+  m = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
+  batch = {"decoder_input_tokens": np.array([[0, 5, 6]], np.int32)}
+  logits, cache = registry.start_decode(m, batch, 4)
+  assert logits.shape == (1, 384) and logits.dtype == jnp.float32
+  full = np.asarray(forward(m, batch))[0, -1]
+  np.testing.assert_allclose(np.asarray(logits)[0], full, atol=1e-5)
+  logits, cache = registry.decode_step(m, cache, jnp.array([7], jnp.int32))
+  full = np.asarray(forward(m, {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}))
+  np.testing.assert_allclose(np.asarray(logits)[0], full[0, -1], atol=1e-5)
