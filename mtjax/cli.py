@@ -142,13 +142,16 @@ def _cmd_cache(argv):
   parser.add_argument("--cache_dir", default=".cache/mtjax")
   parser.add_argument("--splits", default="train,validation")
   parser.add_argument("--num_shards", type=int, default=1)
+  parser.add_argument("--num_workers", type=int, default=1,
+                      help="processes running the pre-cache preprocessors (same cache for any N)")
   args = parser.parse_args(argv)
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
   from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
 
   import_modules(args.module or ["mixtures.synthetic"])
   spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
-                             splits=tuple(args.splits.split(",")), num_shards=args.num_shards)
+                             splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
+                             num_workers=args.num_workers)
   for entry, weight in zip(spec.tasks, spec.weights):
     print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
 

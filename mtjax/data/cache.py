@@ -119,14 +119,127 @@ def read_manifest(cache_dir: str, task_name: str, split: str) -> dict | None:
     return json.load(f)
 
 
-def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
-                     seed: int = 0) -> dict:
-  """Builds (or reuses, if the fingerprint matches) the cache of one task split."""
+def check_vocabularies(task) -> None:
+  """A missing SentencePiece model file is named (SeqIO would fail deep inside TF)."""
+  for name, feature in task.output_features.items():
+    path = getattr(feature.vocabulary, "sentencepiece_model_file", None)
+    if not path:
+      continue
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local, gs://, ...)
+
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"task {task.name!r}, feature {name!r}: vocabulary file {path!r} "
+                              "does not exist")
+
+
+def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | None = None):
+  """The task's source (optionally examples [start, stop) of it) through the pre-cache ops."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  dataset = task.source.get_dataset(split=split, shuffle=False, seed=seed)
+  if start or stop is not None:
+    dataset = dataset.skip(start)
+    if stop is not None:
+      dataset = dataset.take(stop - start)
+  with seqio.utils.map_seed_manager(seed):
+    for prep in split_preprocessors(task)[0]:
+      fn = seqio.utils.add_kwargs_to_transform(
+          prep, sequence_length=None, output_features=task.output_features)
+      dataset = fn(dataset)
+  return dataset
+
+
+def _num_source_examples(task, split: str, seed: int) -> int:
+  n = task.num_input_examples(split)
+  if n is None:  # e.g. a file pattern source without counts: count once
+    n = int(task.source.get_dataset(split=split, shuffle=False, seed=seed).reduce(
+        0, lambda count, _: count + 1))
+  return int(n)
+
+
+def _blocks(num_examples: int, block_size: int) -> list[tuple[int, int]]:
+  """Contiguous source ranges. They depend on the data only, never on the worker count."""
+  count = max(1, -(-num_examples // block_size))
+  return [(b * num_examples // count, (b + 1) * num_examples // count) for b in range(count)]
+
+
+def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
+                 path: str) -> int:
+  """Worker process: one source block through the pre-cache ops into an ArrayRecord file."""
+  import cloudpickle  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
+  task = cloudpickle.loads(payload)
+  if task.name not in seqio.TaskRegistry.names():  # so lookups by name inside the task work
+    seqio.TaskRegistry.add_provider(task.name, task)
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  count = 0
+  for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):
+    writer.write(records.encode(example))
+    count += 1
+  writer.close()
+  return count
+
+
+def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size: int,
+                      folder: str):
+  """Yields (record bytes, example) in the canonical order: source blocks in order.
+
+  One worker runs the whole split in this process (a single block, as before, unless the split
+  is larger than `block_size`). Several workers run blocks in spawned processes (TF is not
+  fork-safe) and the blocks are read back in order, so the cache is the same for any count.
+  """
+  if num_workers <= 1:
+    total = task.num_input_examples(split)  # known and above one block: blocks, as workers do
+    blocks = _blocks(total, block_size) if total and total > block_size else [(0, None)]
+    for start, stop in blocks:
+      for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):
+        yield records.encode(example), example
+    return
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+
+  payload = cloudpickle.dumps(task)
+  blocks = _blocks(_num_source_examples(task, split, seed), block_size)
+  paths = [os.path.join(folder, f".block-{b:05d}") for b in range(len(blocks))]
+  with multiprocessing.get_context("spawn").Pool(min(num_workers, len(blocks))) as pool:
+    jobs = pool.imap(_star_cache_block, [(payload, split, seed, start, stop, path)
+                                         for (start, stop), path in zip(blocks, paths)])
+    for path, _ in zip(paths, jobs):  # in block order, as each finishes
+      source = _read_records(path)
+      for i in range(len(source)):
+        record = source[i]
+        yield record, records.decode(record)
+      os.remove(path)
+
+
+def _star_cache_block(args) -> int:
+  return _cache_block(*args)
+
+
+def _read_records(path: str):
+  import grain  # pylint: disable=g-import-not-at-top
+
+  return grain.sources.ArrayRecordDataSource([path])
+
+
+def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int = 0,
+                     num_workers: int = 1, block_size: int = 100_000) -> dict:
+  """Builds (or reuses, if the fingerprint matches) the cache of one task split.
+
+  `num_workers > 1` runs the pre-cache ops in that many processes, over contiguous blocks of
+  `block_size` source examples; the result does not depend on `num_workers`. (Per-example ops
+  give the same cache as one unblocked pass; ops that look across examples, e.g. packing before
+  the cache, see each block separately.)
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   if split not in task.splits:
     raise ValueError(f"task {task.name!r} has no split {split!r} (it has {list(task.splits)})")
+  check_vocabularies(task)
   fp = fingerprint(task, split)
   existing = read_manifest(cache_dir, task.name, split)
   if existing and existing.get("fingerprint") == fp:
@@ -134,14 +247,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
   if existing:
     log.info("cache of %s/%s is stale (task definition changed): rebuilding", task.name, split)
 
-  pre, post = split_preprocessors(task)
-  dataset = task.source.get_dataset(split=split, shuffle=False, seed=seed)
-  with seqio.utils.map_seed_manager(seed):
-    for prep in pre:
-      fn = seqio.utils.add_kwargs_to_transform(
-          prep, sequence_length=None, output_features=task.output_features)
-      dataset = fn(dataset)
-
+  post = split_preprocessors(task)[1]
   final = split_dir(cache_dir, task.name, split)
   os.makedirs(os.path.dirname(final), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{split}-tmp-", dir=os.path.dirname(final))
@@ -154,10 +260,13 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     lengths: dict[str, list[int]] = {k: [] for k in token_features}
     tokens: dict[str, list] = {k: [] for k in token_features}
     features: dict[str, dict] = {}
-    for i, example in enumerate(_numpy_examples(dataset)):
+    stream = tqdm(_encoded_examples(task, split, seed, num_workers, block_size, tmp),
+                  total=task.num_input_examples(split), unit=" examples", disable=None,
+                  desc=f"caching {task.name}/{split}", leave=False)
+    for i, (record, example) in enumerate(stream):
       if i == 0:
         features = {k: _feature_spec(v) for k, v in example.items()}
-      writers[i % num_shards].write(records.encode(example))
+      writers[i % num_shards].write(record)
       counts[i % num_shards] += 1
       for name in token_features:
         lengths[name].append(len(example[name]))
@@ -166,7 +275,10 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
       w.close()
     token_arrays = _write_token_arrays(tmp, tokens)
     if sum(counts) == 0:
-      raise ValueError(f"task {task.name!r} split {split!r} produced no examples")
+      raise ValueError(f"task {task.name!r} split {split!r} is empty: its source and pre-cache "
+                       f"preprocessors produced no examples (source count: "
+                       f"{task.num_input_examples(split)})")
+    skipped = getattr(getattr(task.source, "_dataset_fn", None), "skipped", {}).get(split, [])
     manifest = {
         "format_version": FORMAT_VERSION,
         "task": task.name,
@@ -176,6 +288,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
         "shards": [{"file": n, "num_examples": c} for n, c in zip(names, counts)],
         "features": features,
         "post_cache_ops": post,
+        "skipped_records": {"count": len(skipped), "first": skipped[:20]},
         "token_lengths": {k: _length_stats(v) for k, v in lengths.items() if v},
         "token_arrays": token_arrays,
         "output_features": {
@@ -192,6 +305,9 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   log.info("cached %s/%s: %d examples", task.name, split, manifest["num_examples"])
+  if skipped:
+    log.warning("task %s/%s: skipped %d malformed records (first: %s)", task.name, split,
+                len(skipped), ", ".join(skipped[:3]))
   return manifest
 
 
@@ -259,7 +375,7 @@ def _feature_spec(value) -> dict:
 
 
 def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
-                  num_shards: int = 1) -> mixing.MixtureSpec:
+                  num_shards: int = 1, num_workers: int = 1) -> mixing.MixtureSpec:
   """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates."""
   import seqio  # pylint: disable=g-import-not-at-top
 
@@ -268,7 +384,7 @@ def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
     task = seqio.get_mixture_or_task(entry.name)
     for split in splits:
       if split in task.splits:
-        cache_task_split(task, split, cache_dir, num_shards=num_shards)
+        cache_task_split(task, split, cache_dir, num_shards=num_shards, num_workers=num_workers)
   mixing.write_spec(spec, cache_dir)
   return spec
 

@@ -9,7 +9,8 @@ template `i % len(templates)` (FLAN-style template mixing; register one task per
 T0-style tasks). Each cached example keeps `inputs_pretokenized`, `targets_pretokenized`,
 `answer_choices` (PromptSource templates), `template_id`, `idx` and the original record as
 `example_json`, so postprocessors, metrics and rank classification can see it. A malformed line
-is an error naming the file and line.
+is an error naming the file and line, or, with `skip_malformed=True`, skipped and counted (the
+count and the first locations go into the cache manifest and the log).
 """
 
 from __future__ import annotations
@@ -34,11 +35,18 @@ def _format(path: str) -> str:
   return FORMATS[ext]
 
 
-def iter_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[int, dict]]:
   """Yields (line, record) for each record of a JSONL / CSV / TSV (with header) / Parquet file.
 
-  For Parquet the "line" is the 1-based row number.
+  For Parquet the "line" is the 1-based row number. A malformed line raises, naming file and
+  line; if a `skipped` list is given, it is skipped and its `file:line: reason` appended instead.
   """
+
+  def bad(message: str):
+    if skipped is None:
+      raise ValueError(message)
+    skipped.append(message)
+
   if not os.path.exists(path):
     raise FileNotFoundError(f"data file {path!r} does not exist")
   kind = _format(path)
@@ -63,9 +71,11 @@ def iter_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
           record = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+          bad(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+          continue
         if not isinstance(record, dict):
-          raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+          bad(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+          continue
         yield lineno, record
     else:
       reader = csv.reader(f, delimiter="," if kind == "csv" else "\t")
@@ -77,13 +87,14 @@ def iter_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not row:
           continue
         if len(row) != len(header):
-          raise ValueError(f"{path}:{lineno}: {len(row)} fields, but the header has "
-                           f"{len(header)} ({', '.join(header)})")
+          bad(f"{path}:{lineno}: {len(row)} fields, but the header has "
+              f"{len(header)} ({', '.join(header)})")
+          continue
         yield lineno, dict(zip(header, row))
 
 
-def count_records(paths: Sequence[str]) -> int:
-  return sum(1 for p in paths for _ in iter_records(p))
+def count_records(paths: Sequence[str], skipped: list[str] | None = None) -> int:
+  return sum(1 for p in paths for _ in iter_records(p, skipped))
 
 
 def render(template: Template | PromptTemplate, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,11 +103,12 @@ def render(template: Template | PromptTemplate, record: Mapping[str, Any]) -> di
           "answer_choices": list(out.get("answer_choices", []))}
 
 
-def rendered_examples(paths: Sequence[str], templates: Sequence) -> list[dict[str, Any]]:
+def rendered_examples(paths: Sequence[str], templates: Sequence,
+                      skip_malformed: bool = False) -> list[dict[str, Any]]:
   """Parses the files and renders each record with its template (in file order)."""
   out = []
   for path in paths:
-    for lineno, record in iter_records(path):
+    for lineno, record in iter_records(path, [] if skip_malformed else None):
       i = len(out)
       template = templates[i % len(templates)]
       try:
@@ -129,16 +141,20 @@ def to_dataset(examples: Sequence[Mapping[str, Any]]):
   return tf.data.Dataset.from_tensor_slices(tensors)
 
 
-def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, files, templates):
+def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, files, templates,
+                skip_malformed: bool = False):
   del shuffle_files, seed  # file order is the canonical order; Grain shuffles later
-  return to_dataset(rendered_examples(files[split], templates))
+  return to_dataset(rendered_examples(files[split], templates, skip_malformed))
 
 
 def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
                        templates: Sequence[Template | PromptTemplate], *, vocabulary=None,
                        metric_fns: Sequence[Callable] = (), postprocess_fn: Callable | None = None,
-                       add_eos: bool = True):
-  """Registers (replacing any previous definition) and returns a SeqIO task over the files."""
+                       add_eos: bool = True, skip_malformed: bool = False):
+  """Registers (replacing any previous definition) and returns a SeqIO task over the files.
+
+  `skip_malformed`: skip (and count) unparsable lines instead of failing on the first one.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
 
   if not templates:
@@ -152,15 +168,26 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
   vocabulary = vocabulary or seqio.ByteVocabulary()
   features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=add_eos)
               for k in ("inputs", "targets")}
-  dataset_fn = functools.partial(_dataset_fn, files=split_files, templates=tuple(templates))
+  kwargs = {"skip_malformed": True} if skip_malformed else {}  # (keeps old fingerprints)
+  dataset_fn = functools.partial(_dataset_fn, files=split_files, templates=tuple(templates),
+                                 **kwargs)
   dataset_fn.data_files = [p for paths in split_files.values() for p in paths]  # fingerprinted
+  skipped = {s: [] for s in split_files}
+  counts = {s: count_records(p, skipped[s] if skip_malformed else None)
+            for s, p in split_files.items()}
+  for split, n in counts.items():
+    if n == 0:
+      raise ValueError(f"task {name!r} split {split!r} is empty: no records in "
+                       f"{split_files[split]}" + (f" ({len(skipped[split])} malformed lines "
+                                                   "skipped)" if skipped[split] else ""))
+  dataset_fn.skipped = skipped  # reported in the cache manifest
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(
           dataset_fn,
           splits=tuple(split_files),
-          num_input_examples={s: count_records(p) for s, p in split_files.items()}),
+          num_input_examples=counts),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
       output_features=features,
