@@ -59,12 +59,27 @@ class TrainConfig:
   label_smoothing: float = 0.0
   z_loss: float = 0.0
   seed: int = 0  # parameter init and dropout
+  # all | prompt | all_but_prompt | lora, or path regexes (mtjax.peft.filters); frozen parameters
+  # get no optimizer state
+  trainable: tuple[str, ...] = ("all",)
+  microbatches: int = 1  # gradient accumulation: the batch is split into this many microbatches
+  # token | sequence | constant | sample (mT0/xP3) | task (MFTCoder data balance); mtjax.train.loss
+  loss_normalization: str = "token"
+  loss_normalizing_factor: float = 0.0  # for `constant` (T5X finetuning: 233472)
+  focal_gamma: float = 0.0  # > 0: focal weighting (1 - p)^gamma of each token's loss
+  best_metric: str = ""  # a logged metric (e.g. "eval/loss"): also keep the best checkpoint
+  best_mode: str = "min"  # min | max
+  # a pretrained mtjax run dir / checkpoints dir / step dir (or a HF model dir): parameters only,
+  # fresh init for the ones it lacks; ignored when the run dir already has a checkpoint
+  init_from: str = ""
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   at_end: bool = True  # greedy-decode each task's split and compute its SeqIO metrics
+  loss_every: int = 0  # teacher-forced loss per task on `split` every N train steps (0 = off)
+  loss_batches: int = 4  # batches (of data.batch_size rows) per teacher-forced loss evaluation
   split: str = "validation"
   max_examples: int = 200  # per task
   batch_size: int = 200

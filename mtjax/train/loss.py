@@ -1,13 +1,23 @@
-"""Targets-only cross-entropy with label smoothing and z-loss, plus per-task sums.
+"""Targets-only cross-entropy (label smoothing, z-loss, focal weighting), its normalisation, and
+per-task sums.
 
-The model owns the logits; this module owns how they become a scalar. Sums are returned
-alongside the normalised loss so that metrics can be aggregated exactly across steps and tasks.
+The model owns the logits; this module owns how they become a scalar. Every normalisation mode is
+linear in the per-token losses: `loss = sum(token_loss * coef) / denominator`, where `coef` and
+`denominator` depend only on the batch's weights, segments and task ids. They are computed once on
+the full batch, so gradient accumulation over microbatches sums to exactly the large-batch loss.
+Sums are returned alongside the loss so metrics aggregate exactly across steps and tasks.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+# token: mean over target tokens (T5X default without a factor). sequence: summed token losses /
+# number of examples. constant: summed / `loss_normalizing_factor` (T5X finetuning).
+# sample: mean over examples of each example's token mean (mT0/xP3 target-length normalisation).
+# task: mean over the tasks in the batch of each task's token mean (MFTCoder "data balance").
+NORMALIZATIONS = ("token", "sequence", "constant", "sample", "task")
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0,
@@ -36,14 +46,58 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: 
   return loss, nll
 
 
+def normalization(weights: jax.Array, mode: str = "token", *, segment_ids: jax.Array | None = None,
+                  task_ids: jax.Array | None = None, num_tasks: int = 1,
+                  factor: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Per-token coefficients `[B, T]` and the scalar denominator of a normalisation mode.
+
+  An example is a row (padded batches) or a `(row, segment)` pair (packed rows).
+  """
+  if mode not in NORMALIZATIONS:
+    raise ValueError(f"train.loss_normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+  w = weights.astype(jnp.float32)
+  if mode == "token":
+    return w, jnp.maximum(jnp.sum(w), 1.0)
+  if mode == "constant":
+    if factor <= 0:
+      raise ValueError("train.loss_normalization='constant' needs train.loss_normalizing_factor "
+                       "> 0 (T5X finetuning uses 233472)")
+    return w, jnp.float32(factor)
+  if mode == "task":
+    if task_ids is None:
+      raise ValueError("train.loss_normalization='task' needs task_ids in the batch")
+    ids = task_ids.reshape(-1)
+    counts = jnp.zeros((num_tasks,), jnp.float32).at[ids].add(w.reshape(-1))
+    coef = w / jnp.maximum(counts[ids], 1.0).reshape(w.shape)
+    return coef, jnp.maximum(jnp.sum(counts > 0), 1).astype(jnp.float32)
+  rows, length = w.shape
+  seg = jnp.zeros_like(w, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  ids = (jnp.arange(rows, dtype=jnp.int32)[:, None] * (length + 1) + seg).reshape(-1)
+  counts = jax.ops.segment_sum(w.reshape(-1), ids, num_segments=rows * (length + 1))
+  num_examples = jnp.maximum(jnp.sum(counts > 0), 1).astype(jnp.float32)
+  if mode == "sequence":
+    return w, num_examples
+  return w / jnp.maximum(counts[ids], 1.0).reshape(w.shape), num_examples  # sample
+
+
 def loss_and_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                      task_ids: jax.Array | None, num_tasks: int, label_smoothing: float = 0.0,
-                     z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Loss normalised per target token, and summed metrics (global and per task)."""
+                     z_loss: float = 0.0, *, coef: jax.Array | None = None,
+                     denominator: jax.Array | None = None,
+                     focal_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`sum(token_loss * coef) / denominator` (default: per target token), and summed metrics.
+
+  `focal_gamma > 0` scales each token's loss by `(1 - p)^gamma`, p = the label's probability
+  (focal loss, as in MFTCoder), so well-learnt tokens and tasks weigh less.
+  """
   loss_tok, nll = token_cross_entropy(logits, targets, label_smoothing, z_loss)
+  if focal_gamma > 0.0:
+    loss_tok = loss_tok * jnp.power(1.0 - jnp.exp(-nll), focal_gamma)
   weights = weights.astype(jnp.float32)
   num_tokens = jnp.sum(weights)
-  loss = jnp.sum(loss_tok * weights) / jnp.maximum(num_tokens, 1.0)
+  coef = weights if coef is None else coef
+  denominator = jnp.maximum(num_tokens, 1.0) if denominator is None else denominator
+  loss = jnp.sum(loss_tok * coef) / denominator
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
   metrics = {
       "loss_sum": jnp.sum(nll * weights),
