@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "train (or resume) a run from a config; evaluates every task at the end",
     "eval": "evaluate a checkpoint on each task of a mixture (decoding, scoring, metrics)",
     "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
+    "convert": "load a local Hugging Face checkpoint into an mtjax model directory",
+    "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
 }
 
 CONFIG_HELP = """configuration (exactly one front end):
@@ -156,6 +158,38 @@ def _cmd_cache(argv):
     print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
 
 
+def _cmd_convert(argv):
+  parser = argparse.ArgumentParser(prog="mtjax convert", description=COMMANDS["convert"])
+  parser.add_argument("--hf_dir", required=True, help="config.json + *.safetensors")
+  parser.add_argument("--out", required=True, help="mtjax model directory to write")
+  args = parser.parse_args(argv)
+  from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
+
+  try:
+    model = hf.load(args.hf_dir)
+  except (FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+  store.save(model, args.out)
+  print(json.dumps({"out": os.path.abspath(args.out), "family": hf.family_of(model),
+                    "num_params": hf.num_params(model)}))
+
+
+def _cmd_export(argv):
+  parser = argparse.ArgumentParser(prog="mtjax export", description=COMMANDS["export"])
+  parser.add_argument("--checkpoint", required=True,
+                      help="an mtjax model dir (mtjax convert), a run dir, or a checkpoint step dir")
+  parser.add_argument("--out", required=True, help="HF checkpoint directory to write")
+  args = parser.parse_args(argv)
+  from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
+
+  try:
+    model = store.load_any(args.checkpoint)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+  hf.export(model, args.out)
+  print(json.dumps({"out": os.path.abspath(args.out), "family": hf.family_of(model)}))
+
+
 def _load_or_exit(args, bindings):
   try:
     return resolve_config(args, bindings)
@@ -181,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nRun `mtjax <command> --help` for a command's options.")
     return
   command, rest = argv[0], argv[1:]
-  handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache}
+  handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache,
+              "convert": _cmd_convert, "export": _cmd_export}
   if command not in handlers:
     raise SystemExit(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   handlers[command](rest)

@@ -374,6 +374,8 @@ def export(model, out_dir: str) -> None:
   table = {path: (template, layout) for path, template, layout in _table(family)}
   tensors = {}
   for path, var in _flat_params(nnx.state(model)).items():
+    if path.startswith("embed_hook."):
+      continue  # a soft prompt has no place in a HF checkpoint
     generic = re.sub(r"(?<=layers\.)\d+(?=\.)", "{i}", path)
     if generic not in table:
       raise KeyError(f"{path!r} has no row in the {family} key table of mtjax.models.hf")
@@ -388,3 +390,7 @@ def export(model, out_dir: str) -> None:
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config_to_hf(model.cfg), f, indent=2)
+
+
+def num_params(model) -> int:
+  return int(sum(v.get_value().size for v in _flat_params(nnx.state(model)).values()))

@@ -41,21 +41,38 @@ def build(cfg, *, rngs: nnx.Rngs):
   return t5.T5(cfg, rngs=rngs) if family(cfg) is t5 else decoder.Decoder(cfg, rngs=rngs)
 
 
+def _overrides(model_config) -> dict:
+  overrides = {"dropout_rate": model_config.dropout_rate, "dtype": model_config.dtype}
+  remat = getattr(model_config, "remat", "none")
+  if remat != "none":
+    overrides["remat"] = remat
+  return overrides
+
+
+def architecture(model_config):
+  """The family config a `schema.ModelConfig` describes (from an HF `config.json` if it names
+  a checkpoint), without loading any weights."""
+  hf_dir = getattr(model_config, "hf_checkpoint", "")
+  if hf_dir:
+    import json  # pylint: disable=g-import-not-at-top
+    import os  # pylint: disable=g-import-not-at-top
+    from mtjax.models import hf  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(hf_dir, "config.json")) as f:
+      return hf.config_from_hf(json.load(f), **_overrides(model_config))[1]
+  return config(model_config.preset, **_overrides(model_config))
+
+
 def create(model_config, *, seed: int, mesh=None, rules=None):
   """The model a run starts from (`model_config` is a `schema.ModelConfig`).
 
   Call inside `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so fresh parameters are
   created sharded; HF weights go straight to their shardings.
   """
-  overrides = {"dropout_rate": model_config.dropout_rate, "dtype": model_config.dtype}
-  remat = getattr(model_config, "remat", "none")
-  if remat != "none":
-    overrides["remat"] = remat
   hf_dir = getattr(model_config, "hf_checkpoint", "")
   if hf_dir:
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top
-    return hf.load(hf_dir, mesh=mesh, rules=rules, **overrides)
-  return build(config(model_config.preset, **overrides), rngs=nnx.Rngs(params=seed))
+    return hf.load(hf_dir, mesh=mesh, rules=rules, **_overrides(model_config))
+  return build(architecture(model_config), rngs=nnx.Rngs(params=seed))
 
 
 def start_decode(model, batch, max_decode_len: int):

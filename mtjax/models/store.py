@@ -1,0 +1,89 @@
+"""mtjax model directories and trained-run parameters: what `mtjax convert` writes and
+`mtjax export` reads.
+
+A model directory holds `model.json` (family + config fields) and `params/` (an Orbax
+checkpoint of the parameter pytree, the same pure-dict structure the trainer checkpoints), so
+`ModelConfig`-free tools can rebuild the module. `load_any` also accepts a training run: a run
+dir (latest step), its `checkpoints/` dir, or one step's dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from mtjax.models import decoder, registry, t5
+
+MODEL_FILE = "model.json"
+_CONFIGS = {"t5": t5.T5Config, "decoder": decoder.DecoderConfig}
+
+
+def _family_name(cfg) -> str:
+  return "t5" if registry.family(cfg) is t5 else "decoder"
+
+
+def save(model, out_dir: str) -> None:
+  """Writes `model.json` and `params/` for `model`."""
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, MODEL_FILE), "w") as f:
+    json.dump({"family": _family_name(model.cfg), "config": dataclasses.asdict(model.cfg)}, f,
+              indent=1)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(out_dir, "params"), nnx.state(model).to_pure_dict(), force=True)
+  checkpointer.wait_until_finished()
+
+
+def _config_from_json(raw: dict):
+  cls = _CONFIGS[raw["family"]]
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["config"].items()}
+  return cls(**fields)
+
+
+def _restore(cfg, params_dir: str):
+  abstract = nnx.eval_shape(lambda: registry.build(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
+  params = ocp.StandardCheckpointer().restore(params_dir, target)
+  return nnx.merge(graphdef, params)
+
+
+def load(model_dir: str):
+  """The module saved by `save`."""
+  with open(os.path.join(model_dir, MODEL_FILE)) as f:
+    cfg = _config_from_json(json.load(f))
+  return _restore(cfg, os.path.join(model_dir, "params"))
+
+
+def load_any(path: str):
+  """A model directory (`save`), or a training run's checkpoint (latest step unless a step
+  dir is given), rebuilt with the run's `model` config."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, MODEL_FILE)):
+    return load(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    run_dir, ckpt_dir, step = path, os.path.join(path, "checkpoints"), None
+  elif os.path.basename(path).isdigit():
+    run_dir, ckpt_dir, step = os.path.dirname(os.path.dirname(path)), os.path.dirname(path), \
+        int(os.path.basename(path))
+  else:
+    run_dir, ckpt_dir, step = os.path.dirname(path), path, None
+  config_path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{path}: neither a model directory ({MODEL_FILE}) nor a run "
+                            f"checkpoint ({config_path} not found)")
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+  with open(config_path) as f:
+    run_cfg = schema.from_dict(json.load(f))
+  if step is None:
+    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    step = max(steps)
+  return _restore(registry.architecture(run_cfg.model),
+                  os.path.join(ckpt_dir, str(step), "params"))
