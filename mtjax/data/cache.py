@@ -98,7 +98,15 @@ def fingerprint(task, split: str) -> str:
       st = os.stat(path)
       parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
   else:
-    parts.append(repr(getattr(source, "_split_to_filepattern", "")))
+    patterns = getattr(source, "_split_to_filepattern", None)
+    parts.append(repr(patterns or ""))
+    if patterns and split in patterns:  # file sources: the files' sizes and mtimes
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+      pattern = patterns[split]
+      for path in sorted(tf.io.gfile.glob(pattern)):
+        st = tf.io.gfile.stat(path)
+        parts.append(f"{path}:{st.length}:{st.mtime_nsec}")
   parts += [_describe(p) for p in pre] + post
   for name, feature in sorted(task.output_features.items()):
     vocab = feature.vocabulary
@@ -231,8 +239,9 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
 
   `num_workers > 1` runs the pre-cache ops in that many processes, over contiguous blocks of
   `block_size` source examples; the result does not depend on `num_workers`. (Per-example ops
-  give the same cache as one unblocked pass; ops that look across examples, e.g. packing before
-  the cache, see each block separately.)
+  give the same cache as one unblocked pass; ops that look across examples or at positions,
+  e.g. packing before the cache or the example index of `rank_classification`, see each block
+  separately, so a split larger than `block_size` gets block-local positions.)
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
