@@ -40,8 +40,42 @@ def test_t5_greedy_equals_argmax_of_the_full_forward():
   out_beam, _ = generate.generate(graphdef, params, {"encoder_input_tokens": enc},
                                   jax.random.key(0), options=beam1)
   np.testing.assert_array_equal(np.asarray(out_beam), expected)
-  beam4 = generate.DecodeOptions(method="beam", beam_size=4, alpha=0.0, max_length=length,
-                                 eos_id=1)
-  out4, score4 = generate.generate(graphdef, params, {"encoder_input_tokens": enc},
-                                   jax.random.key(0), options=beam4)
-  assert out4.shape == (4, length) and np.all(np.isfinite(np.asarray(score4)))
+
+
+def test_decoder_only_greedy_and_beam_through_its_cache():
+  """Right-padded prompts of different lengths; reference: full forward of prompt + output."""
+  import pytest
+  decoder = pytest.importorskip("mtjax.models.decoder")
+  if not hasattr(decoder, "start_decode"):
+    pytest.skip("decoder family has no decode interface yet")
+  from mtjax.eval import evaluate
+
+  model = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(params=2))
+  graphdef, state = nnx.split(model)
+  params = state.to_pure_dict()
+  prompts = [[5, 9, 13, 2], [7, 3], [11, 12, 13, 14, 15, 16]]
+  tokens = np.zeros((3, 8), np.int32)
+  for row, p in enumerate(prompts):
+    tokens[row, :len(p)] = p
+  batch = evaluate.prompt_batch("decoder_only", tokens)
+  length = 4
+  forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))
+  expected = np.zeros((3, length), np.int32)
+  for row, p in enumerate(prompts):
+    seq = list(p)
+    for i in range(length):  # right-padded to one width (causal: padding changes nothing)
+      padded = np.asarray([seq + [0] * (12 - len(seq))], np.int32)
+      logits = np.asarray(forward(params, {"decoder_input_tokens": padded}))
+      seq.append(int(logits[0, len(seq) - 1].argmax()))
+      expected[row, i] = seq[-1]
+      if seq[-1] == 1:
+        break
+  for method in ("greedy", "beam"):
+    options = generate.DecodeOptions(method=method, beam_size=1, alpha=0.0, max_length=length,
+                                     eos_id=1)
+    out, _ = generate.generate(graphdef, params, batch, jax.random.key(0), options=options)
+    np.testing.assert_array_equal(np.asarray(out), expected, err_msg=method)
+  options = generate.DecodeOptions(method="beam", beam_size=3, alpha=0.6, max_length=length,
+                                   eos_id=1)
+  out, scores = generate.generate(graphdef, params, batch, jax.random.key(0), options=options)
+  assert out.shape == (3, length) and np.all(np.isfinite(np.asarray(scores)))
