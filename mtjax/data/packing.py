@@ -92,13 +92,15 @@ class WindowPackIterDataset(grain.IterDataset):
 
   def __init__(self, plan: grain.MapDataset, fetch, lengths: Mapping[str, int], *,
                global_batch: int, shard_index: int, num_shards: int, window: int = 4096,
-               seed: int = 0):
+               seed: int = 0, batch_slice: slice | None = None):
     super().__init__(plan)
     if global_batch % num_shards:
       raise ValueError(f"global batch {global_batch} is not divisible by {num_shards} hosts")
     self.plan, self.fetch, self.lengths = plan, fetch, dict(lengths)
     self.global_batch, self.shard_index, self.num_shards = global_batch, shard_index, num_shards
     self.window, self.seed = window, seed
+    # Only global batches `batch_slice` (a multiprocess worker's share); others are skipped.
+    self.batch_slice = batch_slice or slice(0, None, 1)
 
   def __iter__(self) -> grain.DatasetIterator:
     return _WindowPackIterator(self)
@@ -125,8 +127,12 @@ class _WindowPackIterator(grain.DatasetIterator):
     self._plan = [[entries[j] for j in members[i]] for i in order]
 
   def _mine(self, global_row: int) -> bool:
-    per_host = self._ds.global_batch // self._ds.num_shards
-    return (global_row % self._ds.global_batch) // per_host == self._ds.shard_index
+    ds = self._ds
+    per_host = ds.global_batch // ds.num_shards
+    batch, sl = global_row // ds.global_batch, ds.batch_slice
+    if batch < (sl.start or 0) or (batch - (sl.start or 0)) % (sl.step or 1):
+      return False
+    return (global_row % ds.global_batch) // per_host == ds.shard_index
 
   def __next__(self) -> dict[str, Any]:
     ds = self._ds

@@ -41,6 +41,10 @@ class PipelineOptions:
   # Staged rates: ((start_step, {task: rate}), ...); from each start step on, the mixture uses
   # those rates (tasks left out get 0). Before the first start, the spec's own rates.
   rate_stages: tuple = ()
+  # Processes preparing batches (Grain's mp_prefetch; 0: a thread). Worker w makes batches
+  # w, w + N, ... and Grain interleaves them back in order, so batches do not change. A
+  # checkpoint restores only with the same worker count.
+  worker_count: int = 0
 
 
 def _manifest(cache_dir: str, task: str, split: str) -> dict:
@@ -74,6 +78,7 @@ class TokenSource:
     if missing:
       raise ValueError(f"cache of {task}/{split} has no token arrays for {missing}; rebuild it "
                        "with `mtjax cache`")
+    self._args = (cache_dir, task, split, tuple(features))
     self._features = tuple(features)
     self._tokens = {f: np.load(os.path.join(folder, arrays[f]["tokens"]), mmap_mode="r")
                     for f in features}
@@ -92,6 +97,9 @@ class TokenSource:
 
   def __repr__(self) -> str:
     return f"TokenSource({self._len} examples, features={self._features})"
+
+  def __reduce__(self):  # worker processes re-open the memory maps instead of copying them
+    return TokenSource, self._args
 
 
 def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping[str, dict],
@@ -231,7 +239,8 @@ def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[s
   return report
 
 
-def _window_rows(spec, cache_dir, options, split, weights=None) -> grain.IterDataset:
+def _window_rows(spec, cache_dir, options, split, weights=None,
+                 batch_slice: slice | None = None) -> grain.IterDataset:
   """This host's rows of the host-count-independent global packing (packing.py)."""
   concat = feature_converters.concatenates(options.feature_converter)
   sources = [TokenSource(cache_dir, t, split) for t in spec.task_names]
@@ -245,7 +254,8 @@ def _window_rows(spec, cache_dir, options, split, weights=None) -> grain.IterDat
       mixed_plan(spec, cache_dir, options, split, weights), fetch,
       feature_converters.model_lengths(options.feature_converter, options.lengths),
       global_batch=options.batch_size * options.num_shards, shard_index=options.shard_index,
-      num_shards=options.num_shards, window=options.packing_bins or 4096, seed=options.seed)
+      num_shards=options.num_shards, window=options.packing_bins or 4096, seed=options.seed,
+      batch_slice=batch_slice)
 
 
 def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
@@ -257,6 +267,19 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
   the stream switches rates at each stage's start step (see `StagedBatches`).
   """
   feature_converters.check_converter(options.feature_converter)
+  if options.worker_count > 0:
+    if options.rate_stages:
+      raise ValueError("data.worker_count > 0 does not support data.rate_stages yet")
+    if options.pack and options.packer != "window":
+      raise ValueError("data.worker_count > 0 needs the window packer or pack=False (Grain's "
+                       "packers cannot skip to another worker's batches)")
+    from absl import flags  # pylint: disable=g-import-not-at-top
+
+    if not flags.FLAGS.is_parsed():  # Grain's mp_prefetch reads absl flags; we use none
+      flags.FLAGS.mark_as_parsed()
+    single = dataclasses.replace(options, prefetch=0, worker_count=0)
+    sliced = SlicedBatches(lambda sl: _batches(spec, cache_dir, single, split, batch_slice=sl))
+    return sliced.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count))
   if options.rate_stages:
     stages = stage_weights(spec, options.rate_stages)
     unprefetched = dataclasses.replace(options, prefetch=0, rate_stages=())
@@ -270,12 +293,23 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
   return _prefetch(_batches(spec, cache_dir, options, split), options)
 
 
-def _batches(spec, cache_dir, options: PipelineOptions, split: str,
-             weights=None) -> grain.IterDataset:
+def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None,
+             batch_slice: slice | None = None) -> grain.IterDataset:
+  """The batch stream; with `batch_slice`, only those batches (others are skipped unread)."""
   kind = options.feature_converter
   model = feature_converters.model_lengths(kind, options.lengths)
   if options.pack and options.packer == "window":
-    return _convert_and_batch(_window_rows(spec, cache_dir, options, split, weights), options)
+    return _convert_and_batch(
+        _window_rows(spec, cache_dir, options, split, weights, batch_slice), options)
+  if batch_slice is not None:
+    if options.pack:
+      raise ValueError("batch slices need the window packer or pack=False")
+    lengths = dict(options.lengths)
+    ds = mixed_examples(spec, cache_dir, options, split, weights).map(
+        lambda ex: feature_converters.convert(
+            feature_converters.pad_example(ex, kind, lengths), kind, packed=False))
+    ds = ds.batch(options.batch_size, drop_remainder=True)[batch_slice]
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   ds = mixed_examples(spec, cache_dir, options, split, weights).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if options.pack:
@@ -339,6 +373,27 @@ def stage_weights(spec: mixing.MixtureSpec, rate_stages) -> list[tuple[int, tupl
       stages.append((start, weights))
     last = start
   return stages
+
+
+class SlicedBatches(grain.IterDataset):
+  """A batch stream that Grain's `mp_prefetch` can split among workers by batch.
+
+  Grain hands worker w the slice `w::N` through `set_slice`; `make(slice)` builds a stream of
+  exactly those batches (skipping the others without reading them), so interleaving the
+  workers' outputs gives back the unsliced stream.
+  """
+
+  def __init__(self, make):
+    super().__init__()
+    self.make, self.batch_slice = make, None
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    if sequential_slice:
+      raise ValueError("SlicedBatches supports interleaved slices only")
+    self.batch_slice = sl
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return iter(self.make(self.batch_slice))
 
 
 class StagedBatches(grain.IterDataset):
