@@ -26,6 +26,7 @@ class DataConfig:
   seed: int = 0
   feature_converter: str = "enc_dec"  # enc_dec | decoder_only | prefix_lm
   rate_stages: tuple = ()  # ((start_step, {task: rate}), ...): other rates from that step on
+  worker_count: int = 0  # batch-preparing processes (Grain mp_prefetch); 0: one thread
 
 
 @gin.configurable

@@ -93,6 +93,7 @@ def data_iterator(setup: Setup):
       batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
       packing_bins=cfg.data.packing_bins, seed=cfg.data.seed,
       feature_converter=cfg.data.feature_converter, rate_stages=cfg.data.rate_stages,
+      worker_count=cfg.data.worker_count,
       shard_index=jax.process_index(), num_shards=n_hosts)
   pipeline.report_trimming(setup.spec, cfg.data.cache_dir, options.lengths)
   return iter(pipeline.train_batches(setup.spec, cfg.data.cache_dir, options))
