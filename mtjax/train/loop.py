@@ -12,7 +12,9 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -24,9 +26,11 @@ from tqdm import tqdm
 from mtjax.config import schema
 from mtjax.data import cache, pipeline
 from mtjax.models import registry
-from mtjax.parallel import arrays, mesh as mesh_lib, rules as rules_lib
+from mtjax.parallel import arrays, distributed, mesh as mesh_lib, rules as rules_lib
+from mtjax.peft import filters
 from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import metrics as metrics_lib
+from mtjax.train import flops as flops_lib
 from mtjax.train import optimizers, step as step_lib
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,10 @@ class Setup:
   graphdef: Any
   params: Any
   tx: Any
-  opt_state: Any
+  opt_state: Any  # of the trainable parameters only
+  trainable: frozenset | None = None  # parameter paths that train (None: all)
+  model_cfg: Any = None  # the family config (t5.T5Config, decoder.DecoderConfig)
+  axes: dict | None = None  # parameter path -> logical axis names
 
 
 def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
@@ -72,13 +79,21 @@ def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules)
     graphdef, state = nnx.split(model)
+    axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(
+                state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]}
     params = state.to_pure_dict()
     lr = optimizers.schedule(cfg.optimizer.schedule, cfg.optimizer.learning_rate,
                              cfg.train.steps, cfg.optimizer.warmup_steps)
     tx = optimizers.make(cfg.optimizer.name, lr, cfg.optimizer.weight_decay,
                          cfg.optimizer.clip_norm)
-    opt_state = jax.jit(tx.init)(params)
-  return Setup(cfg, mesh, rules, spec, graphdef, params, tx, opt_state)
+    trainable = None
+    if tuple(cfg.train.trainable) != ("all",):
+      trainable = filters.trainable_paths(params, cfg.train.trainable)
+    opt_state = jax.jit(tx.init)(params if trainable is None
+                                 else filters.partition(params, trainable)[0])
+  return Setup(cfg, mesh, rules, spec, graphdef, params, tx, opt_state, trainable,
+               getattr(model, "cfg", None), axes)
 
 
 def data_iterator(setup: Setup):
@@ -100,15 +115,25 @@ def data_iterator(setup: Setup):
 
 
 def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
+  """The resolved config and a model summary (count, shape, dtype, logical axes, sharding of
+  each parameter, and whether it trains) in the run dir."""
   os.makedirs(cfg.run_dir, exist_ok=True)
+  if jax.process_index() != 0:
+    return
   with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
     json.dump(schema.to_dict(cfg), f, indent=1)
-  shapes = jax.tree_util.tree_flatten_with_path(setup.params)[0]
+  leaves = jax.tree_util.tree_flatten_with_path(setup.params)[0]
+  trains = lambda p: setup.trainable is None or tuple(
+      getattr(k, "key", getattr(k, "idx", k)) for k in p) in setup.trainable
+  axes = setup.axes or {}
   summary = {
-      "num_params": int(sum(np.prod(x.shape) for _, x in shapes)),
-      "params": {jax.tree_util.keystr(p): {"shape": list(x.shape), "dtype": str(x.dtype),
-                                           "sharding": str(x.sharding.spec)}
-                 for p, x in shapes},
+      "num_params": int(sum(np.prod(x.shape) for _, x in leaves)),
+      "num_trainable": int(sum(np.prod(x.shape) for p, x in leaves if trains(p))),
+      "params": {jax.tree_util.keystr(p): {
+          "shape": list(x.shape), "dtype": str(x.dtype),
+          "axes": list(axes.get(jax.tree_util.keystr(p)) or ()),
+          "sharding": str(getattr(x.sharding, "spec", x.sharding)), "trainable": trains(p)}
+                 for p, x in leaves},
       "mesh": dict(setup.mesh.shape),
       "tasks": list(setup.spec.task_names),
   }
@@ -116,78 +141,235 @@ def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
     json.dump(summary, f, indent=1)
 
 
+# Testing hook: "STEP:KIND" with KIND in SIGKILL | SIGTERM (sent to this process after STEP
+# completes) or nan (the parameters become NaN before STEP runs). Used by the resume tests.
+FAULT_ENV = "MTJAX_FAULT_AT_STEP"
+
+
+def _fault():
+  raw = os.environ.get(FAULT_ENV, "")
+  if not raw:
+    return None, None
+  step, kind = raw.split(":")
+  return int(step), kind
+
+
+def _is_hf_dir(path: str) -> bool:
+  return (os.path.exists(os.path.join(path, "config.json"))
+          and any(f.endswith(".safetensors") for f in os.listdir(path)))
+
+
+def init_from(setup: Setup, params, source: str):
+  """Parameters from a pretrained mtjax checkpoint or HF model dir; fresh init for the rest."""
+  if _is_hf_dir(source):
+    model_cfg = dataclasses.replace(setup.cfg.model, hf_checkpoint=source)
+    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
+      model = registry.create(model_cfg, seed=setup.cfg.train.seed, mesh=setup.mesh,
+                              rules=setup.rules)
+    flat = lambda t: {jax.tree_util.keystr(p): v
+                      for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+    theirs, ours = flat(nnx.split(model)[1].to_pure_dict()), flat(params)
+    restored = sorted(k for k in ours if k in theirs and theirs[k].shape == ours[k].shape)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: theirs.get(jax.tree_util.keystr(p), v)
+        if jax.tree_util.keystr(p) in restored else v, params)
+    fresh = sorted(set(ours) - set(restored))
+  else:
+    with jax.set_mesh(setup.mesh):
+      params, restored, fresh = ckpt_lib.init_params(source, params)
+  log.info("initialised %d parameters from %s; %d keep their fresh init%s", len(restored),
+           source, len(fresh), f" ({', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''})"
+           if fresh else "")
+  return params
+
+
+def _eval_batches(setup: Setup) -> list:
+  """A fixed set of batches of the eval split for the teacher-forced loss (same every time)."""
+  cfg = setup.cfg
+  n_hosts = jax.process_count()
+  options = pipeline.PipelineOptions(
+      lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
+      batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
+      packing_bins=cfg.data.packing_bins, seed=cfg.data.seed,
+      feature_converter=cfg.data.feature_converter, shard_index=jax.process_index(),
+      num_shards=n_hosts, prefetch=0)
+  it = iter(pipeline.train_batches(setup.spec, cfg.data.cache_dir, options,
+                                   split=cfg.eval.split))
+  return [next(it) for _ in range(max(cfg.eval.loss_batches, 1))]
+
+
+def eval_loss(setup: Setup, params, batches, eval_step) -> dict[str, float]:
+  """Teacher-forced loss and token accuracy on `batches`, overall and per task (`eval/...`)."""
+  sums = None
+  for local in batches:
+    m = eval_step(params, arrays.global_batch(local, setup.mesh, setup.rules))
+    sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
+  row = metrics_lib.summarize(jax.device_get(sums), setup.spec.task_names)
+  return {f"eval/{k}": v for k, v in row.items()}
+
+
 def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
-  """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict."""
+  """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict.
+
+  SIGTERM (preemption) saves a checkpoint at the current step and returns with
+  `summary["preempted"] = True`; a NaN/Inf loss or gradient raises `FloatingPointError` naming the
+  step, after in-flight saves of earlier (finite) states complete.
+  """
   t_start = time.perf_counter()
+  distributed.initialize()
   setup = build(cfg)
+  k = max(cfg.train.microbatches, 1)
+  if cfg.data.batch_size % k or (cfg.data.batch_size // k) % (
+      setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]):
+    raise ValueError(f"data.batch_size={cfg.data.batch_size} must split into "
+                     f"train.microbatches={k} microbatches that divide over the data x fsdp mesh")
   _save_config(cfg, setup)
   data = data_iterator(setup)
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(cfg.run_dir, "checkpoints"), save_every=cfg.train.checkpoint_every,
-      keep=cfg.train.keep_checkpoints)
+      keep=cfg.train.keep_checkpoints, best_metric=cfg.train.best_metric,
+      best_mode=cfg.train.best_mode)
   params, opt_state, start = setup.params, setup.opt_state, 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    params, opt_state, meta = checkpointer.restore(latest, params, opt_state, data)
-    start = int(meta["step"])
+  if checkpointer.all_steps():
+    saved_meta = checkpointer.meta(checkpointer.all_steps()[-1])
+    if saved_meta is not None:
+      ckpt_lib.check_resumable(saved_meta.get("config", {}), schema.to_dict(cfg))
+    restored = checkpointer.restore_latest(params, opt_state, data)
+    if restored is None:
+      raise RuntimeError(f"no checkpoint in {checkpointer.directory} can be restored (see the "
+                         "warnings above); move them away to start over")
+    _, params, opt_state, saved_meta = restored
+    start = int(saved_meta["step"])
     log.info("resumed %s from step %d", cfg.run_dir, start)
+  elif cfg.train.init_from:
+    params = init_from(setup, params, cfg.train.init_from)
   num_tasks = len(setup.spec.task_names)
   step_fn = step_lib.make_train_step(
-      setup.graphdef, setup.tx, num_tasks=num_tasks, label_smoothing=cfg.train.label_smoothing,
-      z_loss=cfg.train.z_loss, dropout_seed=cfg.train.seed)
-  writer = metrics_lib.MetricWriter(cfg.run_dir)
+      setup.graphdef, setup.tx, num_tasks=num_tasks, dropout_seed=cfg.train.seed,
+      trainable=setup.trainable, microbatches=k,
+      loss_options=step_lib.LossOptions(
+          label_smoothing=cfg.train.label_smoothing, z_loss=cfg.train.z_loss,
+          normalization=cfg.train.loss_normalization,
+          normalizing_factor=cfg.train.loss_normalizing_factor,
+          focal_gamma=cfg.train.focal_gamma))
+  eval_step = step_lib.make_eval_step(setup.graphdef, num_tasks=num_tasks)
+  eval_batches = _eval_batches(setup) if cfg.eval.loss_every > 0 else None
+  writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start)
   meta = {"mixture": cfg.data.mixture, "tasks": list(setup.spec.task_names),
           "config": schema.to_dict(cfg)}
+  perf = _Perf(setup)
   bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, dynamic_ncols=True,
              desc="train")
-  sums, last, window_start = None, {}, start
+  fault_step, fault_kind = _fault()
+  stop = {"signal": None}
+  previous = _catch_sigterm(stop)
+  track = jax.jit(lambda bad, m, done: jax.numpy.where(
+      (bad == 0) & ~(jax.numpy.isfinite(m["loss"]) & jax.numpy.isfinite(m["grad_norm"])),
+      done, bad))
+  bad = jax.numpy.zeros((), jax.numpy.int32)  # the first step whose loss or gradient was not finite
+  sums, last, last_eval, window_start, done = None, {}, {}, start, start
   t0 = time.perf_counter()
-  with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    for step in range(start, cfg.train.steps):
-      batch = arrays.global_batch(next(data), setup.mesh, setup.rules)
-      params, opt_state, m = step_fn(params, opt_state, batch, step)
-      sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
-      done = step + 1
-      if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-        last = _log(writer, bar, jax.device_get(sums), done, done - window_start,
-                    time.perf_counter() - t0, setup.spec.task_names, checkpointer.directory)
-        sums, window_start, t0 = None, done, time.perf_counter()
-      final = done == cfg.train.steps
-      if final or checkpointer.should_save(done):
-        _check_finite(float(m["loss"]), done, checkpointer.directory)  # never save a NaN state
-        checkpointer.save(done, params, opt_state, data, dict(meta, step=done), force=final)
-      bar.update(1)
-  bar.close()
-  checkpointer.close()
-  writer.close()
-  log.info("trained %d steps in %.1fs (setup and compilation included)", cfg.train.steps - start,
+  try:
+    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
+      for step in range(start, cfg.train.steps):
+        if fault_kind == "nan" and step + 1 == fault_step:
+          params = jax.tree.map(lambda x: x * float("nan"), params)
+        batch = arrays.global_batch(next(data), setup.mesh, setup.rules)
+        params, opt_state, m = step_fn(params, opt_state, batch, step)
+        done = step + 1
+        bad = track(bad, m, done)
+        sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
+        final = done == cfg.train.steps
+        if done % cfg.train.log_every == 0 or final or stop["signal"]:
+          _check_finite(int(bad), checkpointer.directory)
+          last = _log(writer, bar, jax.device_get(sums), done, done - window_start,
+                      time.perf_counter() - t0, setup.spec.task_names, perf)
+          sums, window_start, t0 = None, done, time.perf_counter()
+        if eval_batches and (done % cfg.eval.loss_every == 0 or final):
+          last_eval = eval_loss(setup, params, eval_batches, eval_step)
+          writer.write(done, last_eval)
+          t0 = time.perf_counter()  # eval time is not training throughput
+        if final or stop["signal"] or checkpointer.should_save(done):
+          _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
+          checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
+                            force=final or bool(stop["signal"]),
+                            metrics={**last, **last_eval})
+        bar.update(1)
+        if stop["signal"]:
+          log.warning("%s: saved a checkpoint at step %d in %s; exiting", stop["signal"], done,
+                      checkpointer.directory)
+          break
+        if fault_kind in ("SIGKILL", "SIGTERM") and done == fault_step:
+          os.kill(os.getpid(), getattr(signal, fault_kind))
+  finally:
+    _restore_sigterm(previous)
+    bar.close()
+    checkpointer.close()  # waits for in-flight async saves (all of finite states)
+    writer.close()
+  log.info("trained %d steps in %.1fs (setup and compilation included)", done - start,
            time.perf_counter() - t_start)
-  summary = {"run_dir": cfg.run_dir, "steps": cfg.train.steps, "resumed_from": start,
-             "final_metrics": last}
-  if cfg.eval.at_end:
+  summary = {"run_dir": cfg.run_dir, "steps": done, "resumed_from": start,
+             "final_metrics": last, "preempted": bool(stop["signal"])}
+  if last_eval:
+    summary["eval_loss"] = last_eval
+  if cfg.eval.at_end and not stop["signal"]:
     t_eval = time.perf_counter()
     summary["eval"] = evaluate(setup, params)
     log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   return summary
 
 
-def _log(writer, bar, sums, step, num_steps, elapsed, task_names, ckpt_dir) -> dict:
-  """Writes one metrics row for the steps since the last log; stops the run on NaN/Inf."""
+def _catch_sigterm(stop: dict):
+  """SIGTERM sets `stop["signal"]`; the loop saves and exits after the current step. Returns the
+  previous handler (None off the main thread, where handlers cannot be set)."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  return signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal="SIGTERM"))
+
+
+def _restore_sigterm(previous) -> None:
+  if previous is not None:
+    signal.signal(signal.SIGTERM, previous)
+
+
+class _Perf:
+  """Model FLOPs per step and the device peak, for MFU in the logs (None on unknown devices)."""
+
+  def __init__(self, setup: Setup):
+    cfg = setup.cfg
+    self.flops = flops_lib.step_flops(setup.params, setup.model_cfg, cfg.data.batch_size,
+                                      cfg.data.inputs_length, cfg.data.targets_length)
+    self.peak = flops_lib.device_peak_flops()
+    self.devices = setup.mesh.size
+
+  def mfu(self, steps_per_s: float) -> float | None:
+    return flops_lib.mfu(self.flops, steps_per_s, self.devices, self.peak)
+
+
+def _log(writer, bar, sums, step, num_steps, elapsed, task_names, perf: _Perf) -> dict:
+  """Writes one metrics row for the steps since the last log."""
   row = metrics_lib.summarize(sums, task_names)
-  _check_finite(row["loss"], step, ckpt_dir)
   row["grad_norm"] = float(sums["grad_norm"]) / num_steps  # mean over the window
   row["steps_per_s"] = num_steps / max(elapsed, 1e-9)
   row["target_tokens_per_s"] = float(sums["token_sum"]) / max(elapsed, 1e-9)
+  mfu = perf.mfu(row["steps_per_s"])
+  if mfu is not None:
+    row["mfu"] = mfu
   writer.write(step, row)
-  bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}",
-                  tok_s=f"{row['target_tokens_per_s']:.0f}")
+  postfix = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
+             "tok_s": f"{row['target_tokens_per_s']:.0f}"}
+  if mfu is not None:
+    postfix["mfu"] = f"{mfu:.1%}"
+  bar.set_postfix(postfix)
   return row
 
 
-def _check_finite(loss: float, step: int, ckpt_dir: str) -> None:
-  if not np.isfinite(loss):
-    raise FloatingPointError(f"loss is {loss} at step {step}; stopping. The last good "
-                             f"checkpoint in {ckpt_dir} is untouched.")
+def _check_finite(bad_step: int, ckpt_dir: str) -> None:
+  if bad_step:
+    raise FloatingPointError(
+        f"the loss or gradient is NaN/Inf at step {bad_step}; stopping. The last good "
+        f"checkpoint in {ckpt_dir} is untouched (lower the learning rate, enable "
+        "optimizer.clip_norm, or check the data of that step).")
 
 
 def evaluate(setup: Setup, params, step: int | None = None, output_dir: str | None = None

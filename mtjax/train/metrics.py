@@ -12,9 +12,17 @@ import numpy as np
 class MetricWriter:
   """Appends one JSON object per log step to `metrics.jsonl`; mirrors scalars to TensorBoard."""
 
-  def __init__(self, run_dir: str, tensorboard: bool = True):
+  def __init__(self, run_dir: str, tensorboard: bool = True, resume_step: int | None = None):
+    """`resume_step`: rows after it (written by a run that died before its next checkpoint) are
+    dropped, so the file holds each step once and matches an uninterrupted run."""
     os.makedirs(run_dir, exist_ok=True)
     self.path = os.path.join(run_dir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(self.path):
+      with open(self.path) as f:
+        rows = [line for line in f if _step(line) is not None and _step(line) <= resume_step]
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(rows)
+      os.replace(self.path + ".tmp", self.path)
     self._file = open(self.path, "a")
     self._tb = None
     if tensorboard:
@@ -33,6 +41,13 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None  # a line cut short by a kill
 
 
 def summarize(sums: Mapping[str, np.ndarray], task_names: tuple[str, ...]) -> dict[str, float]:

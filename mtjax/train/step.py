@@ -96,3 +96,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_tasks: in
     return params, opt_state, metrics
 
   return jax.jit(step_fn, donate_argnums=(0, 1) if donate else ())
+
+
+def make_eval_step(graphdef, *, num_tasks: int) -> Callable:
+  """Jitted teacher-forced metrics sums (no dropout, no update) for a batch."""
+
+  def eval_fn(params, batch):
+    logits = nnx.merge(graphdef, params)(batch)
+    _, metrics = loss_lib.loss_and_metrics(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        batch.get("task_ids"), num_tasks)
+    return metrics
+
+  return jax.jit(eval_fn)

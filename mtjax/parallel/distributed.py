@@ -1,0 +1,66 @@
+"""Multi-host start-up: the one place that calls `jax.distributed.initialize()`.
+
+A run is multi-process when the command line says so (`--coordinator_address`, `--num_processes`,
+`--process_id`), when the standard variables do (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+`JAX_PROCESS_ID`), or when a cluster launcher JAX detects by itself is present (SLURM with more
+than one task, Open MPI, a multi-worker TPU slice). Otherwise nothing happens, so single-host runs
+never wait for a coordinator. Each host then loads only its shard of the data
+(`jax.process_index()` of `jax.process_count()`; see `mtjax.train.loop.data_iterator`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+_initialized = False
+
+
+def cluster_detected(env=os.environ) -> bool:
+  """Whether a launcher that `jax.distributed.initialize()` auto-detects started >1 process."""
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return True
+  hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1
+
+
+def settings(coordinator_address: str | None = None, num_processes: int | None = None,
+             process_id: int | None = None, env=os.environ) -> dict | None:
+  """The `jax.distributed.initialize` arguments for this process, or None for single-process."""
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  num = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
+  pid = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
+  if address:
+    if num is None or pid is None:
+      raise ValueError("multi-host: a coordinator address needs the number of processes and "
+                       "this process's id (--num_processes/--process_id or JAX_NUM_PROCESSES/"
+                       "JAX_PROCESS_ID)")
+    return {"coordinator_address": address, "num_processes": int(num), "process_id": int(pid)}
+  if cluster_detected(env):
+    return {}  # JAX reads the launcher's variables itself
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Joins the other processes when the settings say so (once per process). True if joined."""
+  global _initialized
+  if _initialized:
+    return True
+  kwargs = settings(coordinator_address, num_processes, process_id)
+  if kwargs is None:
+    return False
+  if os.environ.get("JAX_PLATFORMS") == "cpu":
+    # CPU processes exchange data through gloo (the default CPU backend has no collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  _initialized = True
+  log.info("process %d of %d joined (%d devices in all, %d local)", jax.process_index(),
+           jax.process_count(), jax.device_count(), jax.local_device_count())
+  return True
