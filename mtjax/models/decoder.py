@@ -55,6 +55,7 @@ class DecoderConfig:
   norm_plus_one: bool = False  # Gemma: RMSNorm scales by (1 + weight), weight init 0
   dropout_rate: float = 0.0
   remat: str = "none"  # see layers.REMAT_POLICIES
+  scan_layers: bool = False  # one stacked block (leading `layers` axis) under `jax.lax.scan`
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -222,7 +223,10 @@ class Decoder(nnx.Module):
     self.cfg = cfg
     self.token_embed = layers.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype,
                                     rngs=rngs)
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      self.layers = _stacked_blocks(cfg, rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = _norm(cfg, rngs)
     if not cfg.tie_word_embeddings:
       self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
@@ -251,8 +255,14 @@ class Decoder(nnx.Module):
     return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
   def _blocks(self, x, positions, mask, caches=None, rng=None):
-    """Runs the layers; returns (x, per-layer (k, v))."""
+    """Runs the layers; returns (x, per-layer (k, v)).
+
+    `caches`: per-layer `(k, v, write index)`, or with `scan_layers` one `(k, v, index)` whose
+    k/v are stacked `[L, B, S, K, H]` (and so are the returned keys/values).
+    """
     inv_freq = rope_frequencies(self.cfg)
+    if self.cfg.scan_layers:
+      return self._scanned_blocks(x, positions, mask, inv_freq, caches, rng)
     kvs = []
     for i, block in enumerate(self.layers):
       cache = None if caches is None else caches[i]
@@ -261,6 +271,22 @@ class Decoder(nnx.Module):
                                 _fold(rng, 1 + i))
       kvs.append(kv)
     return x, kvs
+
+  def _scanned_blocks(self, x, positions, mask, inv_freq, caches, rng):
+    graphdef, state = nnx.split(self.layers)
+    n = self.cfg.num_layers
+    keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, 1), n)
+    index = None if caches is None else caches[2]
+
+    def body(x, xs):
+      layer_state, key, kv = xs
+      cache = None if kv is None else (*kv, index)
+      return nnx.merge(graphdef, layer_state)(x, positions, mask, inv_freq, cache, key)
+
+    if self.cfg.remat != "none" and caches is None:
+      body = jax.checkpoint(body, policy=layers.REMAT_POLICIES[self.cfg.remat])
+    kv = None if caches is None else caches[:2]
+    return jax.lax.scan(body, x, (state, keys, kv))
 
   def __call__(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
     tokens = batch["decoder_input_tokens"]
@@ -283,6 +309,30 @@ class Decoder(nnx.Module):
 
 def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _stacked_blocks(cfg: DecoderConfig, rngs: nnx.Rngs) -> Block:
+  """`num_layers` blocks as one, each parameter with a leading `layers` axis."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(rngs):
+    return Block(cfg, rngs=rngs)
+
+  return make(rngs)
+
+
+def _layer_caches(model: Decoder, cache):
+  """The cache in the layout `_blocks` takes (batch-leading in the cache, layer-leading here)."""
+  if model.cfg.scan_layers:
+    return (jnp.moveaxis(cache["k"], 1, 0), jnp.moveaxis(cache["v"], 1, 0), cache["index"])
+  return [(k, v, cache["index"]) for k, v in zip(cache["k"], cache["v"])]
+
+
+def _cache_kv(model: Decoder, kvs) -> dict:
+  if model.cfg.scan_layers:  # [L, B, ...] -> [B, L, ...]: every cache leaf is batch-leading
+    return {"k": jnp.moveaxis(kvs[0], 0, 1), "v": jnp.moveaxis(kvs[1], 0, 1)}
+  return {"k": [k for k, _ in kvs], "v": [v for _, v in kvs]}
 
 
 def prompt_lengths(batch: Mapping[str, jax.Array]) -> jax.Array:
@@ -320,13 +370,16 @@ def start_decode(model: Decoder, batch: Mapping[str, jax.Array], max_decode_len:
   size = x.shape[1] + max_decode_len
   mask = make_mask(x.shape[1], None, causal_attention)
   mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, max_decode_len)))  # empty slots: masked
-  zeros = jnp.zeros((b, size, cfg.num_kv_heads, cfg.head_dim), model.dtype)
   start = jnp.zeros((b,), jnp.int32)
-  x, kvs = model._blocks(x, positions, mask, caches=[(zeros, zeros, start)] * cfg.num_layers)
+  if cfg.scan_layers:
+    zeros = jnp.zeros((b, cfg.num_layers, size, cfg.num_kv_heads, cfg.head_dim), model.dtype)
+  else:
+    zeros = [jnp.zeros((b, size, cfg.num_kv_heads, cfg.head_dim), model.dtype)] * cfg.num_layers
+  caches = _layer_caches(model, {"k": zeros, "v": zeros, "index": start})
+  x, kvs = model._blocks(x, positions, mask, caches=caches)
   last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
   next_pos = jnp.take_along_axis(positions, (lengths - 1)[:, None], axis=1)[:, 0] + 1
-  cache = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs], "index": lengths,
-           "position": next_pos}
+  cache = dict(_cache_kv(model, kvs), index=lengths, position=next_pos)
   return model.logits(last)[:, 0], cache
 
 
@@ -335,10 +388,8 @@ def decode_step(model: Decoder, cache, tokens: jax.Array):
   index, position = cache["index"], cache["position"]
   x, _, _ = model.embed(jnp.asarray(tokens, jnp.int32)[:, None], None, position[:, None],
                         hook=False)
-  size = cache["k"][0].shape[1]
+  size = cache["k"][0].shape[1] if isinstance(cache["k"], list) else cache["k"].shape[2]
   mask = (jnp.arange(size)[None] <= index[:, None])[:, None, None, :]  # [B, 1, 1, S]
-  caches = [(k, v, index) for k, v in zip(cache["k"], cache["v"])]
-  x, kvs = model._blocks(x, position[:, None], mask, caches=caches)
-  new = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs], "index": index + 1,
-         "position": position + 1}
+  x, kvs = model._blocks(x, position[:, None], mask, caches=_layer_caches(model, cache))
+  new = dict(_cache_kv(model, kvs), index=index + 1, position=position + 1)
   return model.logits(x)[:, 0], new

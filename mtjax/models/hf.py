@@ -288,6 +288,15 @@ def _match(hf_key: str, family: str) -> tuple[str, str] | None:
   raise KeyError(f"{hf_key!r} has no row in the {family} key table of mtjax.models.hf")
 
 
+_SCANNED = re.compile(r"(?P<stack>\w*layers)\.(?P<i>\d+)\.(?P<rest>.+)")
+
+
+def _unindexed(path: str) -> str:
+  """`layers.3.mlp.up` -> `layers.mlp.up`: the path of a scanned (stacked) parameter."""
+  m = _SCANNED.fullmatch(path)
+  return f"{m['stack']}.{m['rest']}"
+
+
 def _flat_params(state) -> dict[str, nnx.Variable]:
   """`{"layers.0.mlp.up": Param}` for the parameters of an NNX state."""
   return {".".join(str(k) for k in path): var for path, var in state.flat_state()
@@ -338,6 +347,7 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
     return jax.device_put(value, jax.sharding.NamedSharding(mesh, spec))
 
   values: dict[str, jax.Array] = {}
+  stacks: dict[str, dict[int, np.ndarray]] = {}  # scanned layers: one slice per HF layer
   for file in files:
     with safe_open(file, framework="np") as f:
       for key in f.keys():
@@ -345,12 +355,20 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
         if hit is None:
           continue
         path, layout = hit
-        if path not in targets:
-          raise KeyError(f"{key!r} maps to {path!r}, which this {family} config does not have")
         w = f.get_tensor(key)
-        values[path] = place(path, _to_mtjax(w, layout, tuple(targets[path].get_value().shape)))
         if lm_head_from_shared and path == "token_embed.embedding":
           values["lm_head"] = place("lm_head", w.T)
+        layer = _SCANNED.fullmatch(path)
+        if path not in targets and layer and _unindexed(path) in targets:
+          shape = tuple(targets[_unindexed(path)].get_value().shape)[1:]
+          stacks.setdefault(_unindexed(path), {})[int(layer["i"])] = (
+              _to_mtjax(w, layout, shape).astype(dtype))
+          continue
+        if path not in targets:
+          raise KeyError(f"{key!r} maps to {path!r}, which this {family} config does not have")
+        values[path] = place(path, _to_mtjax(w, layout, tuple(targets[path].get_value().shape)))
+  for path, slices in stacks.items():
+    values[path] = place(path, np.stack([slices[i] for i in sorted(slices)]))
   missing = sorted(set(targets) - set(values))
   if missing:
     raise KeyError(f"{hf_dir}: no tensor for {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -376,16 +394,23 @@ def export(model, out_dir: str) -> None:
   for path, var in _flat_params(nnx.state(model)).items():
     if path.startswith("embed_hook."):
       continue  # a soft prompt has no place in a HF checkpoint
-    generic = re.sub(r"(?<=layers\.)\d+(?=\.)", "{i}", path)
-    if generic not in table:
-      raise KeyError(f"{path!r} has no row in the {family} key table of mtjax.models.hf")
-    template, layout = table[generic]
-    i = re.search(r"(?<=layers\.)(\d+)(?=\.)", path)
-    key = template.replace("{i}", i.group(1) if i else "")
-    if family == "t5" and model.cfg.feed_forward == "relu":
-      for old, new in T5_V1_0_ALIASES.items():
-        key = key.replace(new, old)
-    tensors[key] = np.ascontiguousarray(_to_hf(np.asarray(jax.device_get(var[...])), layout))
+    value = np.asarray(jax.device_get(var[...]))
+    if (rules_lib.axis_names(var) or (None,))[0] == "layers":  # scanned: one slice per layer
+      stack, rest = path.split(".", 1)
+      items = [(f"{stack}.{i}.{rest}", w) for i, w in enumerate(value)]
+    else:
+      items = [(path, value)]
+    for layer_path, w in items:
+      generic = re.sub(r"(?<=layers\.)\d+(?=\.)", "{i}", layer_path)
+      if generic not in table:
+        raise KeyError(f"{path!r} has no row in the {family} key table of mtjax.models.hf")
+      template, layout = table[generic]
+      i = re.search(r"(?<=layers\.)(\d+)(?=\.)", layer_path)
+      key = template.replace("{i}", i.group(1) if i else "")
+      if family == "t5" and model.cfg.feed_forward == "relu":
+        for old, new in T5_V1_0_ALIASES.items():
+          key = key.replace(new, old)
+      tensors[key] = np.ascontiguousarray(_to_hf(w, layout))
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(out_dir, "config.json"), "w") as f:

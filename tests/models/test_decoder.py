@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mtjax.models import decoder, registry, t5
+from mtjax.models import decoder, hf, registry, t5
 from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
 from mtjax.parallel.rules import axis_names
 
@@ -76,16 +76,24 @@ def test_mesh_forward_equals_single_device_forward():
   np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 
-def test_remat_policies_give_the_same_gradients():
+def test_remat_policies_and_scanned_layers_give_the_same_gradients(tmp_path):
   batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}
+  hf.export(decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0)), str(tmp_path))
 
-  def grads(remat):
-    m = decoder.Decoder(decoder.preset("decoder_test", remat=remat), rngs=nnx.Rngs(0))
+  def grads(remat, scan=False):
+    m = hf.load(str(tmp_path), remat=remat, scan_layers=scan)  # same weights, either layout
     loss = lambda m: jnp.sum(m(batch) ** 2)
-    return jax.tree.leaves(nnx.jit(nnx.grad(loss))(m))
+    return nnx.state(nnx.jit(nnx.grad(loss))(m)).to_pure_dict()
 
-  for a, b in zip(grads("none"), grads("dots_saveable")):
+  want = grads("none")
+  got = grads("dots_saveable")
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  scanned = grads("full", scan=True)  # stacked layers: compare layer i's slice with layer i
+  for i in range(2):
+    layer = jax.tree.map(lambda x, i=i: x[i], scanned["layers"])
+    for a, b in zip(jax.tree.leaves(want["layers"][i]), jax.tree.leaves(layer)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
 def test_every_parameter_has_logical_axis_names():
@@ -181,9 +189,12 @@ def test_t5_cached_greedy_equals_full_recompute():
       dec[:, i + 1] = nxt
 
 
-@pytest.mark.parametrize("prefix_lm", [False, True])
-def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(prefix_lm):
-  m = decoder.Decoder(decoder.preset("decoder_test", qkv_bias=True), rngs=nnx.Rngs(4))
+@pytest.mark.parametrize("prefix_lm,scan", [(False, False), (True, True)],
+                         ids=["causal", "prefix_lm-scanned"])
+def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(prefix_lm,
+                                                                                   scan):
+  m = decoder.Decoder(decoder.preset("decoder_test", qkv_bias=True, scan_layers=scan),
+                      rngs=nnx.Rngs(4))
   prompts = [[0, 5, 6, 7, 8], [0, 9, 10]]
   p, steps = 5, 5
   batch = {"decoder_input_tokens": np.stack([_pad(x, p) for x in prompts]),

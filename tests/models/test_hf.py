@@ -189,3 +189,16 @@ def test_unknown_key_is_named(tmp_path):
 def test_t5_preset_exports_the_v1_0_tie(tmp_path):
   cfg = hf.config_to_hf(t5.preset("t5_test", tie_word_embeddings=True, feed_forward="relu"))
   assert cfg["tie_word_embeddings"] and cfg["feed_forward_proj"] == "relu"
+
+
+def test_scanned_layers_load_match_and_export(tmp_path):
+  torch_model = _torch_model("llama_gqa")
+  torch_model.save_pretrained(str(tmp_path / "hf"))
+  model = hf.load(str(tmp_path / "hf"), scan_layers=True)
+  assert model.layers.mlp.up[...].shape == (2, 32, 48)  # [layers, embed, mlp]
+  _assert_close_on_real_tokens("llama_gqa", _mtjax_logits("llama_gqa", model, True),
+                               _torch_logits("llama_gqa", torch_model, True))
+  hf.export(model, str(tmp_path / "back"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back")).eval()
+  _assert_close_on_real_tokens("llama_gqa", _torch_logits("llama_gqa", reloaded, True),
+                               _torch_logits("llama_gqa", torch_model, True))
