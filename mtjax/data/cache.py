@@ -201,6 +201,9 @@ def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size:
   if num_workers <= 1:
     total = task.num_input_examples(split)  # known and above one block: blocks, as workers do
     blocks = _blocks(total, block_size) if total and total > block_size else [(0, None)]
+  else:
+    blocks = _blocks(_num_source_examples(task, split, seed), block_size)
+  if num_workers <= 1 or len(blocks) == 1:
     for start, stop in blocks:
       for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):
         yield records.encode(example), example
@@ -210,7 +213,6 @@ def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size:
   import cloudpickle  # pylint: disable=g-import-not-at-top
 
   payload = cloudpickle.dumps(task)
-  blocks = _blocks(_num_source_examples(task, split, seed), block_size)
   paths = [os.path.join(folder, f".block-{b:05d}") for b in range(len(blocks))]
   with multiprocessing.get_context("spawn").Pool(min(num_workers, len(blocks))) as pool:
     jobs = pool.imap(_star_cache_block, [(payload, split, seed, start, stop, path)
