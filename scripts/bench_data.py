@@ -7,6 +7,7 @@ sources (`use_cached=False`, as without a SeqIO cache job). Reports examples/s (
 segments), the ratio, and the fill rate (non-padding tokens / all tokens) of each.
 
   python scripts/bench_data.py [--mixture synthetic --batches 200 --packer window]
+                               [--worker_count N]  (mtjax batches made in N processes)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main() -> None:
   p.add_argument("--packer", default="window", choices=["first_fit", "best_fit", "window"])
   p.add_argument("--packing_bins", type=int, default=4096,
                  help="rows packed at once (Grain packers) or examples per window (window)")
+  p.add_argument("--worker_count", type=int, default=0,
+                 help="mtjax: processes preparing batches (Grain mp_prefetch); 0: one thread")
   p.add_argument("--cache_dir", default=None, help="default: a fresh temporary folder")
   p.add_argument("--json", help="also write the results here")
   args = p.parse_args()
@@ -64,8 +67,12 @@ def main() -> None:
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
 
   ours = pipeline.train_batches(spec, cache_dir, pipeline.PipelineOptions(
-      lengths, batch_size=args.batch_size, packer=args.packer, packing_bins=args.packing_bins))
-  mtjax_result = _measure(iter(ours), args.batches)
+      lengths, batch_size=args.batch_size, packer=args.packer, packing_bins=args.packing_bins,
+      worker_count=args.worker_count))
+  ours = iter(ours)
+  mtjax_result = _measure(ours, args.batches)  # the warm-up batch also starts the workers
+  if hasattr(ours, "close"):
+    ours.close()
 
   ds = seqio.get_dataset(
       args.mixture, task_feature_lengths=lengths, dataset_split="train", shuffle=True,
@@ -81,7 +88,8 @@ def main() -> None:
       "ratio_examples_per_s": mtjax_result["examples_per_s"] / seqio_result["examples_per_s"],
   }
   print(f"mixture {args.mixture}, lengths {lengths}, batch {args.batch_size}, "
-        f"{args.batches} batches; mtjax packer {args.packer} x{args.packing_bins} bins")
+        f"{args.batches} batches; mtjax packer {args.packer} x{args.packing_bins} bins, "
+        f"{args.worker_count} worker processes")
   for name in ("mtjax", "seqio"):
     r = result[name]
     print(f"  {name:<6} {r['examples_per_s']:>10.0f} examples/s   fill rate {r['fill_rate']:.3f}")

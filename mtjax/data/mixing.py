@@ -11,6 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Mapping
+
+
+# Staged rate schedule: ((start_step, {task: rate}), ...), increasing start steps. From each
+# start step on, the mixture samples with those rates (tasks left out get 0); before the first,
+# with the mixture's own. Consumed by `pipeline.PipelineOptions.rate_stages`.
+StagedRates = tuple[tuple[int, Mapping[str, float]], ...]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,11 @@ repeat, decode and the post-cache ops in numpy. The tasks are then interleaved b
 `MapDataset.mix` with the mixture's normalised rates (deterministic by construction), packed
 (first-fit) or padded, converted to model features, and batched. Every step is a Grain dataset,
 so the iterator's state is a few integers and restoring it replays the exact stream.
+
+Options: the feature converter (`enc_dec`, or `decoder_only` / `prefix_lm`, which pack one
+`inputs + targets` sequence per example), staged rates (`StagedBatches`: another mixing from a
+given step on), and worker processes (`SlicedBatches` + Grain's `mp_prefetch`: same batches).
+Evaluation reads the cache differently (in order, unpacked, with the examples): `eval_data.py`.
 """
 
 from __future__ import annotations
@@ -38,9 +43,7 @@ class PipelineOptions:
   num_shards: int = 1
   prefetch: int = 2  # batches prepared by a background thread while the step runs (0: off)
   feature_converter: str = "enc_dec"  # enc_dec | decoder_only | prefix_lm (feature_converters)
-  # Staged rates: ((start_step, {task: rate}), ...); from each start step on, the mixture uses
-  # those rates (tasks left out get 0). Before the first start, the spec's own rates.
-  rate_stages: tuple = ()
+  rate_stages: mixing.StagedRates = ()  # other rates from given steps on (`StagedBatches`)
   # Processes preparing batches (Grain's mp_prefetch; 0: a thread). Worker w makes batches
   # w, w + N, ... and Grain interleaves them back in order, so batches do not change. A
   # checkpoint restores only with the same worker count.
