@@ -126,9 +126,9 @@ def test_top_p_keeps_the_nucleus():
   np.testing.assert_array_equal(kept(1.0), np.ones_like(probs))
   # Sampling from the nucleus only ever yields nucleus tokens, in renormalised proportions.
   draws = jax.random.categorical(jax.random.key(0), decoding.filter_logits(logits[:1], top_p=0.7),
-                                 shape=(20000, 1))
-  freq = np.bincount(np.asarray(draws).ravel(), minlength=4) / 20000
-  np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.015)
+                                 shape=(8000, 1))
+  freq = np.bincount(np.asarray(draws).ravel(), minlength=4) / 8000
+  np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.025)
 
 
 def test_top_k_and_temperature():

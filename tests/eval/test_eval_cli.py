@@ -19,8 +19,8 @@ def trained(tmp_path_factory, synthetic_cache):
   run_dir = str(tmp_path_factory.mktemp("run"))
   cfg = python_config.load(os.path.join(ROOT, "configs", "quickstart.py"), [
       f"run_dir={run_dir}", f"data.cache_dir={synthetic_cache}", "model.preset=t5_test",
-      "data.batch_size=16", "train.steps=12", "train.log_every=6", "train.checkpoint_every=6",
-      "optimizer.learning_rate=0.05", "eval.max_examples=16", "eval.batch_size=16",
+      "data.batch_size=8", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
+      "optimizer.learning_rate=0.05", "eval.max_examples=8", "eval.batch_size=8",
       "eval.label_set=yes,no"])
   summary = loop.train(cfg, progress=False)
   return run_dir, summary["eval"]
@@ -34,17 +34,17 @@ def test_eval_reproduces_end_of_training(trained, capsys, tmp_path):
   run_dir, at_end = trained
   end_table = json.load(open(os.path.join(run_dir, "eval_results.json")))
   out_dir = str(tmp_path / "eval")
-  cli.main(["eval", "--checkpoint", os.path.join(run_dir, "checkpoints", "12"),
+  cli.main(["eval", "--checkpoint", os.path.join(run_dir, "checkpoints", "6"),
             "--output_dir", out_dir])
   printed = capsys.readouterr().out
-  assert "at step 12" in printed and "synthetic_compare" in printed
+  assert "at step 6" in printed and "synthetic_compare" in printed
   again = json.load(open(os.path.join(out_dir, "eval_results.json")))
   assert _metrics(again) == _metrics(at_end) == _metrics(end_table)
   # Same decoded outputs, not only the same aggregate numbers.
   assert [r["samples"] for r in again] == [r["samples"] for r in end_table]
   assert all("format_rate" in m for m in _metrics(again).values())
   row = json.loads(open(os.path.join(out_dir, "eval_metrics.jsonl")).readline())
-  assert row["step"] == 12 and "synthetic_compare/accuracy" in row
+  assert row["step"] == 6 and "synthetic_compare/accuracy" in row
   assert "average/exact_match" in row
   assert os.listdir(os.path.join(out_dir, "tensorboard"))
 
@@ -53,11 +53,11 @@ def test_eval_with_beam_search_and_another_task(trained, capsys, tmp_path):
   run_dir, _ = trained
   out_dir = str(tmp_path / "beam")
   cli.main(["eval", "--run_dir", run_dir, "--mixture_or_task", "synthetic_add", "--decode",
-            "beam", "--beam_size", "3", "--max_examples", "8", "--output_dir", out_dir])
+            "beam", "--beam_size", "3", "--max_examples", "4", "--output_dir", out_dir])
   printed = capsys.readouterr().out
   results = json.load(open(os.path.join(out_dir, "eval_results.json")))
   assert [r["task"] for r in results] == ["synthetic_add"]
-  assert results[0]["num_examples"] == 8 and "exact_match" in results[0]["metrics"]
+  assert results[0]["num_examples"] == 4 and "exact_match" in results[0]["metrics"]
   assert "synthetic_add" in printed
 
 
