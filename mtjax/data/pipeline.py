@@ -270,9 +270,21 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
   the stream switches rates at each stage's start step (see `StagedBatches`).
   """
   feature_converters.check_converter(options.feature_converter)
+  single = dataclasses.replace(options, prefetch=0, worker_count=0, rate_stages=())
+  if options.rate_stages:
+    stages = stage_weights(spec, options.rate_stages)
+
+    def make(k: int, batch_slice: slice | None) -> grain.IterDataset:
+      # Stage k > 0 shuffles with its own seed, so it does not replay stage 0's order.
+      stage_options = dataclasses.replace(single, seed=options.seed + 7_919 * k)
+      return _batches(spec, cache_dir, stage_options, split, stages[k][1], batch_slice)
+
+    ds = StagedBatches(make, [start for start, _ in stages])
+  elif options.worker_count > 0:
+    ds = SlicedBatches(lambda sl: _batches(spec, cache_dir, single, split, batch_slice=sl))
+  else:
+    return _prefetch(_batches(spec, cache_dir, options, split), options)
   if options.worker_count > 0:
-    if options.rate_stages:
-      raise ValueError("data.worker_count > 0 does not support data.rate_stages yet")
     if options.pack and options.packer != "window":
       raise ValueError("data.worker_count > 0 needs the window packer or pack=False (Grain's "
                        "packers cannot skip to another worker's batches)")
@@ -280,20 +292,8 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
 
     if not flags.FLAGS.is_parsed():  # Grain's mp_prefetch reads absl flags; we use none
       flags.FLAGS.mark_as_parsed()
-    single = dataclasses.replace(options, prefetch=0, worker_count=0)
-    sliced = SlicedBatches(lambda sl: _batches(spec, cache_dir, single, split, batch_slice=sl))
-    return sliced.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count))
-  if options.rate_stages:
-    stages = stage_weights(spec, options.rate_stages)
-    unprefetched = dataclasses.replace(options, prefetch=0, rate_stages=())
-
-    def make(k: int) -> grain.IterDataset:
-      # Stage k > 0 shuffles with its own seed, so it does not replay stage 0's order.
-      stage_options = dataclasses.replace(unprefetched, seed=options.seed + 7_919 * k)
-      return _batches(spec, cache_dir, stage_options, split, stages[k][1])
-
-    return _prefetch(StagedBatches(make, [start for start, _ in stages]), options)
-  return _prefetch(_batches(spec, cache_dir, options, split), options)
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count))
+  return _prefetch(ds, options)
 
 
 def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None,
@@ -404,12 +404,24 @@ class StagedBatches(grain.IterDataset):
 
   Steps are batches handed out by this host (= global steps). Each stage is its own
   deterministic stream, started fresh at its start step; the state is (stage, step, the stage
-  stream's state), so restoring is O(1) on either side of a boundary.
+  stream's state), so restoring is O(1) on either side of a boundary. Under `mp_prefetch`,
+  worker w of N makes steps w, w + N, ...: of each stage, the matching slice of its batches.
   """
 
   def __init__(self, make_stage, starts: list[int]):
     super().__init__()
     self.make_stage, self.starts = make_stage, list(starts)
+    self.worker, self.num_workers = 0, 1
+
+  def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+    if sequential_slice:
+      raise ValueError("StagedBatches supports interleaved slices only")
+    self.worker, self.num_workers = sl.start or 0, sl.step or 1
+
+  def stage_stream(self, k: int) -> grain.IterDataset:
+    n = self.num_workers
+    sl = None if n == 1 else slice((self.worker - self.starts[k]) % n, None, n)
+    return self.make_stage(k, sl)
 
   def __iter__(self) -> grain.DatasetIterator:
     return _StagedIterator(self)
@@ -420,9 +432,9 @@ class _StagedIterator(grain.DatasetIterator):
   def __init__(self, ds: StagedBatches):
     super().__init__()
     self._ds = ds
-    self._step = 0
-    self._stage = 0
-    self._it = iter(ds.make_stage(0))
+    self._step = ds.worker
+    self._stage = self._stage_of(self._step)
+    self._it = iter(ds.stage_stream(self._stage))
 
   def _stage_of(self, step: int) -> int:
     return max(k for k, start in enumerate(self._ds.starts) if start <= step)
@@ -430,9 +442,9 @@ class _StagedIterator(grain.DatasetIterator):
   def __next__(self):
     stage = self._stage_of(self._step)
     if stage != self._stage:
-      self._stage, self._it = stage, iter(self._ds.make_stage(stage))
+      self._stage, self._it = stage, iter(self._ds.stage_stream(stage))
     batch = next(self._it)
-    self._step += 1
+    self._step += self._ds.num_workers
     return batch
 
   def get_state(self) -> dict[str, Any]:
@@ -440,7 +452,7 @@ class _StagedIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._stage, self._step = int(state["stage"]), int(state["step"])
-    self._it = iter(self._ds.make_stage(self._stage))
+    self._it = iter(self._ds.stage_stream(self._stage))
     self._it.set_state(state["inner"])
 
 
