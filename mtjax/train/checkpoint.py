@@ -78,30 +78,23 @@ class Checkpointer:
     """`metrics` (e.g. the last eval) rank the checkpoint for `best_metric`."""
     if self.best_metric:
       metrics = metrics if metrics and self.best_metric in metrics else None
-    return self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            data_iter=grain.checkpoint.CheckpointSave(data_iter),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        metrics=metrics if self.best_metric else None,
-        force=force,
-    )
+    items = {"params": ocp.args.StandardSave(params),
+             "data_iter": grain.checkpoint.CheckpointSave(data_iter),
+             "meta": ocp.args.JsonSave(meta)}
+    if jax.tree.leaves(opt_state):  # stateless optimizers (plain SGD) have nothing to save
+      items["opt_state"] = ocp.args.StandardSave(opt_state)
+    return self.manager.save(step, args=ocp.args.Composite(**items),
+                             metrics=metrics if self.best_metric else None, force=force)
 
   def restore(self, step: int, params_like, opt_state_like, data_iter):
     """Restores onto the shardings of `*_like`; sets `data_iter`'s state in place."""
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract(params_like)),
-            opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
-            data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    return restored["params"], restored["opt_state"], restored["meta"]
+    items = {"params": ocp.args.StandardRestore(abstract(params_like)),
+             "data_iter": grain.checkpoint.CheckpointRestore(data_iter),
+             "meta": ocp.args.JsonRestore()}
+    if jax.tree.leaves(opt_state_like):
+      items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state_like))
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["params"], restored.get("opt_state", opt_state_like), restored["meta"]
 
   def meta(self, step: int) -> dict | None:
     """The run metadata saved with `step` (None if unreadable)."""
@@ -205,6 +198,8 @@ def init_params(source: str, params: Any) -> tuple[Any, list[str], list[str]]:
 
 def _to_dict(tree):
   """Orbax metadata trees may use other mapping types; plain nested dicts are easier to walk."""
+  if hasattr(tree, "item_metadata"):  # StepMetadata -> TreeMetadata
+    tree = tree.item_metadata
   if hasattr(tree, "tree"):
     tree = tree.tree
   if isinstance(tree, dict) or hasattr(tree, "items"):
