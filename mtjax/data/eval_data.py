@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mtjax.data import cache, feature_converters, pipeline, records
+from mtjax.data import feature_converters, pipeline, records
 
 
 @dataclasses.dataclass
@@ -34,11 +34,7 @@ class EvalBatch:
 
 
 def num_examples(cache_dir: str, task: str, split: str) -> int:
-  manifest = cache.read_manifest(cache_dir, task, split)
-  if manifest is None:
-    raise FileNotFoundError(
-        f"no cache for task {task!r} split {split!r} under {cache_dir}; run `mtjax cache`")
-  return int(manifest["num_examples"])
+  return int(pipeline.require_manifest(cache_dir, task, split)["num_examples"])
 
 
 def example_indices(total: int, *, limit: int | None = None, shard_index: int = 0,

@@ -50,17 +50,26 @@ class PipelineOptions:
   worker_count: int = 0
 
 
-def _manifest(cache_dir: str, task: str, split: str) -> dict:
+def require_manifest(cache_dir: str, task: str, split: str) -> dict:
+  """The split's cache manifest; a missing one is an error naming close cached names."""
   manifest = cache.read_manifest(cache_dir, task, split)
   if manifest is None:
-    raise FileNotFoundError(
-        f"no cache for task {task!r} split {split!r} under {cache_dir}; run `mtjax cache`")
+    import difflib  # pylint: disable=g-import-not-at-top
+
+    cached = sorted(f"{t}/{sp}" for t in (os.listdir(cache_dir) if os.path.isdir(cache_dir) else [])
+                    if os.path.isdir(os.path.join(cache_dir, t))
+                    for sp in os.listdir(os.path.join(cache_dir, t))
+                    if os.path.exists(os.path.join(cache_dir, t, sp, cache.MANIFEST)))
+    close = difflib.get_close_matches(f"{task}/{split}", cached, n=3, cutoff=0.6)
+    hint = f" Cached close matches: {', '.join(close)}." if close else ""
+    raise FileNotFoundError(f"no cache for task {task!r} split {split!r} under {cache_dir}; run "
+                            f"`mtjax cache`.{hint}")
   return manifest
 
 
 def task_source(cache_dir: str, task: str, split: str) -> grain.sources.ArrayRecordDataSource:
   """Full cached examples (serialized records; strings included), by index."""
-  manifest = _manifest(cache_dir, task, split)
+  manifest = require_manifest(cache_dir, task, split)
   folder = cache.split_dir(cache_dir, task, split)
   return grain.sources.ArrayRecordDataSource(
       [os.path.join(folder, s["file"]) for s in manifest["shards"]])
@@ -74,7 +83,7 @@ class TokenSource:
   """
 
   def __init__(self, cache_dir: str, task: str, split: str, features=TOKEN_FEATURES):
-    manifest = _manifest(cache_dir, task, split)
+    manifest = require_manifest(cache_dir, task, split)
     folder = cache.split_dir(cache_dir, task, split)
     arrays = manifest.get("token_arrays", {})
     missing = [f for f in features if f not in arrays]
@@ -140,7 +149,7 @@ class PlanSource:
 
   def __init__(self, cache_dir: str, task: str, task_id: int, split: str,
                lengths: Mapping[str, int], concat: bool = False):
-    manifest = _manifest(cache_dir, task, split)
+    manifest = require_manifest(cache_dir, task, split)
     folder = cache.split_dir(cache_dir, task, split)
     arrays = manifest.get("token_arrays", {})
     self._task_id = task_id
@@ -181,7 +190,7 @@ def preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mappi
               concat: bool = False):
   """Raw token example -> EOS-terminated, trimmed int32 features plus per-token `task_ids`
   (concatenated to `inputs + targets` with an `inputs_mask` for decoder-only models)."""
-  manifest = _manifest(cache_dir, task, split)
+  manifest = require_manifest(cache_dir, task, split)
   ops, features = manifest["post_cache_ops"], manifest["output_features"]
   lengths = dict(lengths)
 
@@ -233,7 +242,7 @@ def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[s
   """Logs, per task, how many examples the feature lengths will trim; returns the counts."""
   report = {}
   for task in spec.task_names:
-    manifest = _manifest(cache_dir, task, split)
+    manifest = require_manifest(cache_dir, task, split)
     trimmed = {k: v for k, v in cache.count_trimmed(manifest, lengths).items() if v}
     if trimmed:
       report[task] = trimmed

@@ -87,17 +87,20 @@ def test_missing_vocabulary_is_named(tmp_path):
   vocab = seqio.SentencePieceVocabulary(str(tmp_path / "nope.model"))
   task = seqio.TaskRegistry.add(
       "test_no_vocab",
-      source=seqio.FunctionDataSource(lambda split, shuffle_files, seed=None: None, splits=("train",)),
+      source=seqio.FunctionDataSource(lambda split, shuffle_files, seed=None: None,
+                                      splits=("train",)),
       preprocessors=[seqio.preprocessors.tokenize],
       output_features={k: seqio.Feature(vocab) for k in ("inputs", "targets")})
   with pytest.raises(FileNotFoundError, match=r"test_no_vocab.*'inputs'.*nope.model"):
     cache.cache_task_split(task, "train", str(tmp_path / "c"))
 
 
-def test_unknown_task_suggests_close_names():
+def test_unknown_task_suggests_close_names(synthetic_cache):
   import mixtures.synthetic  # noqa: F401
 
   with pytest.raises(ValueError, match=r"Did you mean 'synthetic_sort'"):
     mixing.from_seqio("synthetic_srot")
   with pytest.raises(ValueError, match="no split 'test'"):
     cache.cache_task_split(seqio.get_mixture_or_task("synthetic_sort"), "test", "/nonexistent")
+  with pytest.raises(FileNotFoundError, match=r"Cached close matches: synthetic_sort/validation"):
+    pipeline.TokenSource(synthetic_cache, "synthetic_srot", "validation")
