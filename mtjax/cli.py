@@ -78,12 +78,24 @@ def _cmd_train(argv):
   argv, bindings = _split_gin_flags(argv)
   parser = _config_parser("train", COMMANDS["train"])
   parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+  multi = parser.add_argument_group(
+      "multi-host (default: JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID or the "
+      "cluster launcher's variables; none: one process)")
+  multi.add_argument("--coordinator_address", help="host:port of process 0")
+  multi.add_argument("--num_processes", type=int)
+  multi.add_argument("--process_id", type=int)
   args = parser.parse_args(argv)
   cfg = _load_or_exit(args, bindings)
+  from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
-  summary = loop.train(cfg, progress=not args.no_progress)
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  try:
+    summary = loop.train(cfg, progress=not args.no_progress)
+  except FloatingPointError as e:
+    raise SystemExit(f"error: {e}") from None
   print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
+                    "preempted": summary.get("preempted", False),
                     "final_metrics": {k: round(v, 4) for k, v in summary["final_metrics"].items()
                                       if "/" not in k}}))
 

@@ -289,6 +289,8 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           last_eval = eval_loss(setup, params, eval_batches, eval_step)
           writer.write(done, last_eval)
           t0 = time.perf_counter()  # eval time is not training throughput
+        if fault_kind in ("SIGKILL", "SIGTERM") and done == fault_step:
+          os.kill(os.getpid(), getattr(signal, fault_kind))  # the handler runs right here
         if final or stop["signal"] or checkpointer.should_save(done):
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
@@ -299,8 +301,6 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           log.warning("%s: saved a checkpoint at step %d in %s; exiting", stop["signal"], done,
                       checkpointer.directory)
           break
-        if fault_kind in ("SIGKILL", "SIGTERM") and done == fault_step:
-          os.kill(os.getpid(), getattr(signal, fault_kind))
   finally:
     _restore_sigterm(previous)
     bar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
@@ -22,7 +23,9 @@ def schedule(name: str, learning_rate: float, total_steps: int,
     main = optax.cosine_decay_schedule(learning_rate, decay_steps)
   else:
     offset = max(warmup_steps, 1)
-    main = lambda step: learning_rate * (offset ** 0.5) / ((step + offset) ** 0.5)
+    # join_schedules also evaluates this during warmup (step < 0): clamp, never divide by 0.
+    main = lambda step: learning_rate * (offset ** 0.5) / jnp.sqrt(
+        jnp.maximum(step + offset, 1))
   if warmup_steps <= 0:
     return main
   warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
