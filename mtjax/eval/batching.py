@@ -7,7 +7,7 @@ up to a multiple of the data-parallel mesh size so the batch shards evenly.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -18,7 +18,7 @@ from mtjax.parallel import rules as rules_lib
 
 def batch_size_for(batch_size: int, num_rows: int, mesh=None) -> int:
   parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  return max(parallel, int(math.ceil(min(batch_size, max(num_rows, 1)) / parallel)) * parallel)
+  return max(parallel, math.ceil(min(batch_size, max(num_rows, 1)) / parallel) * parallel)
 
 
 def map_batches(fn: Callable, features: Mapping[str, np.ndarray], *, batch_size: int, mesh=None,

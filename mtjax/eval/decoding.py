@@ -12,7 +12,8 @@ at EOS (included in its length) or when it reaches `max_length`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

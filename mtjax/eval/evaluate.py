@@ -18,7 +18,8 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -182,18 +183,34 @@ def evaluate_mixture(graphdef, params, task_names: Sequence[str], **kwargs) -> l
 
 
 def averages(results: list[dict]) -> dict[str, float]:
-  """Each metric averaged over the tasks that report it (unweighted, as T5X's `average`)."""
+  """Each metric averaged over the mixture's tasks that report it (unweighted, as T5X's
+  `average`); few-shot rows (those with a `k`) are summarised by `few_shot_summary` instead."""
   sums: dict[str, list[float]] = {}
   for r in results:
+    if "k" in r:
+      continue
     for k, v in r["metrics"].items():
       sums.setdefault(k, []).append(v)
   return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
+def few_shot_summary(results: list[dict]) -> dict[str, float]:
+  """Few-shot rows averaged over tasks per variant and k: `few_shot[/<variant>]/<k>shot/<metric>`."""
+  groups: dict[tuple, list[float]] = {}
+  for r in results:
+    if "k" not in r:
+      continue
+    for metric, value in r["metrics"].items():
+      groups.setdefault((r.get("variant", ""), r["k"], metric), []).append(value)
+  return {"/".join(x for x in ("few_shot", v, f"{k}shot", m) if x): float(np.mean(vals))
+          for (v, k, m), vals in sorted(groups.items())}
+
+
 def format_table(results: list[dict]) -> str:
   rows = [(r["task"], k, f"{v:.1f}") for r in results for k, v in r["metrics"].items()]
-  if len(results) > 1:
+  if sum("k" not in r for r in results) > 1:
     rows += [("average", k, f"{v:.1f}") for k, v in averages(results).items()]
+  rows += [("average", k, f"{v:.1f}") for k, v in few_shot_summary(results).items()]
   widths = [max(len(x) for x in col) for col in zip(("task", "metric", "value"), *rows)]
   line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
   return "\n".join([line(("task", "metric", "value")), line(["-" * w for w in widths])] +
@@ -212,6 +229,7 @@ def log_results(results: list[dict], output_dir: str, step: int, *,
   TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns the row."""
   row = {f"{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
   row.update({f"average/{k}": v for k, v in averages(results).items()})
+  row.update(few_shot_summary(results))
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "eval_metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": int(step), **row}) + "\n")

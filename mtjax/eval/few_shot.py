@@ -14,9 +14,8 @@ soft prompt attached (the prompt module is another issue; pass both parameter se
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-import numpy as np
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mtjax.eval import evaluate
 
@@ -32,15 +31,18 @@ def shot_task(task_name: str, k: int, seed: int = 0) -> str:
 
 def evaluate_few_shot(graphdef, variants: Mapping[str, Any], task_names: Sequence[str],
                       ks: Sequence[int], *, cache_dir: str, split: str, inputs_length: int,
-                      seed: int = 0, **kwargs) -> list[dict]:
+                      seed: int = 0, reuse: Mapping[tuple[str, str], dict] | None = None,
+                      **kwargs) -> list[dict]:
   """One result per (variant, task, k): `evaluate_task`'s dict plus `base_task`, `k`, `variant`.
+
+  `reuse[(variant, task)]`: an existing 0-shot result of the task (not evaluated again).
 
   Task names in the results are `<task>_<k>shot` (`<variant>/...` when there are several
   variants), so the table, JSONL and TensorBoard rows keep them apart.
   """
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
 
-  results = []
+  results, reuse = [], dict(reuse or {})
   for k in ks:
     if k < 0:
       raise ValueError(f"eval.few_shot: k must be >= 0, got {k}")
@@ -48,20 +50,13 @@ def evaluate_few_shot(graphdef, variants: Mapping[str, Any], task_names: Sequenc
       name = shot_task(task, k, seed)
       cache.ensure_cached(name, cache_dir, splits=(split,))
       for variant, params in variants.items():
-        r = evaluate.evaluate_task(graphdef, params, name, cache_dir=cache_dir, split=split,
-                                   inputs_length=inputs_length * (k + 1), seed=seed, **kwargs)
+        if k == 0 and (variant, task) in reuse:  # the plain task, already evaluated
+          r = dict(reuse[(variant, task)])
+        else:
+          r = evaluate.evaluate_task(graphdef, params, name, cache_dir=cache_dir, split=split,
+                                     inputs_length=inputs_length * (k + 1), seed=seed, **kwargs)
         label = f"{name}_0shot" if k == 0 else name
         r.update(task=label if len(variants) == 1 else f"{variant}/{label}", base_task=task,
                  k=k, variant=variant)
         results.append(r)
   return results
-
-
-def summary_by_k(results: Sequence[dict]) -> dict[str, float]:
-  """Each metric averaged over tasks, per variant and k: `few_shot/<variant>/<k>shot/<metric>`."""
-  groups: dict[tuple, list[float]] = {}
-  for r in results:
-    for metric, value in r["metrics"].items():
-      groups.setdefault((r["variant"], r["k"], metric), []).append(value)
-  return {f"few_shot/{v}/{k}shot/{m}".replace("//", "/"): float(np.mean(vals))
-          for (v, k, m), vals in sorted(groups.items())}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mtjax.config import schema
 from mtjax.eval import evaluate, few_shot
@@ -70,15 +71,17 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
   results = evaluate.evaluate_mixture(graphdef, params, task_names, mesh=mesh, rules=rules,
                                       **kwargs)
   if cfg.eval.few_shot:
+    plain = {("", r["task"]): r for r in results}
     results += few_shot.evaluate_few_shot(graphdef, {"": params}, task_names, cfg.eval.few_shot,
-                                          mesh=mesh, rules=rules, **kwargs)
+                                          mesh=mesh, rules=rules, reuse=plain, **kwargs)
   return results
 
 
 def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
                         output_dir: str | None = None) -> dict:
   """Restores the checkpoint's parameters into the config's model and evaluates them."""
-  from mtjax.train import checkpoint as ckpt_lib, loop  # pylint: disable=g-import-not-at-top
+  from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
   setup = loop.build(cfg)
   checkpointer = ckpt_lib.Checkpointer(ref.checkpoints_dir, save_every=1,

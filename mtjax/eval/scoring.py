@@ -16,7 +16,8 @@ row per choice with `idx = [example, choice]` and `is_correct`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mtjax.data import cache, few_shot as data_few_shot, file_tasks
+from mtjax.data import cache, file_tasks
+from mtjax.data import few_shot as data_few_shot
 from mtjax.data.promptsource import PromptTemplate
 from mtjax.eval import evaluate, few_shot, metrics
 from mtjax.models import t5
@@ -75,6 +76,12 @@ def test_k_shot_evaluation(setup):
   assert all(p.split(data_few_shot.ANSWER_SEPARATOR)[-1] in ("yes", "no") for p in parts[:2])
   for r in results:
     assert {"accuracy", "format_rate", "rank_accuracy"} <= set(r["metrics"])
-  summary = few_shot.summary_by_k(results)
+  summary = evaluate.few_shot_summary(results)
   assert summary["few_shot/2shot/format_rate"] == results[1]["metrics"]["format_rate"]
   assert {k.split("/")[1] for k in summary} == {"0shot", "2shot"}
+  # A given 0-shot result is reused, not recomputed.
+  plain = {("", TASK): {"task": TASK, "metrics": {"accuracy": 12.5}, "samples": []}}
+  again = few_shot.evaluate_few_shot(graphdef, {"": params}, [TASK], [0], cache_dir=cache_dir,
+                                     reuse=plain, **KW)
+  assert again[0]["metrics"] == {"accuracy": 12.5} and again[0]["task"] == f"{TASK}_0shot"
+  assert evaluate.averages(results + [plain[("", TASK)]]) == {"accuracy": 12.5}

@@ -11,8 +11,8 @@ import pytest
 
 seqio = pytest.importorskip("seqio")
 
-from mtjax.data import cache, pipeline  # noqa: E402
-from mtjax.eval import evaluate, metrics  # noqa: E402
+from mtjax.data import cache, pipeline
+from mtjax.eval import evaluate, metrics
 
 TASK = "mtjax_test_parity"
 VOCAB = seqio.ByteVocabulary()
