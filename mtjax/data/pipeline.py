@@ -25,6 +25,7 @@ import numpy as np
 from mtjax.data import cache, feature_converters, mixing, packing, records
 
 TOKEN_FEATURES = ("inputs", "targets")
+NO_FEATURE = {"add_eos": False}  # a task without `inputs` (language modelling): empty inputs
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,22 @@ class TokenSource:
   """Random access to a split's token features through memory-mapped flat arrays.
 
   Example `i` of feature `f` is `tokens_f[offsets_f[i]:offsets_f[i + 1]]`: a slice, no record
-  read or decode. This is what the training stream reads.
+  read or decode. This is what the training stream reads. A targets-only task (SeqIO's LM
+  tasks) reads empty `inputs`.
   """
 
   def __init__(self, cache_dir: str, task: str, split: str, features=TOKEN_FEATURES):
     manifest = require_manifest(cache_dir, task, split)
     folder = cache.split_dir(cache_dir, task, split)
     arrays = manifest.get("token_arrays", {})
-    missing = [f for f in features if f not in arrays]
+    missing = [f for f in features if f not in arrays and not (f == "inputs" and
+                                                                "targets" in arrays)]
     if missing:
       raise ValueError(f"cache of {task}/{split} has no token arrays for {missing}; rebuild it "
                        "with `mtjax cache`")
     self._args = (cache_dir, task, split, tuple(features))
+    self._empty = tuple(f for f in features if f not in arrays)
+    features = tuple(f for f in features if f in arrays)
     self._features = tuple(features)
     self._tokens = {f: np.load(os.path.join(folder, arrays[f]["tokens"]), mmap_mode="r")
                     for f in features}
@@ -105,6 +110,8 @@ class TokenSource:
     for f in self._features:
       start, end = self._offsets[f][i], self._offsets[f][i + 1]
       out[f] = np.asarray(self._tokens[f][start:end])
+    for f in self._empty:
+      out[f] = np.zeros(0, np.int32)
     return out
 
   def __repr__(self) -> str:
@@ -119,8 +126,8 @@ def post_cache(example: dict[str, Any], ops: list[str], output_features: Mapping
   """Numpy versions of SeqIO's post-cache EOS ops, then the final trim to `lengths`."""
   out = dict(example)
   for name in TOKEN_FEATURES:
-    tokens = np.asarray(out[name])
-    feature, length = output_features[name], lengths[name]
+    tokens = np.asarray(out.get(name, np.zeros(0, np.int32)))
+    feature, length = output_features.get(name, NO_FEATURE), lengths[name]
     for op in ops:
       if feature["add_eos"] and op in ("append_eos_after_trim", "append_eos"):
         keep = min(len(tokens), length - 1) if op == "append_eos_after_trim" else len(tokens)
@@ -154,7 +161,10 @@ class PlanSource:
     arrays = manifest.get("token_arrays", {})
     self._task_id = task_id
     self._lengths = {}
-    for name in TOKEN_FEATURES:
+    for name in ("targets", "inputs"):
+      if name == "inputs" and name not in arrays:  # a targets-only (LM) task
+        self._lengths[name] = np.zeros_like(self._lengths["targets"])
+        continue
       if name not in arrays:
         raise ValueError(f"cache of {task}/{split} has no token arrays for {name!r}; rebuild it")
       raw = np.diff(np.load(os.path.join(folder, arrays[name]["offsets"])))
@@ -187,7 +197,7 @@ def _task_stream(source, task: str, task_id: int, split: str, options: PipelineO
 
 
 def preparer(cache_dir: str, task: str, task_id: int, split: str, lengths: Mapping[str, int],
-              concat: bool = False):
+             concat: bool = False):
   """Raw token example -> EOS-terminated, trimmed int32 features plus per-token `task_ids`
   (concatenated to `inputs + targets` with an `inputs_mask` for decoder-only models)."""
   manifest = require_manifest(cache_dir, task, split)

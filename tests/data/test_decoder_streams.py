@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import seqio
 
-from mtjax.data import eval_data, mixing, pipeline
+from mtjax.data import cache, eval_data, mixing, pipeline
 
 LENGTHS = {"inputs": 32, "targets": 16}
 TASK = "synthetic_add"  # short examples: several per packed row
@@ -72,3 +72,45 @@ def test_packed_prefix_lm_segments_unpack_to_seqio_rows(synthetic_cache, seqio_p
       assert (batch["task_ids"][r][at] == 0).all()
       segments += 1
   assert segments > 4
+
+
+def _lm_source(split, shuffle_files=False, seed=None):
+  del split, shuffle_files, seed
+  import tensorflow as tf
+
+  return tf.data.Dataset.from_tensor_slices(
+      {"targets": [f"document {i} " + "ab" * (i % 9) for i in range(30)]})
+
+
+def test_targets_only_lm_task_equals_seqio_lm_converter(tmp_path):
+  """A SeqIO LM task (no `inputs`): decoder_only rows equal LMFeatureConverter's; packed too."""
+  seqio.TaskRegistry.remove("test_lm_only")
+  seqio.TaskRegistry.add(
+      "test_lm_only", source=seqio.FunctionDataSource(_lm_source, splits=("train",)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=True)})
+  cache_dir = str(tmp_path)
+  cache.cache_task_split(seqio.get_mixture_or_task("test_lm_only"), "train", cache_dir)
+  want = list(seqio.get_dataset("test_lm_only", {"targets": 24},
+                                seqio.DecoderFeatureConverter(pack=False),
+                                shuffle=False).as_numpy_iterator())
+  lengths = {"inputs": 0, "targets": 24}
+  (batch,) = eval_data.task_batches(cache_dir, "test_lm_only", "train", lengths, 30,
+                                    feature_converter="decoder_only")
+  for r, w in enumerate(want):
+    for k, v in w.items():
+      np.testing.assert_array_equal(batch.features[k][r], v, err_msg=k)
+  spec = mixing.MixtureSpec("lm", (mixing.TaskRate("test_lm_only", 1.0),))
+  opts = pipeline.PipelineOptions(lengths, batch_size=2, packing_bins=32,
+                                  feature_converter="decoder_only", prefetch=0)
+  packed = next(iter(pipeline.train_batches(spec, cache_dir, opts)))
+  rows = {tuple(w["decoder_target_tokens"][w["decoder_target_tokens"] > 0]): w for w in want}
+  for r in range(2):
+    seg = packed["decoder_segment_ids"][r]
+    for s in range(1, seg.max() + 1):
+      w = rows[tuple(packed["decoder_target_tokens"][r][seg == s])]
+      n = int((seg == s).sum())
+      np.testing.assert_array_equal(packed["decoder_input_tokens"][r][seg == s],
+                                    w["decoder_input_tokens"][:n])
+      assert packed["decoder_loss_weights"][r][seg == s].all()
