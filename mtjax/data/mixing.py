@@ -13,7 +13,6 @@ import json
 import os
 from typing import Mapping
 
-
 # Staged rate schedule: ((start_step, {task: rate}), ...), increasing start steps. From each
 # start step on, the mixture samples with those rates (tasks left out get 0); before the first,
 # with the mixture's own. Consumed by `pipeline.PipelineOptions.rate_stages`.

@@ -5,7 +5,6 @@ import json
 import pytest
 
 import mixtures.synthetic as synthetic
-
 from mtjax.data import cache, few_shot, file_tasks, pipeline
 from mtjax.data.templates import Template
 
@@ -36,9 +35,8 @@ def test_prompt_text_by_hand():
 def qa_task(tmp_path_factory):
   folder = tmp_path_factory.mktemp("fewshot")
   for split, n in (("train", 6), ("validation", 3)):
-    with open(folder / f"{split}.jsonl", "w") as f:
-      for i in range(n):
-        f.write(json.dumps({"q": f"{split[0]}{i}", "a": f"A{split[0]}{i}"}) + "\n")
+    (folder / f"{split}.jsonl").write_text("".join(
+        json.dumps({"q": f"{split[0]}{i}", "a": f"A{split[0]}{i}"}) + "\n" for i in range(n)))
   file_tasks.register_file_task(
       "fewshot_qa", {s: str(folder / f"{s}.jsonl") for s in ("train", "validation")},
       templates=[TEMPLATE])
