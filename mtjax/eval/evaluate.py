@@ -153,11 +153,15 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
       metrics.update({f"rank_accuracy/template_{t}": v for t, v in per_template.items()})
 
   targets = postprocessed_targets(task, examples)
-  samples = [{"inputs": _text(ex.get("inputs_pretokenized", "")),
-              "prediction": None if predictions is None else predictions[i],
-              "target": targets[i]} for i, ex in enumerate(examples[:3])]
+  rows = [{"inputs": _text(ex.get("inputs_pretokenized", "")),
+           "prediction": None if predictions is None else predictions[i],
+           "target": targets[i]} for i, ex in enumerate(examples)]
+  if target_scores is not None:
+    for row, score in zip(rows, target_scores["sum"]):
+      row["target_log_likelihood"] = float(score)
+  rows = _jsonable(rows)
   return {"task": task_name, "num_examples": len(examples), "metrics": metrics,
-          "samples": _jsonable(samples)}
+          "samples": rows[:3], "rows": rows}
 
 
 def _jsonable(x):
@@ -218,9 +222,22 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_results(results: list[dict], path: str) -> None:
+  """The per-task results (metrics and a few samples; not every row) as one JSON file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump(results, f, indent=1)
+    json.dump([{k: v for k, v in r.items() if k != "rows"} for r in results], f, indent=1)
+
+
+def write_predictions(results: list[dict], output_dir: str, step: int) -> None:
+  """Every example's input, prediction and target, one JSONL file per task and step (as T5X's
+  inference logs): `<output_dir>/predictions/<task>-<step>.jsonl`."""
+  folder = os.path.join(output_dir, "predictions")
+  os.makedirs(folder, exist_ok=True)
+  for r in results:
+    name = r["task"].replace("/", "_")
+    with open(os.path.join(folder, f"{name}-{step}.jsonl"), "w") as f:
+      for row in r.get("rows", []):
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def log_results(results: list[dict], output_dir: str, step: int, *,
@@ -242,7 +259,9 @@ def log_results(results: list[dict], output_dir: str, step: int, *,
 
 
 def report(results: list[dict], output_dir: str, step: int) -> None:
-  """Writes `eval_results.json`, appends `eval_metrics.jsonl` and TensorBoard, prints the table."""
+  """Writes `eval_results.json` and `predictions/`, appends `eval_metrics.jsonl` and
+  TensorBoard, prints the table."""
   write_results(results, os.path.join(output_dir, "eval_results.json"))
+  write_predictions(results, output_dir, step)
   log_results(results, output_dir, step)
   print(format_table(results), flush=True)

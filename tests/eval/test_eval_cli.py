@@ -47,6 +47,11 @@ def test_eval_reproduces_end_of_training(trained, capsys, tmp_path):
   assert row["step"] == 6 and "synthetic_compare/accuracy" in row
   assert "average/exact_match" in row
   assert os.listdir(os.path.join(out_dir, "tensorboard"))
+  with open(os.path.join(out_dir, "predictions", "synthetic_copy-6.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  copy = next(r for r in again if r["task"] == "synthetic_copy")
+  assert len(rows) == 8 and rows[:3] == copy["samples"]
+  assert "rows" not in again[0]
 
 
 def test_eval_with_beam_search_and_another_task(trained, capsys, tmp_path):
