@@ -82,10 +82,10 @@ def test_few_shot_of_a_templated_seqio_task_uses_the_examples_template(synthetic
   task = few_shot.register_few_shot_task("synthetic_add", 1, zero_shot_prob=0.5, seed=7)
   assert task.name == "synthetic_add_1shot_mixed"
   assert len(task.preprocessors) == 3  # apply_templates dropped: the source renders
-  train = synthetic.generate("add", "train")
+  train, valid = synthetic.generate("add", "train"), synthetic.generate("add", "validation")
   for ex in task.source.get_dataset("validation").take(6).as_numpy_iterator():
     i, inputs = int(ex["idx"]), ex["inputs"].decode()
-    raw = synthetic.generate("add", "validation")[i]
+    raw = valid[i]
     query = ("{a} + {b} =" if i % 2 == 0 else "What is the sum of {a} and {b}?").format(**raw)
     if ex["num_shots"]:
       demo = train[int(ex["demo_ids"][0])]
