@@ -17,6 +17,14 @@ def model():
   return decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+  """`model` as a HF checkpoint: reloading it (any layout) is cheaper than a fresh init."""
+  path = str(tmp_path_factory.mktemp("decoder_test"))
+  hf.export(model, path)
+  return path
+
+
 @nnx.jit
 def forward(model, batch):
   return model(batch)
@@ -64,35 +72,40 @@ def test_prefix_lm_inputs_see_later_inputs_but_targets_do_not_change_them(model)
   np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
 
 
-def test_mesh_forward_equals_single_device_forward():
-  cfg = decoder.preset("decoder_test")
+def test_mesh_forward_equals_single_device_forward(model):
   batch = {"decoder_input_tokens": np.arange(1, 33, dtype=np.int32).reshape(4, 8) % 300}
-  single = np.asarray(forward(decoder.Decoder(cfg, rngs=nnx.Rngs(0)), batch))
-  mesh = mesh_lib.make_mesh(2, 2, 2)
+  single = np.asarray(forward(model, batch))
+  mesh = mesh_lib.make_mesh(2, 2, 2)  # data x fsdp x tensor
+  graphdef, state = nnx.split(model)
+
+  def place(var):  # each parameter onto the sharding its logical axis names give
+    spec = rules_lib.logical_to_spec(axis_names(var), rules_lib.DEFAULT_RULES)
+    return jax.device_put(var.get_value(), jax.sharding.NamedSharding(mesh, spec))
+
+  sharded_model = nnx.merge(graphdef, jax.tree.map(
+      place, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+  assert len(sharded_model.layers[0].mlp.up[...].sharding.device_set) == 8
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_lib.DEFAULT_RULES):
-    sharded_model = decoder.Decoder(cfg, rngs=nnx.Rngs(0))
-    assert len(sharded_model.layers[0].mlp.up[...].sharding.device_set) == 8
     sharded = np.asarray(forward(sharded_model, batch))
   np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 
-def test_remat_policies_and_scanned_layers_give_the_same_gradients(tmp_path):
+def test_remat_policies_and_scanned_layers_give_the_same_gradients(exported):
   batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}
-  hf.export(decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0)), str(tmp_path))
 
   def grads(remat, scan=False):
-    m = hf.load(str(tmp_path), remat=remat, scan_layers=scan)  # same weights, either layout
+    m = hf.load(exported, remat=remat, scan_layers=scan)  # same weights, either layout
     loss = lambda m: jnp.sum(m(batch) ** 2)
     return nnx.state(nnx.jit(nnx.grad(loss))(m)).to_pure_dict()
 
-  want = grads("none")
-  got = grads("dots_saveable")
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-  scanned = grads("full", scan=True)  # stacked layers: compare layer i's slice with layer i
+  want = grads("dots_saveable")  # per-layer nnx.remat
+  scanned = grads("full", scan=True)  # jax.checkpoint inside the scan body  # stacked layers: compare layer i's slice with layer i
   for i in range(2):
     layer = jax.tree.map(lambda x, i=i: x[i], scanned["layers"])
     for a, b in zip(jax.tree.leaves(want["layers"][i]), jax.tree.leaves(layer)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  for key in ("token_embed", "final_norm", "lm_head"):
+    for a, b in zip(jax.tree.leaves(want[key]), jax.tree.leaves(scanned[key])):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
@@ -143,8 +156,8 @@ class _PrefixPrompt(nnx.Module):
     return x, segment_ids, positions
 
 
-def test_embed_hook_prefix_changes_logits_and_keeps_their_length(model):
-  m = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
+def test_embed_hook_prefix_changes_logits_and_keeps_their_length(exported):
+  m = hf.load(exported)
   batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}
   base = np.asarray(forward(m, batch))
   m.embed_hook = _PrefixPrompt(3, 32, nnx.Rngs(1))
@@ -156,23 +169,20 @@ def test_embed_hook_prefix_changes_logits_and_keeps_their_length(model):
 # ---------------------------------------------------------------------------- KV cache
 
 
+start_decode = nnx.jit(registry.start_decode, static_argnums=2)
+decode_step = nnx.jit(registry.decode_step)
+
+
 def _greedy_cached(model, batch, steps):
-  fam = registry.family(model)
-
-  @nnx.jit
-  def run(model, batch):
-    logits, cache = fam.start_decode(model, batch, steps)
-    tokens = [jnp.argmax(logits, -1).astype(jnp.int32)]
-    for _ in range(steps - 1):
-      logits, cache = fam.decode_step(model, cache, tokens[-1])
-      tokens.append(jnp.argmax(logits, -1).astype(jnp.int32))
-    return jnp.stack(tokens, 1), cache
-
-  tokens, cache = run(model, batch)
+  logits, cache = start_decode(model, batch, steps)
+  tokens = [jnp.argmax(logits, -1).astype(jnp.int32)]
+  for _ in range(steps - 1):
+    logits, cache = decode_step(model, cache, tokens[-1])
+    tokens.append(jnp.argmax(logits, -1).astype(jnp.int32))
   b = batch[next(iter(batch))].shape[0]
   for leaf in jax.tree.leaves(cache):
     assert leaf.shape[0] == b  # beam search tiles/gathers along the leading axis
-  return np.asarray(tokens)
+  return np.asarray(jnp.stack(tokens, 1))
 
 
 def test_t5_cached_greedy_equals_full_recompute():
@@ -191,10 +201,9 @@ def test_t5_cached_greedy_equals_full_recompute():
 
 @pytest.mark.parametrize("prefix_lm,scan", [(False, False), (True, True)],
                          ids=["causal", "prefix_lm-scanned"])
-def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(prefix_lm,
-                                                                                   scan):
-  m = decoder.Decoder(decoder.preset("decoder_test", qkv_bias=True, scan_layers=scan),
-                      rngs=nnx.Rngs(4))
+def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(
+    exported, prefix_lm, scan):
+  m = hf.load(exported, scan_layers=scan)
   prompts = [[0, 5, 6, 7, 8], [0, 9, 10]]
   p, steps = 5, 5
   batch = {"decoder_input_tokens": np.stack([_pad(x, p) for x in prompts]),
@@ -214,13 +223,13 @@ def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengt
       seq.append(int(logits.argmax()))
 
 
-def test_registry_dispatches_decoding_to_the_family():
-  m = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(0))
+def test_registry_dispatches_decoding_to_the_family(model):
+  m = model
   batch = {"decoder_input_tokens": np.array([[0, 5, 6]], np.int32)}
-  logits, cache = registry.start_decode(m, batch, 4)
+  logits, cache = start_decode(m, batch, 4)
   assert logits.shape == (1, 384) and logits.dtype == jnp.float32
   full = np.asarray(forward(m, batch))[0, -1]
   np.testing.assert_allclose(np.asarray(logits)[0], full, atol=1e-5)
-  logits, cache = registry.decode_step(m, cache, jnp.array([7], jnp.int32))
+  logits, cache = decode_step(m, cache, jnp.array([7], jnp.int32))
   full = np.asarray(forward(m, {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}))
   np.testing.assert_allclose(np.asarray(logits)[0], full[0, -1], atol=1e-5)

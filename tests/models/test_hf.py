@@ -86,21 +86,33 @@ def saved(request, tmp_path_factory):
   return name, model, path, hf.load(path)
 
 
+# Padded: the second row is shorter. Unpadded: the same shapes, every position real (one
+# compilation serves both).
 ENC = np.array([[5, 6, 7, 8, 9, 10, 1], [11, 12, 1, 0, 0, 0, 0]], np.int32)
 DEC = np.array([[0, 3, 4, 5, 6], [0, 7, 8, 0, 0]], np.int32)
-DEC_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
 TOKENS = np.array([[3, 5, 7, 9, 11, 13, 15], [4, 6, 8, 10, 0, 0, 0]], np.int32)
-MASK = (np.arange(7)[None] < np.array([[7], [4]])).astype(np.int32)
+FULL = {"enc": np.array([[5, 6, 7, 8, 9, 10, 1], [11, 12, 13, 14, 15, 16, 1]], np.int32),
+        "dec": np.array([[0, 3, 4, 5, 6], [0, 7, 8, 9, 10]], np.int32),
+        "tokens": np.array([[3, 5, 7, 9, 11, 13, 15], [4, 6, 8, 10, 12, 14, 16]], np.int32)}
+
+
+def _inputs(padded: bool):
+  """(enc, dec, dec_mask, tokens, mask) for the padded or the unpadded batch."""
+  if not padded:
+    return (FULL["enc"], FULL["dec"], np.ones((2, 5), np.int32), FULL["tokens"],
+            np.ones((2, 7), np.int32))
+  dec_mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
+  mask = (np.arange(7)[None] < np.array([[7], [4]])).astype(np.int32)
+  return ENC, DEC, dec_mask, TOKENS, mask
 
 
 def _torch_logits(name, model, padded: bool):
+  enc, dec, dec_mask, tokens, mask = _inputs(padded)
   with torch.no_grad():
     if name.startswith(("t5", "mt5")):
-      enc, dec = (ENC, DEC) if padded else (ENC[:1], DEC[:1])
       return model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
                    decoder_input_ids=torch.tensor(dec),
-                   decoder_attention_mask=torch.tensor(DEC_MASK[:len(dec)])).logits.numpy()
-    tokens, mask = (TOKENS, MASK) if padded else (TOKENS[:1], MASK[:1])
+                   decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
     return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
 
 
@@ -110,15 +122,15 @@ def forward(model, batch):
 
 
 def _mtjax_logits(name, model, padded: bool):
+  enc, dec, _, tokens, _ = _inputs(padded)
   if name.startswith(("t5", "mt5")):
-    enc, dec = (ENC, DEC) if padded else (ENC[:1], DEC[:1])
     return np.asarray(forward(model, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
-  tokens = TOKENS if padded else TOKENS[:1]
   return np.asarray(forward(model, {"decoder_input_tokens": tokens}))
 
 
-def _assert_close_on_real_tokens(name, got, want):
-  mask = (DEC_MASK if name.startswith(("t5", "mt5")) else MASK)[:len(got)].astype(bool)
+def _assert_close_on_real_tokens(name, got, want, padded=True):
+  _, _, dec_mask, _, mask = _inputs(padded)
+  mask = (dec_mask if name.startswith(("t5", "mt5")) else mask).astype(bool)
   assert got.shape == want.shape
   np.testing.assert_allclose(got[mask], want[mask], atol=ATOL, rtol=0)
 
@@ -127,7 +139,7 @@ def _assert_close_on_real_tokens(name, got, want):
 def test_loaded_model_matches_transformers_logits(saved, padded):
   name, torch_model, _, model = saved
   _assert_close_on_real_tokens(name, _mtjax_logits(name, model, padded),
-                               _torch_logits(name, torch_model, padded))
+                               _torch_logits(name, torch_model, padded), padded)
 
 
 def test_loaded_config_has_the_family_options(saved):
