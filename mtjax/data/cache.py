@@ -179,8 +179,10 @@ def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   task = cloudpickle.loads(payload)
-  if task.name not in seqio.TaskRegistry.names():  # so lookups by name inside the task work
-    seqio.TaskRegistry.add_provider(task.name, task)
+  # So lookups by name inside the task work (e.g. a few-shot task reads its base task).
+  for t in (task, *getattr(getattr(task.source, "_dataset_fn", None), "required_tasks", ())):
+    if t.name not in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.add_provider(t.name, t)
   writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
   count = 0
   for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):

@@ -151,6 +151,7 @@ def register_few_shot_task(task_name: str, k: int, *, name: str | None = None, s
       base_fingerprint=":".join(cache.fingerprint(base, s) for s in sorted(base.splits)))
   base_fn = getattr(base.source, "_dataset_fn", None)
   fn.data_files = list(getattr(base_fn, "data_files", ()))  # fingerprinted by size and mtime
+  fn.required_tasks = (base,)  # registered in cache worker processes (cache._cache_block)
   preps = list(base.preprocessors)
   if preps and hasattr(preps[0], "templates"):
     preps = preps[1:]  # the few-shot source renders the templates itself

@@ -93,3 +93,20 @@ def test_few_shot_of_a_templated_seqio_task_uses_the_examples_template(synthetic
       assert inputs == f"{shot}\n{demo['answer']}\n\n{query}"
     else:
       assert inputs == query
+
+
+def test_a_cache_worker_registers_the_base_of_a_few_shot_task(qa_task, tmp_path):
+  """What a spawned worker sees: the few-shot task arrives pickled, its base is unregistered."""
+  import cloudpickle
+  import seqio
+
+  task = few_shot.register_few_shot_task("fewshot_qa", 1)
+  payload = cloudpickle.dumps(task)
+  base = seqio.get_mixture_or_task("fewshot_qa")
+  seqio.TaskRegistry.remove("fewshot_qa")
+  try:
+    assert "fewshot_qa" not in seqio.TaskRegistry.names()
+    assert cache._cache_block(payload, "validation", 0, 0, 3, str(tmp_path / "block")) == 3
+  finally:
+    seqio.TaskRegistry.remove("fewshot_qa")
+    seqio.TaskRegistry.add_provider("fewshot_qa", base)
