@@ -70,14 +70,6 @@ def format_rate(predictions: Sequence[Any], label_set: Sequence[str]) -> float:
   return 100.0 * hits / max(len(predictions), 1)
 
 
-def prompt_batch(family: str, tokens: np.ndarray) -> dict[str, np.ndarray]:
-  """Generation inputs: encoder tokens (enc-dec), or right-padded prompts + their lengths."""
-  if family == "enc_dec":
-    return {"encoder_input_tokens": tokens}
-  lengths = (tokens > 0).sum(-1).astype(np.int32)
-  return {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
-
-
 def _prepared(examples, cache_dir, task_name, split, lengths):
   prepare = pipeline.preparer(cache_dir, task_name, 0, split, lengths, False)
   return [prepare(ex) for ex in examples]
@@ -121,7 +113,7 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
     predicted_ids = run(
         lambda b: generate.generate(graphdef, params, b, jax.random.fold_in(rng, next(counter)),
                                     options=decode)[0],
-        prompt_batch(family, tokens))
+        generate.prompt_batch(family, tokens))
     predictions = postprocessed_predictions(task, examples, predicted_ids)
 
   needs_scores = task.score_metric_fns or "is_correct" in examples[0]

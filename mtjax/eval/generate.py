@@ -76,6 +76,15 @@ class _RecomputeT5:
     return jnp.take_along_axis(logits, cache["position"][:, None, None], axis=1)[:, 0]
 
 
+def prompt_batch(family: str, tokens):
+  """Generation inputs from padded prompts `[B, P]`: encoder tokens (enc-dec), or right-padded
+  decoder prompts plus their lengths (decoder-only, prefix-LM)."""
+  if family == "enc_dec":
+    return {"encoder_input_tokens": tokens}
+  lengths = (tokens > 0).sum(-1).astype("int32")
+  return {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
+
+
 def decode_functions(model):
   """(start_decode, decode_step) of the model's family, as functions of (model, ...)."""
   module = sys.modules.get(type(model).__module__)

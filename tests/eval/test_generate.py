@@ -48,7 +48,6 @@ def test_decoder_only_greedy_and_beam_through_its_cache():
   decoder = pytest.importorskip("mtjax.models.decoder")
   if not hasattr(decoder, "start_decode"):
     pytest.skip("decoder family has no decode interface yet")
-  from mtjax.eval import evaluate
 
   model = decoder.Decoder(decoder.preset("decoder_test"), rngs=nnx.Rngs(params=2))
   graphdef, state = nnx.split(model)
@@ -57,7 +56,7 @@ def test_decoder_only_greedy_and_beam_through_its_cache():
   tokens = np.zeros((3, 8), np.int32)
   for row, p in enumerate(prompts):
     tokens[row, :len(p)] = p
-  batch = evaluate.prompt_batch("decoder_only", tokens)
+  batch = generate.prompt_batch("decoder_only", tokens)
   length = 4
   forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))
   expected = np.zeros((3, length), np.int32)
