@@ -43,6 +43,7 @@ class Checkpointer:
                best_metric: str = "", best_mode: str = "min"):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
+    self.save_every = max(save_every, 1)
     if best_mode not in ("min", "max"):
       raise ValueError(f"train.best_mode must be 'min' or 'max', got {best_mode!r}")
     retention = {"max_to_keep": keep}
@@ -68,13 +69,14 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def should_save(self, step: int) -> bool:
-    return self.manager.should_save(step)
+    """Every `save_every` steps exactly (Orbax alone would also save a run's first step)."""
+    return step % self.save_every == 0
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, params, opt_state, data_iter, meta: dict,
-           force: bool = False, metrics: dict | None = None) -> bool:
+           metrics: dict | None = None) -> bool:
     """`metrics` (e.g. the last eval) rank the checkpoint for `best_metric`."""
     if self.best_metric:
       metrics = metrics if metrics and self.best_metric in metrics else None
@@ -84,7 +86,8 @@ class Checkpointer:
     if jax.tree.leaves(opt_state):  # stateless optimizers (plain SGD) have nothing to save
       items["opt_state"] = ocp.args.StandardSave(opt_state)
     return self.manager.save(step, args=ocp.args.Composite(**items),
-                             metrics=metrics if self.best_metric else None, force=force)
+                             metrics=metrics if self.best_metric else None,
+                             force=True)  # when to save is decided here and by the loop
 
   def restore(self, step: int, params_like, opt_state_like, data_iter):
     """Restores onto the shardings of `*_like`; sets `data_iter`'s state in place."""

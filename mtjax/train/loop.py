@@ -294,7 +294,6 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
         if final or stop["signal"] or checkpointer.should_save(done):
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
-                            force=final or bool(stop["signal"]),
                             metrics={**last, **last_eval})
         bar.update(1)
         if stop["signal"]:
