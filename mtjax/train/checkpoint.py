@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Config keys a run may not change when it resumes from its own checkpoints (everything else,
 # e.g. train.steps, logging, eval, may change).
-RESUME_KEYS = (("model",), ("data", "mixture"), ("data", "inputs_length"),
+RESUME_KEYS = (("model", "preset"), ("data", "mixture"), ("data", "inputs_length"),
                ("data", "targets_length"), ("data", "batch_size"), ("data", "pack"),
                ("data", "packer"), ("data", "seed"), ("optimizer", "name"),
                ("train", "trainable"), ("train", "seed"))
