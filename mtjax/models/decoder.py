@@ -19,7 +19,7 @@ Incremental decoding: `start_decode(model, batch, max_decode_len)` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -350,7 +350,7 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
   stacks: dict[str, dict[int, np.ndarray]] = {}  # scanned layers: one slice per HF layer
   for file in files:
     with safe_open(file, framework="np") as f:
-      for key in f.keys():
+      for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
         hit = _match(key, family)
         if hit is None:
           continue

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mtjax.parallel.rules import constrain
-
 
 # Named rematerialisation policies for the blocks (config option `remat`).
 REMAT_POLICIES = {

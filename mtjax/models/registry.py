@@ -56,6 +56,7 @@ def architecture(model_config):
   if hf_dir:
     import json  # pylint: disable=g-import-not-at-top
     import os  # pylint: disable=g-import-not-at-top
+
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top
     with open(os.path.join(hf_dir, "config.json")) as f:
       return hf.config_from_hf(json.load(f), **_overrides(model_config))[1]

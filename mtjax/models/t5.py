@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,7 @@ PRESETS: dict[str, T5Config] = {
                            num_encoder_layers=24, num_decoder_layers=24),
 }
 # T5 v1.0 (google-t5/t5-*): ReLU, tied embeddings with d_model**-0.5 output scaling.
-_V1_0 = dict(feed_forward="relu", tie_word_embeddings=True, d_kv=64)
+_V1_0 = {"feed_forward": "relu", "tie_word_embeddings": True, "d_kv": 64}
 PRESETS.update({
     "t5_small": T5Config(d_model=512, d_ff=2048, num_heads=8, num_encoder_layers=6,
                          num_decoder_layers=6, **_V1_0),

@@ -14,9 +14,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mtjax import cli  # noqa: E402
-from mtjax.config import schema  # noqa: E402
-from mtjax.models import hf, registry, store  # noqa: E402
+from mtjax import cli
+from mtjax.config import schema
+from mtjax.models import hf, registry, store
 
 
 def test_convert_then_export_round_trips_a_qwen2_checkpoint(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""Decoder-only family: packing, prefix-LM masks, mesh vs single device, remat, presets, hooks;
-KV-cache decoding (both families) against recomputing the full forward each step."""
+"""Decoder-only family: packing, prefix-LM masks, mesh vs single device, remat and scan,
+presets, the soft-prompt hook, and the unchanged train step on prefix-LM features."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from mtjax.models import decoder, hf, registry, t5
-from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
+from mtjax.parallel import mesh as mesh_lib
+from mtjax.parallel import rules as rules_lib
 from mtjax.parallel.rules import axis_names
 
 
@@ -166,70 +167,21 @@ def test_embed_hook_prefix_changes_logits_and_keeps_their_length(exported):
   assert "embed_hook" in nnx.state(m, nnx.Param)  # the prompt's parameters are in the state
 
 
-# ---------------------------------------------------------------------------- KV cache
+def test_train_step_trains_a_prefix_lm_decoder_unchanged(model):
+  import optax
 
-
-start_decode = nnx.jit(registry.start_decode, static_argnums=2)
-decode_step = nnx.jit(registry.decode_step)
-
-
-def _greedy_cached(model, batch, steps):
-  logits, cache = start_decode(model, batch, steps)
-  tokens = [jnp.argmax(logits, -1).astype(jnp.int32)]
-  for _ in range(steps - 1):
-    logits, cache = decode_step(model, cache, tokens[-1])
-    tokens.append(jnp.argmax(logits, -1).astype(jnp.int32))
-  b = batch[next(iter(batch))].shape[0]
-  for leaf in jax.tree.leaves(cache):
-    assert leaf.shape[0] == b  # beam search tiles/gathers along the leading axis
-  return np.asarray(jnp.stack(tokens, 1))
-
-
-def test_t5_cached_greedy_equals_full_recompute():
-  m = t5.T5(t5.preset("t5_test"), rngs=nnx.Rngs(3))
-  enc = np.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]], np.int32)
-  steps = 6
-  got = _greedy_cached(m, {"encoder_input_tokens": enc}, steps)
-  dec = np.zeros((2, steps), np.int32)  # BOS = 0, then the tokens chosen so far
-  for i in range(steps):
-    logits = np.asarray(forward(m, {"encoder_input_tokens": enc, "decoder_input_tokens": dec}))
-    nxt = logits[:, i].argmax(-1)
-    np.testing.assert_array_equal(got[:, i], nxt)
-    if i + 1 < steps:
-      dec[:, i + 1] = nxt
-
-
-@pytest.mark.parametrize("prefix_lm,scan", [(False, False), (True, True)],
-                         ids=["causal", "prefix_lm-scanned"])
-def test_decoder_cached_greedy_equals_full_recompute_with_different_prompt_lengths(
-    exported, prefix_lm, scan):
-  m = hf.load(exported, scan_layers=scan)
-  prompts = [[0, 5, 6, 7, 8], [0, 9, 10]]
-  p, steps = 5, 5
-  batch = {"decoder_input_tokens": np.stack([_pad(x, p) for x in prompts]),
-           "decoder_prompt_lengths": np.array([len(x) for x in prompts], np.int32)}
-  if prefix_lm:
-    batch["decoder_causal_attention"] = (np.arange(p)[None] <
-                                         batch["decoder_prompt_lengths"][:, None]).astype(np.int32)
-  got = _greedy_cached(m, batch, steps)
-  for row, prompt in enumerate(prompts):
-    seq = list(prompt)
-    for i in range(steps):
-      full = {"decoder_input_tokens": _pad(seq, p + steps)[None]}
-      if prefix_lm:
-        full["decoder_causal_attention"] = _pad([1] * len(prompt), p + steps)[None]
-      logits = np.asarray(forward(m, full))[0, len(seq) - 1]
-      assert got[row, i] == logits.argmax(), (row, i)
-      seq.append(int(logits.argmax()))
-
-
-def test_registry_dispatches_decoding_to_the_family(model):
-  m = model
-  batch = {"decoder_input_tokens": np.array([[0, 5, 6]], np.int32)}
-  logits, cache = start_decode(m, batch, 4)
-  assert logits.shape == (1, 384) and logits.dtype == jnp.float32
-  full = np.asarray(forward(m, batch))[0, -1]
-  np.testing.assert_allclose(np.asarray(logits)[0], full, atol=1e-5)
-  logits, cache = decode_step(m, cache, jnp.array([7], jnp.int32))
-  full = np.asarray(forward(m, {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}))
-  np.testing.assert_allclose(np.asarray(logits)[0], full[0, -1], atol=1e-5)
+  from mtjax.train import step as step_lib
+  graphdef, state = nnx.split(model)
+  params = state.to_pure_dict()
+  tx = optax.adam(3e-2)
+  step_fn = step_lib.make_train_step(graphdef, tx, num_tasks=1, donate=False)
+  # SeqIO prefix-LM features: inputs [5, 6, 7], targets [8, 9, 1].
+  batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7, 8, 9]], np.int32),
+           "decoder_target_tokens": np.array([[5, 6, 7, 8, 9, 1]], np.int32),
+           "decoder_loss_weights": np.array([[0, 0, 0, 1, 1, 1]], np.int32),
+           "decoder_causal_attention": np.array([[1, 1, 1, 1, 0, 0]], np.int32)}
+  opt_state, losses = tx.init(params), []
+  for i in range(4):
+    params, opt_state, metrics = step_fn(params, opt_state, batch, i)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] - 0.5, losses

@@ -12,7 +12,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mtjax.models import decoder, hf, t5  # noqa: E402
+from mtjax.models import decoder, hf, t5
 
 ATOL = 1e-4
 
@@ -173,7 +173,8 @@ def test_export_round_trips_through_transformers(saved, tmp_path):
 
 
 def test_sharded_checkpoint_loads_onto_a_mesh(tmp_path):
-  from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
+  from mtjax.parallel import mesh as mesh_lib
+  from mtjax.parallel import rules as rules_lib
   torch_model = _torch_model("llama_gqa")
   torch_model.save_pretrained(str(tmp_path), max_shard_size="20KB")
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
@@ -214,3 +215,18 @@ def test_scanned_layers_load_match_and_export(tmp_path):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back")).eval()
   _assert_close_on_real_tokens("llama_gqa", _torch_logits("llama_gqa", reloaded, True),
                                _torch_logits("llama_gqa", torch_model, True))
+
+
+def test_llama3_rope_scaling_matches_transformers():
+  from transformers.modeling_rope_utils import _compute_llama3_parameters
+  config = transformers.LlamaConfig(
+      vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=1,
+      num_attention_heads=2, head_dim=32,
+      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192})
+  _, cfg = hf.config_from_hf(config.to_dict())
+  assert cfg.rope_llama3_scaling == (32.0, 1.0, 4.0, 8192)
+  want = _compute_llama3_parameters(config)[0].numpy()
+  np.testing.assert_allclose(np.asarray(decoder.rope_frequencies(cfg)), want, rtol=1e-6)
+  assert hf.config_from_hf(hf.config_to_hf(cfg))[1] == cfg

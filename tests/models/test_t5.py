@@ -77,3 +77,26 @@ def test_every_parameter_has_logical_axis_names():
   for path, var in leaves:
     names = axis_names(var)
     assert names is not None and len(names) == var.get_value().ndim, jax.tree_util.keystr(path)
+
+
+def test_mesh_forward_equals_single_device_forward():
+  from mtjax.parallel import mesh as mesh_lib
+  from mtjax.parallel import rules as rules_lib
+
+  model = _model()
+  batch = {"encoder_input_tokens": np.arange(1, 41, dtype=np.int32).reshape(4, 10) % 300,
+           "decoder_input_tokens": np.arange(0, 24, dtype=np.int32).reshape(4, 6)}
+  single = np.asarray(_jitted(model)(batch))
+  mesh = mesh_lib.make_mesh(2, 2, 2)  # data x fsdp x tensor
+  graphdef, state = nnx.split(model)
+
+  def place(var):  # each parameter onto the sharding its logical axis names give
+    spec = rules_lib.logical_to_spec(axis_names(var), rules_lib.DEFAULT_RULES)
+    return jax.device_put(var.get_value(), jax.sharding.NamedSharding(mesh, spec))
+
+  sharded_model = nnx.merge(graphdef, jax.tree.map(
+      place, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+  assert len(sharded_model.decoder_layers[0].mlp.wo[...].sharding.device_set) == 8
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_lib.DEFAULT_RULES):
+    sharded = np.asarray(_jitted(sharded_model)(batch))
+  np.testing.assert_allclose(sharded, single, atol=1e-5)
