@@ -89,7 +89,8 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
                   mesh=None, rules=None, decode: generate.DecodeOptions | None = None,
                   scoring_mode: str = "sum", family: str = "enc_dec", seed: int = 0,
                   label_set: Sequence[str] = ()) -> dict:
-  """Metrics of one task, plus a few (input, prediction, target) samples."""
+  """Metrics of one task, three samples, and every example's row (input, prediction, target,
+  target log-likelihood when scored). `decode`'s EOS and length come from the task."""
   import seqio  # pylint: disable=g-import-not-at-top  (metric fns and vocabularies live in SeqIO)
 
   task = seqio.get_mixture_or_task(task_name)
