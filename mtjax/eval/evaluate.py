@@ -233,13 +233,20 @@ def write_predictions(results: list[dict], output_dir: str, step: int) -> None:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def flat_metrics(results: list[dict]) -> dict[str, float]:
+  """One flat dict: `<task>/<metric>`, `average/<metric>`, `few_shot/<k>shot/<metric>` (what a
+  best-checkpoint policy or a metrics row takes, e.g. `train.best_metric=average/accuracy`)."""
+  row = {f"{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
+  row.update({f"average/{k}": v for k, v in averages(results).items()})
+  row.update(few_shot_summary(results))
+  return row
+
+
 def log_results(results: list[dict], output_dir: str, step: int, *,
                 tensorboard: bool = True) -> dict[str, float]:
   """Appends one row (`<task>/<metric>` and `average/<metric>`) to `eval_metrics.jsonl` and
   TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns the row."""
-  row = {f"{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
-  row.update({f"average/{k}": v for k, v in averages(results).items()})
-  row.update(few_shot_summary(results))
+  row = flat_metrics(results)
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "eval_metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": int(step), **row}) + "\n")

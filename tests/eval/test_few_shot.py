@@ -85,3 +85,17 @@ def test_k_shot_evaluation(setup):
                                      reuse=plain, **KW)
   assert again[0]["metrics"] == {"accuracy": 12.5} and again[0]["task"] == f"{TASK}_0shot"
   assert evaluate.averages(results + [plain[("", TASK)]]) == {"accuracy": 12.5}
+
+
+def test_flat_metrics_and_table():
+  results = [{"task": "a", "metrics": {"accuracy": 50.0}},
+             {"task": "b", "metrics": {"accuracy": 100.0, "bleu": 3.0}},
+             {"task": "a_2shot", "k": 2, "variant": "", "metrics": {"accuracy": 20.0}},
+             {"task": "b_2shot", "k": 2, "variant": "", "metrics": {"accuracy": 40.0}}]
+  assert evaluate.flat_metrics(results) == {
+      "a/accuracy": 50.0, "b/accuracy": 100.0, "b/bleu": 3.0, "a_2shot/accuracy": 20.0,
+      "b_2shot/accuracy": 40.0, "average/accuracy": 75.0, "average/bleu": 3.0,
+      "few_shot/2shot/accuracy": 30.0}
+  rows = [line.split() for line in evaluate.format_table(results).splitlines()[2:]]
+  assert ["average", "accuracy", "75.0"] in rows
+  assert ["average", "few_shot/2shot/accuracy", "30.0"] in rows
