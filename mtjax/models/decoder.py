@@ -224,7 +224,7 @@ class Decoder(nnx.Module):
     self.token_embed = layers.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype,
                                     rngs=rngs)
     if cfg.scan_layers:
-      self.layers = _stacked_blocks(cfg, rngs)
+      self.layers = layers.stacked(lambda r: Block(cfg, rngs=r), cfg.num_layers, rngs)
     else:
       self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = _norm(cfg, rngs)
@@ -273,20 +273,17 @@ class Decoder(nnx.Module):
     return x, kvs
 
   def _scanned_blocks(self, x, positions, mask, inv_freq, caches, rng):
-    graphdef, state = nnx.split(self.layers)
-    n = self.cfg.num_layers
-    keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, 1), n)
+    keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, 1),
+                                                      self.cfg.num_layers)
     index = None if caches is None else caches[2]
 
-    def body(x, xs):
-      layer_state, key, kv = xs
-      cache = None if kv is None else (*kv, index)
-      return nnx.merge(graphdef, layer_state)(x, positions, mask, inv_freq, cache, key)
+    def layer(block, x, xs):
+      key, kv = xs
+      return block(x, positions, mask, inv_freq, None if kv is None else (*kv, index), key)
 
-    if self.cfg.remat != "none" and caches is None:
-      body = jax.checkpoint(body, policy=layers.REMAT_POLICIES[self.cfg.remat])
     kv = None if caches is None else caches[:2]
-    return jax.lax.scan(body, x, (state, keys, kv))
+    return layers.scan(self.layers, layer, x, (keys, kv),
+                       remat=self.cfg.remat if caches is None else "none")
 
   def __call__(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
     tokens = batch["decoder_input_tokens"]
@@ -309,17 +306,6 @@ class Decoder(nnx.Module):
 
 def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
-
-
-def _stacked_blocks(cfg: DecoderConfig, rngs: nnx.Rngs) -> Block:
-  """`num_layers` blocks as one, each parameter with a leading `layers` axis."""
-
-  @nnx.split_rngs(splits=cfg.num_layers)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-  def make(rngs):
-    return Block(cfg, rngs=rngs)
-
-  return make(rngs)
 
 
 def _layer_caches(model: Decoder, cache):

@@ -26,6 +26,30 @@ def remat_call(block, policy_name: str, *args):
   return nnx.remat(lambda b, *a: b(*a), policy=REMAT_POLICIES[policy_name])(block, *args)
 
 
+def stacked(make, n: int, rngs: nnx.Rngs):
+  """`n` blocks `make(rngs)` as one module whose parameters have a leading `layers` axis."""
+
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def create(rngs):
+    return make(rngs)
+
+  return create(rngs)
+
+
+def scan(stack, fn, x, xs=None, remat: str = "none"):
+  """`jax.lax.scan` of `fn(block, x, xs_i) -> (x, y_i)` over a `stacked` module's layers."""
+  graphdef, state = nnx.split(stack)
+
+  def body(x, inputs):
+    layer_state, xi = inputs
+    return fn(nnx.merge(graphdef, layer_state), x, xi)
+
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+  return jax.lax.scan(body, x, (state, xs))
+
+
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str], dtype) -> nnx.Param:
   """A parameter with logical axis names (turned into mesh axes by mtjax.parallel.rules)."""
   if len(shape) != len(names):

@@ -46,6 +46,7 @@ class T5Config:
   layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
   remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+  scan_layers: bool = False  # each stack as one block with a leading `layers` axis, lax.scan
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
 
@@ -249,12 +250,10 @@ class T5(nnx.Module):
     self.token_embed = layers.Embed(cfg.vocab_size, cfg.d_model, param_dtype=cfg.param_dtype,
                                     rngs=rngs)
     self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True, rngs=rngs)
-    self.encoder_layers = nnx.List(
-        [Block(cfg, cross=False, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.encoder_layers = _stack(cfg, False, cfg.num_encoder_layers, rngs)
     self.encoder_norm = layers.RMSNorm(cfg.d_model, **kw)
     self.decoder_relpos = RelativePositionBias(cfg, bidirectional=False, rngs=rngs)
-    self.decoder_layers = nnx.List(
-        [Block(cfg, cross=True, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    self.decoder_layers = _stack(cfg, True, cfg.num_decoder_layers, rngs)
     self.decoder_norm = layers.RMSNorm(cfg.d_model, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = param(rngs, layers.normal(cfg.d_model ** -0.5), (cfg.d_model, cfg.vocab_size),
@@ -283,8 +282,14 @@ class T5(nnx.Module):
     mask = _same_segment(seg, seg) & (seg > 0)[:, None, None, :]
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
     bias = self.encoder_relpos(x.shape[1], x.shape[1], self.dtype)
-    for i, block in enumerate(self.encoder_layers):
-      x = layers.remat_call(block, self.cfg.remat, x, bias, mask, None, None, _fold(rng, 1 + i))
+    if self.cfg.scan_layers:
+      keys = _split(_fold(rng, 1), self.cfg.num_encoder_layers)
+      x, _ = layers.scan(self.encoder_layers, lambda b, x, k: (b(x, bias, mask, None, None, k),
+                                                               None), x, keys, self.cfg.remat)
+    else:
+      for i, block in enumerate(self.encoder_layers):
+        x = layers.remat_call(block, self.cfg.remat, x, bias, mask, None, None,
+                              _fold(rng, 1 + i))
     x = self.encoder_norm(x)
     return layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000)), seg
 
@@ -302,9 +307,16 @@ class T5(nnx.Module):
     x = layers.activation_names(self.token_embed(decoder_input_tokens, self.dtype))
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 2000))
     bias = self.decoder_relpos(t, t, self.dtype)
-    for i, block in enumerate(self.decoder_layers):
-      x = layers.remat_call(block, self.cfg.remat, x, bias, self_mask, encoded, cross_mask,
-                            _fold(rng, 2001 + i))
+    if self.cfg.scan_layers:
+      keys = _split(_fold(rng, 2001), self.cfg.num_decoder_layers)
+      x, _ = layers.scan(
+          self.decoder_layers,
+          lambda b, x, k: (b(x, bias, self_mask, encoded, cross_mask, k), None), x, keys,
+          self.cfg.remat)
+    else:
+      for i, block in enumerate(self.decoder_layers):
+        x = layers.remat_call(block, self.cfg.remat, x, bias, self_mask, encoded, cross_mask,
+                              _fold(rng, 2001 + i))
     x = self.decoder_norm(x)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 3000))
     return self.head(x)
@@ -331,35 +343,64 @@ def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
 
 
+def _split(rng, n):
+  return None if rng is None else jax.random.split(rng, n)
+
+
+def _stack(cfg: T5Config, cross: bool, n: int, rngs: nnx.Rngs):
+  if cfg.scan_layers:
+    return layers.stacked(lambda r: Block(cfg, cross=cross, rngs=r), n, rngs)
+  return nnx.List([Block(cfg, cross=cross, rngs=rngs) for _ in range(n)])
+
+
 def start_decode(model: T5, batch: Mapping[str, jax.Array], max_decode_len: int):
   """Encodes `encoder_input_tokens` (0 = pad) once; returns (logits `[B, V]` for the first
   target token, with the decoder fed BOS = 0, and the cache for `max_decode_len` positions)."""
   cfg = model.cfg
   tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
   encoded, seg = model.encode_with_segments(tokens, batch.get("encoder_segment_ids"))
-  b = tokens.shape[0]
-  zeros = jnp.zeros((b, max_decode_len, cfg.num_heads, cfg.d_kv), model.dtype)
-  cross = [block.cross_attention.project_kv(encoded) for block in model.decoder_layers]
-  cache = {"k": [zeros] * len(cross), "v": [zeros] * len(cross),
-           "cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],
-           "encoder_mask": seg > 0, "index": jnp.zeros((b,), jnp.int32)}
+  b, n = tokens.shape[0], cfg.num_decoder_layers
+  shape = (b, max_decode_len, cfg.num_heads, cfg.d_kv)
+  if cfg.scan_layers:  # stacked leaves, batch first: [B, L, ...]
+    _, (ck, cv) = layers.scan(model.decoder_layers,
+                              lambda blk, c, _: (c, blk.cross_attention.project_kv(encoded)),
+                              jnp.zeros(()))
+    zeros = jnp.zeros((b, n, *shape[1:]), model.dtype)
+    kv = {"k": zeros, "v": zeros, "cross_k": jnp.moveaxis(ck, 0, 1),
+          "cross_v": jnp.moveaxis(cv, 0, 1)}
+  else:
+    cross = [block.cross_attention.project_kv(encoded) for block in model.decoder_layers]
+    zeros = jnp.zeros(shape, model.dtype)
+    kv = {"k": [zeros] * n, "v": [zeros] * n, "cross_k": [k for k, _ in cross],
+          "cross_v": [v for _, v in cross]}
+  cache = dict(kv, encoder_mask=seg > 0, index=jnp.zeros((b,), jnp.int32))
   return decode_step(model, cache, jnp.zeros((b,), jnp.int32))
 
 
 def decode_step(model: T5, cache, tokens: jax.Array):
   """Feeds `tokens [B]` at the next decoder position; returns (logits `[B, V]`, cache)."""
   index = cache["index"]
-  size = cache["k"][0].shape[1]
+  size = cache["k"].shape[2] if model.cfg.scan_layers else cache["k"][0].shape[1]
   x = model.token_embed(jnp.asarray(tokens, jnp.int32)[:, None], model.dtype)
   bias = model.decoder_relpos.at(index, size, model.dtype)
   mask = (jnp.arange(size)[None] <= index[:, None])[:, None, None, :]
   cross_mask = cache["encoder_mask"][:, None, None, :]
-  ks, vs = [], []
-  for i, block in enumerate(model.decoder_layers):
-    x, (k, v) = block.step(x, bias=bias, mask=mask, kv_cache=(cache["k"][i], cache["v"][i], index),
-                           cross_kv=(cache["cross_k"][i], cache["cross_v"][i]),
-                           cross_mask=cross_mask)
-    ks.append(k)
-    vs.append(v)
+
+  def step(block, x, layer_cache):
+    k, v, ck, cv = layer_cache
+    return block.step(x, bias=bias, mask=mask, kv_cache=(k, v, index), cross_kv=(ck, cv),
+                      cross_mask=cross_mask)
+
+  names = ("k", "v", "cross_k", "cross_v")
+  if model.cfg.scan_layers:
+    x, (ks, vs) = layers.scan(model.decoder_layers, step, x,
+                              tuple(jnp.moveaxis(cache[n], 1, 0) for n in names))
+    ks, vs = jnp.moveaxis(ks, 0, 1), jnp.moveaxis(vs, 0, 1)
+  else:
+    ks, vs = [], []
+    for i, block in enumerate(model.decoder_layers):
+      x, (k, v) = step(block, x, tuple(cache[n][i] for n in names))
+      ks.append(k)
+      vs.append(v)
   logits = model.head(model.decoder_norm(x))[:, 0]
   return logits, dict(cache, k=ks, v=vs, index=index + 1)

@@ -90,3 +90,16 @@ def test_registry_dispatches_decoding_to_the_family(exported):
   logits, cache = decode_step(m, cache, jnp.array([7], jnp.int32))
   full = np.asarray(forward(m, {"decoder_input_tokens": np.array([[0, 5, 6, 7]], np.int32)}))
   np.testing.assert_allclose(np.asarray(logits)[0], full[0, -1], atol=1e-5)
+
+
+def test_t5_scanned_layers_give_the_same_logits_and_cached_tokens(tmp_path):
+  m = t5.T5(t5.preset("t5_test"), rngs=nnx.Rngs(3))
+  hf.export(m, str(tmp_path))
+  scanned = hf.load(str(tmp_path), scan_layers=True)
+  assert scanned.decoder_layers.mlp.wo[...].shape[0] == 2  # [layers, mlp, embed]
+  batch = {"encoder_input_tokens": np.array([[5, 6, 7, 8, 1], [9, 10, 1, 0, 0]], np.int32),
+           "decoder_input_tokens": np.array([[0, 3, 4], [0, 5, 0]], np.int32)}
+  np.testing.assert_allclose(np.asarray(forward(scanned, batch)), np.asarray(forward(m, batch)),
+                             atol=1e-5)
+  enc = {"encoder_input_tokens": batch["encoder_input_tokens"]}
+  np.testing.assert_array_equal(_greedy_cached(scanned, enc, 4), _greedy_cached(m, enc, 4))
