@@ -279,7 +279,8 @@ class Decoder(nnx.Module):
 
     def layer(block, x, xs):
       key, kv = xs
-      return block(x, positions, mask, inv_freq, None if kv is None else (*kv, index), key)
+      x, new_kv = block(x, positions, mask, inv_freq, None if kv is None else (*kv, index), key)
+      return x, None if kv is None else new_kv  # training: no per-layer K/V stacked up
 
     kv = None if caches is None else caches[:2]
     return layers.scan(self.layers, layer, x, (keys, kv),

@@ -185,3 +185,12 @@ def test_train_step_trains_a_prefix_lm_decoder_unchanged(model):
     params, opt_state, metrics = step_fn(params, opt_state, batch, i)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_logits(model, exported):
+  m = hf.load(exported, dtype="bfloat16")
+  assert m.layers[0].mlp.up[...].dtype == jnp.float32  # params stay float32
+  batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7, 8]], np.int32)}
+  low, full = np.asarray(forward(m, batch)), np.asarray(forward(model, batch))
+  assert low.dtype == np.float32  # logits always float32
+  assert np.abs(low - full).max() < 0.05 * np.abs(full).max()
