@@ -194,3 +194,13 @@ def test_bfloat16_compute_keeps_float32_params_and_close_logits(model, exported)
   low, full = np.asarray(forward(m, batch)), np.asarray(forward(model, batch))
   assert low.dtype == np.float32  # logits always float32
   assert np.abs(low - full).max() < 0.05 * np.abs(full).max()
+
+
+def test_model_config_preset_builds_either_family_by_name():
+  from mtjax.config import schema
+  flan = nnx.eval_shape(lambda: registry.create(schema.ModelConfig(preset="flan_t5_base"), seed=0))
+  assert isinstance(flan, t5.T5) and flan.cfg.d_model == 768 and not flan.cfg.tie_word_embeddings
+  llama = nnx.eval_shape(lambda: registry.create(
+      schema.ModelConfig(preset="llama_270m", dtype="bfloat16", remat="full"), seed=0))
+  assert isinstance(llama, decoder.Decoder) and llama.cfg.remat == "full"
+  assert llama.cfg.dtype == "bfloat16"
