@@ -188,6 +188,10 @@ def config_from_hf(hf: dict[str, Any], **overrides):
       raise NotImplementedError(f"rope type {kind!r} is not supported")
     if hf.get("attention_bias") and model_type != "qwen2":
       raise NotImplementedError("attention_bias (with an o_proj bias) is not supported")
+    if hf.get("mlp_bias"):
+      raise NotImplementedError("mlp_bias is not supported")
+    if hf.get("sliding_window") and (model_type == "mistral" or hf.get("use_sliding_window")):
+      raise NotImplementedError("sliding-window attention is not supported")
     tie = hf.get("tie_word_embeddings", gemma)
     cfg = decoder.DecoderConfig(
         vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
