@@ -145,31 +145,3 @@ def test_duplicating_a_tasks_rows_keeps_the_balanced_loss():
   assert abs(token - token_dup) > 1e-3
   np.testing.assert_allclose(task, task_dup, rtol=1e-6)
 
-
-def test_sharded_2x2x2_step_equals_one_device(tiny):
-  from mtjax.parallel import arrays, mesh as mesh_lib, rules as rules_lib  # pylint: disable=g-import-not-at-top
-
-  graphdef, params = tiny
-  model = nnx.merge(graphdef, params)
-  axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(
-              nnx.split(model)[1], is_leaf=lambda x: isinstance(x, nnx.Variable))[0]}
-  tx = optimizers.make("adafactor", 1e-2)
-  batch = _batch(rows=8)
-  step = step_lib.make_train_step(graphdef, tx, num_tasks=3, donate=False)
-  p1, _, m1 = step(params, tx.init(params), batch, 0)
-
-  mesh = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
-  rules = rules_lib.DEFAULT_RULES
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    sharded = jax.tree_util.tree_map_with_path(
-        lambda p, x: jax.device_put(x, jax.sharding.NamedSharding(
-            mesh, rules_lib.logical_to_spec(axes[jax.tree_util.keystr(p)] or (), rules))), params)
-    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
-               for x in jax.tree.leaves(sharded))
-    step8 = step_lib.make_train_step(graphdef, tx, num_tasks=3, donate=False)
-    p8, _, m8 = step8(sharded, jax.jit(tx.init)(sharded),
-                      arrays.global_batch(batch, mesh, rules), 0)
-  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
