@@ -1,8 +1,11 @@
 """The training loop: build everything from a RunConfig, resume if possible, train, evaluate.
 
-Order of events: register tasks -> cache (first use) -> mesh -> sharded model init -> optimizer
--> data iterator -> restore the latest checkpoint of the run dir, if any -> steps (metrics every
-`log_every`, checkpoints every `checkpoint_every`) -> final checkpoint -> evaluation.
+Order of events: join other hosts (if any) -> register tasks -> cache (first use) -> mesh ->
+sharded model init -> trainable set + optimizer -> data iterator -> restore the newest restorable
+checkpoint of the run dir (config checked), else `train.init_from` -> steps (metrics every
+`log_every`, teacher-forced eval loss every `eval.loss_every`, checkpoints every
+`checkpoint_every`) -> final checkpoint -> evaluation. SIGTERM ends the loop after the current
+step with a checkpoint; a non-finite loss or gradient stops it before anything is saved.
 """
 
 from __future__ import annotations
