@@ -56,3 +56,36 @@ def test_batch_not_divisible_by_mesh_names_the_key(synthetic_cache):
   setup = loop.build(cfg)
   with pytest.raises(ValueError, match="data.batch_size=12"):
     loop.data_iterator(setup)
+
+
+def test_checkpoint_from_4x2x1_continues_identically_on_2x2x2(synthetic_cache, tmp_path):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  def steps(setup, data, params, opt_state, start, stop):
+    fn = step_lib.make_train_step(setup.graphdef, setup.tx, num_tasks=len(setup.spec.tasks))
+    losses = []
+    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
+      for i in range(start, stop):
+        batch = arrays.global_batch(next(data), setup.mesh, setup.rules)
+        params, opt_state, m = fn(params, opt_state, batch, i)
+        losses.append(float(m["loss"]))
+    return params, opt_state, losses
+
+  a = loop.build(_cfg(synthetic_cache, 4, 2, 1))
+  data_a = loop.data_iterator(a)
+  params, opt_state, _ = steps(a, data_a, a.params, a.opt_state, 0, 2)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), save_every=1, keep=1)
+  ckpt.save(2, params, opt_state, data_a, {"step": 2})
+  ckpt.close()
+  _, _, want = steps(a, data_a, params, opt_state, 2, 3)
+
+  b = loop.build(_cfg(synthetic_cache, 2, 2, 2))
+  data_b = loop.data_iterator(b)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), save_every=1, keep=1)
+  step, params_b, opt_b, _ = ckpt.restore_latest(b.params, b.opt_state, data_b)
+  ckpt.close()
+  assert step == 2
+  assert params_b["encoder_layers"][0]["mlp"]["wi_0"].sharding.mesh.shape["tensor"] == 2
+  _, _, got = steps(b, data_b, params_b, opt_b, 2, 3)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
