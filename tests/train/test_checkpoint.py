@@ -116,3 +116,29 @@ def test_init_from_restores_known_params_and_keeps_fresh_ones(tmp_path):
   np.testing.assert_array_equal(params["head"], pretrained["head"])
   assert params["head"].sharding == fresh["head"].sharding
   np.testing.assert_array_equal(params["prompt"]["embedding"], 1.0)
+
+
+def test_init_from_an_hf_directory(tmp_path):
+  """The HF hook of `train.init_from`: weights by path, fresh init for what HF lacks."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+  from mtjax.models import hf, registry  # pylint: disable=g-import-not-at-top
+  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+
+  cfg = schema.RunConfig(model=schema.ModelConfig(preset="t5_test"))
+  pretrained = registry.create(cfg.model, seed=1)
+  hf.export(pretrained, str(tmp_path / "hf"))
+  mesh = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
+  rules = rules_lib.DEFAULT_RULES
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    graphdef, state = nnx.split(registry.create(cfg.model, seed=2, mesh=mesh, rules=rules))
+  fresh = state.to_pure_dict()
+  fresh["prompt"] = {"embedding": jax.numpy.ones((4, 8))}  # a soft prompt HF does not have
+  setup = loop.Setup(cfg, mesh, rules, None, graphdef, fresh, None, None)
+  params = loop.init_from(setup, fresh, str(tmp_path / "hf"))
+  want = nnx.split(pretrained)[1].to_pure_dict()
+  np.testing.assert_allclose(params["lm_head"], want["lm_head"], rtol=1e-6)
+  np.testing.assert_allclose(params["encoder_layers"][0]["mlp"]["wo"],
+                             want["encoder_layers"][0]["mlp"]["wo"], rtol=1e-6)
+  assert params["lm_head"].sharding == fresh["lm_head"].sharding
+  np.testing.assert_array_equal(params["prompt"]["embedding"], 1.0)
