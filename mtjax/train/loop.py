@@ -257,11 +257,13 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           focal_gamma=cfg.train.focal_gamma))
   eval_step = step_lib.make_eval_step(setup.graphdef, num_tasks=num_tasks)
   eval_batches = _eval_batches(setup) if cfg.eval.loss_every > 0 else None
-  writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start)
+  writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start,
+                                    enabled=jax.process_index() == 0)
   meta = {"mixture": cfg.data.mixture, "tasks": list(setup.spec.task_names),
           "config": schema.to_dict(cfg)}
   perf = _Perf(setup)
-  bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, dynamic_ncols=True,
+  bar = tqdm(total=cfg.train.steps, initial=start, dynamic_ncols=True,
+             disable=not progress or jax.process_index() != 0,
              desc="train")
   fault_step, fault_kind = _fault()
   stop = {"signal": None}

@@ -12,9 +12,14 @@ import numpy as np
 class MetricWriter:
   """Appends one JSON object per log step to `metrics.jsonl`; mirrors scalars to TensorBoard."""
 
-  def __init__(self, run_dir: str, tensorboard: bool = True, resume_step: int | None = None):
+  def __init__(self, run_dir: str, tensorboard: bool = True, resume_step: int | None = None,
+               enabled: bool = True):
     """`resume_step`: rows after it (written by a run that died before its next checkpoint) are
-    dropped, so the file holds each step once and matches an uninterrupted run."""
+    dropped, so the file holds each step once and matches an uninterrupted run. `enabled=False`
+    (hosts other than process 0) writes nothing."""
+    self.enabled = enabled
+    if not enabled:
+      return
     os.makedirs(run_dir, exist_ok=True)
     self.path = os.path.join(run_dir, "metrics.jsonl")
     if resume_step is not None and os.path.exists(self.path):
@@ -30,6 +35,8 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
@@ -38,6 +45,8 @@ class MetricWriter:
         self._tb.add_scalar(k, float(v), int(step))
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -57,3 +57,36 @@ def test_two_processes_assemble_the_single_host_global_batch(tmp_path, synthetic
   for key, value in one_host.items():
     np.testing.assert_array_equal(gathered[key], value, err_msg=key)
   assert int(gathered["tokens"]) == int(one_host["decoder_loss_weights"].sum())
+
+
+def _train(run_dir, cache_dir, devices, env_extra=None):
+  root = os.path.dirname(os.path.dirname(HERE))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
+  args = ["--config", os.path.join(root, "configs", "quickstart.py"), "--no_progress", "--set",
+          f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", "model.preset=t5_test",
+          "data.batch_size=8", "data.inputs_length=32", "data.targets_length=8",
+          "train.steps=3", "train.log_every=1", "train.checkpoint_every=3", "eval.at_end=False"]
+  return subprocess.Popen([sys.executable, "-m", "mtjax.cli", "train", *args], cwd=root,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_train_like_one(tmp_path, synthetic_cache):
+  """Two localhost processes x 2 devices train together; losses equal one process x 4."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  port = _free_port()
+  procs = [_train(str(tmp_path / "one"), synthetic_cache, 4)]
+  for pid in range(2):
+    procs.append(_train(str(tmp_path / "two"), synthetic_cache, 2, {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": str(pid)}))
+  for p in procs:
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+  losses = {name: [json.loads(line)["loss"]
+                   for line in open(os.path.join(tmp_path, name, "metrics.jsonl"))]
+            for name in ("one", "two")}
+  assert len(losses["two"]) == 3  # process 0 alone writes the metrics
+  np.testing.assert_allclose(losses["two"], losses["one"], rtol=0, atol=1e-5)
+  assert os.path.isdir(tmp_path / "two" / "checkpoints" / "3")
