@@ -10,7 +10,8 @@ parameters have no optimizer state and come back bit-identical.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from flax import traverse_util
 

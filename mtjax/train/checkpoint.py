@@ -104,7 +104,7 @@ class Checkpointer:
     try:
       return self.manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001  # pylint: disable=broad-except
       return None
 
   def restore_latest(self, params_like, opt_state_like, data_iter):
@@ -115,7 +115,7 @@ class Checkpointer:
     for step in reversed(self.all_steps()):
       try:
         return (step,) + self.restore(step, params_like, opt_state_like, data_iter)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
         log.warning("checkpoint %s/%d cannot be restored (%s: %s); trying the previous one",
                     self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
     return None

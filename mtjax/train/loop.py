@@ -29,12 +29,15 @@ from tqdm import tqdm
 from mtjax.config import schema
 from mtjax.data import cache, pipeline
 from mtjax.models import registry
-from mtjax.parallel import arrays, distributed, mesh as mesh_lib, rules as rules_lib
+from mtjax.parallel import arrays, distributed
+from mtjax.parallel import mesh as mesh_lib
+from mtjax.parallel import rules as rules_lib
 from mtjax.peft import filters
 from mtjax.train import checkpoint as ckpt_lib
-from mtjax.train import metrics as metrics_lib
 from mtjax.train import flops as flops_lib
-from mtjax.train import optimizers, step as step_lib
+from mtjax.train import metrics as metrics_lib
+from mtjax.train import optimizers
+from mtjax.train import step as step_lib
 
 log = logging.getLogger(__name__)
 

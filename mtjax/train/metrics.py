@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class MetricWriter:
       with open(self.path + ".tmp", "w") as f:
         f.writelines(rows)
       os.replace(self.path + ".tmp", self.path)
-    self._file = open(self.path, "a")
+    self._file = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top

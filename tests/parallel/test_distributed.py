@@ -84,9 +84,10 @@ def test_two_processes_train_like_one(tmp_path, synthetic_cache):
   for p in procs:
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log[-3000:]
-  losses = {name: [json.loads(line)["loss"]
-                   for line in open(os.path.join(tmp_path, name, "metrics.jsonl"))]
-            for name in ("one", "two")}
+  losses = {}
+  for name in ("one", "two"):
+    with open(os.path.join(tmp_path, name, "metrics.jsonl")) as f:
+      losses[name] = [json.loads(line)["loss"] for line in f]
   assert len(losses["two"]) == 3  # process 0 alone writes the metrics
   np.testing.assert_allclose(losses["two"], losses["one"], rtol=0, atol=1e-5)
   assert os.path.isdir(tmp_path / "two" / "checkpoints" / "3")

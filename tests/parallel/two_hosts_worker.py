@@ -6,16 +6,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from mtjax.parallel import distributed  # noqa: E402
+from mtjax.parallel import distributed
 
 assert distributed.initialize(), "JAX_COORDINATOR_ADDRESS etc. should start multi-process"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
-from mtjax.data import mixing, pipeline  # noqa: E402
-from mtjax.parallel import arrays, mesh as mesh_lib, rules as rules_lib  # noqa: E402
+from mtjax.data import mixing, pipeline
+from mtjax.parallel import arrays
+from mtjax.parallel import mesh as mesh_lib
+from mtjax.parallel import rules as rules_lib
 
 
 def main(cache_dir: str, out: str, global_batch: int) -> None:

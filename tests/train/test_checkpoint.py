@@ -10,7 +10,8 @@ import optax
 import pytest
 from jax.sharding import NamedSharding
 
-from mtjax.parallel import mesh as mesh_lib, rules as rules_lib
+from mtjax.parallel import mesh as mesh_lib
+from mtjax.parallel import rules as rules_lib
 from mtjax.train import checkpoint as ckpt_lib
 
 AXES = {"embed": ("embed", "mlp"), "head": ("vocab", "embed")}
@@ -121,6 +122,7 @@ def test_init_from_restores_known_params_and_keeps_fresh_ones(tmp_path):
 def test_init_from_an_hf_directory(tmp_path):
   """The HF hook of `train.init_from`: weights by path, fresh init for what HF lacks."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, registry  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top

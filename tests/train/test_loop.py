@@ -33,13 +33,15 @@ def test_loop_with_frozen_encoder_microbatches_and_eval_loss(tmp_path, synthetic
       mesh=schema.MeshConfig(data=4, fsdp=2, tensor=1))
   summary = loop.train(cfg, progress=False)
   assert summary["steps"] == 4 and not summary["preempted"]
-  rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
   evals = [r for r in rows if "eval/loss" in r]
   assert [r["step"] for r in evals] == [2, 4]
   assert all(any(k.startswith("eval/loss/synthetic_") for k in r) for r in evals)
 
-  model = json.load(open(os.path.join(run_dir, "model_summary.json")))
+  with open(os.path.join(run_dir, "model_summary.json")) as f:
+    model = json.load(f)
   params = model["params"]
   assert all(p["trainable"] == ("decoder" in name) for name, p in params.items())
   assert 0 < model["num_trainable"] < model["num_params"]

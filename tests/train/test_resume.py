@@ -43,7 +43,8 @@ def _finish(proc, timeout=600):
 
 
 def _losses(run_dir):
-  rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
   return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 

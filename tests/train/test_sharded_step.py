@@ -8,7 +8,8 @@ import pytest
 
 from mtjax.config import schema
 from mtjax.parallel import arrays
-from mtjax.train import loop, step as step_lib
+from mtjax.train import loop
+from mtjax.train import step as step_lib
 
 
 def _cfg(cache_dir, data, fsdp, tensor):
@@ -38,7 +39,7 @@ def _run(cfg, devices, steps=3):
 
 def test_sharded_step_matches_single_device(synthetic_cache):
   assert jax.device_count() == 8
-  one, losses_1, params_1 = _run(_cfg(synthetic_cache, 1, 1, 1), jax.devices()[:1])
+  _, losses_1, params_1 = _run(_cfg(synthetic_cache, 1, 1, 1), jax.devices()[:1])
   eight, losses_8, params_8 = _run(_cfg(synthetic_cache, 2, 2, 2), jax.devices())
   assert dict(eight.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   # The parameters really are sharded on the 8-device mesh.
@@ -60,6 +61,7 @@ def test_batch_not_divisible_by_mesh_names_the_key(synthetic_cache):
 
 def test_checkpoint_from_4x2x1_continues_identically_on_2x2x2(synthetic_cache, tmp_path):
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 
   def steps(setup, data, params, opt_state, start, stop):

@@ -11,7 +11,8 @@ from flax import nnx
 from mtjax.models import t5
 from mtjax.peft import filters
 from mtjax.train import loss as loss_lib
-from mtjax.train import optimizers, step as step_lib
+from mtjax.train import optimizers
+from mtjax.train import step as step_lib
 
 
 @pytest.fixture(scope="module")
