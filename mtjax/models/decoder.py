@@ -8,9 +8,12 @@ tied or untied head, optional QKV bias (Qwen2), Gemma's `sqrt(d)` embedding scal
 
 Soft-prompt hook: `model.embed_hook`, if set, is called as
 `hook(x, segment_ids, positions) -> (x, segment_ids, positions)` on the embedded inputs before
-the first layer. It may prepend positions (a prefix prompt); logits for them are dropped, so the
-output keeps the input length. The hook is an `nnx.Module` (its parameters join the model's
-state, so they train and checkpoint with it) or None.
+the first layer, with a fourth argument `prompt_ids [B]` when the batch carries them (which
+prompt each example gets, `mtjax.peft.prompts`). It may insert positions (a soft prompt);
+logits for them are dropped, so the output keeps the input length. A hook with
+`insert(arr, fill, prompt_ids)` / `strip(arr, prompt_ids)` says where its positions go (e.g.
+after BOS); one without them prepends. The hook is an `nnx.Module` (its parameters join the
+model's state, so they train and checkpoint with it) or None.
 
 Incremental decoding: `start_decode(model, batch, max_decode_len)` and
 `decode_step(model, cache, tokens)`; every cache leaf has the batch as its leading axis.
@@ -237,14 +240,27 @@ class Decoder(nnx.Module):
   def dtype(self):
     return jnp.dtype(self.cfg.dtype)
 
-  def embed(self, tokens, segment_ids, positions, *, hook: bool = True):
+  def embed(self, tokens, segment_ids, positions, *, hook: bool = True, prompt_ids=None):
     """Embedded inputs after the soft-prompt hook: (x, segment_ids, positions)."""
     x = self.token_embed(tokens, self.dtype)
     if self.cfg.scale_embeddings:
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
     if hook and self.embed_hook is not None:
-      x, segment_ids, positions = self.embed_hook(x, segment_ids, positions)
+      extra = () if prompt_ids is None else (prompt_ids,)
+      x, segment_ids, positions = self.embed_hook(x, segment_ids, positions, *extra)
     return layers.activation_names(x), segment_ids, positions
+
+  def _hook_insert(self, arr, fill, extra: int, prompt_ids):
+    """`arr [B, T, ...]` widened where the hook inserted `extra` positions, filled with `fill`."""
+    if hasattr(self.embed_hook, "insert"):
+      return self.embed_hook.insert(arr, fill, prompt_ids)
+    return jnp.pad(arr, ((0, 0), (extra, 0)) + ((0, 0),) * (arr.ndim - 2), constant_values=fill)
+
+  def _hook_strip(self, x, extra: int, prompt_ids):
+    """`x [B, T + extra, ...]` without the hook's positions."""
+    if hasattr(self.embed_hook, "strip"):
+      return self.embed_hook.strip(x, prompt_ids)
+    return x[:, extra:]
 
   def logits(self, x):
     x = self.final_norm(x)
@@ -294,15 +310,18 @@ class Decoder(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     causal_attention = batch.get("decoder_causal_attention")
-    x, segment_ids, positions = self.embed(tokens, segment_ids, positions)
-    extra = x.shape[1] - t  # positions a prefix hook prepended
+    prompt_ids = batch.get("prompt_ids")
+    x, segment_ids, positions = self.embed(tokens, segment_ids, positions, prompt_ids=prompt_ids)
+    extra = x.shape[1] - t  # positions the hook inserted
     if extra and causal_attention is not None:
-      causal_attention = jnp.pad(causal_attention, ((0, 0), (extra, 0)), constant_values=1)
+      causal_attention = self._hook_insert(causal_attention, 1, extra, prompt_ids)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
     mask = make_mask(x.shape[1], segment_ids, causal_attention)
     x, _ = self._blocks(x, positions, mask, rng=rng)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
-    return self.logits(x[:, extra:])
+    if extra:
+      x = self._hook_strip(x, extra, prompt_ids)
+    return self.logits(x)
 
 
 def _fold(rng, i):
@@ -348,14 +367,15 @@ def start_decode(model: Decoder, batch: Mapping[str, jax.Array], max_decode_len:
   b, p = tokens.shape
   lengths = prompt_lengths(batch)
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-  x, _, positions = model.embed(tokens, None, positions)
-  extra = x.shape[1] - p
+  prompt_ids = batch.get("prompt_ids")
+  x, segment_ids, positions = model.embed(tokens, None, positions, prompt_ids=prompt_ids)
+  extra = x.shape[1] - p  # soft-prompt positions (inserted before each last prompt token)
   lengths = lengths + extra
   causal_attention = batch.get("decoder_causal_attention")
   if causal_attention is not None and extra:
-    causal_attention = jnp.pad(causal_attention, ((0, 0), (extra, 0)), constant_values=1)
+    causal_attention = model._hook_insert(causal_attention, 1, extra, prompt_ids)
   size = x.shape[1] + max_decode_len
-  mask = make_mask(x.shape[1], None, causal_attention)
+  mask = make_mask(x.shape[1], segment_ids, causal_attention)
   mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, max_decode_len)))  # empty slots: masked
   start = jnp.zeros((b,), jnp.int32)
   if cfg.scan_layers:
@@ -367,6 +387,9 @@ def start_decode(model: Decoder, batch: Mapping[str, jax.Array], max_decode_len:
   last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
   next_pos = jnp.take_along_axis(positions, (lengths - 1)[:, None], axis=1)[:, 0] + 1
   cache = dict(_cache_kv(model, kvs), index=lengths, position=next_pos)
+  if segment_ids is not None:  # a hook's masked slots (rows without a prompt) stay masked
+    cache["key_mask"] = jnp.pad(segment_ids > 0, ((0, 0), (0, max_decode_len)),
+                                constant_values=True)
   return model.logits(last)[:, 0], cache
 
 
@@ -376,7 +399,10 @@ def decode_step(model: Decoder, cache, tokens: jax.Array):
   x, _, _ = model.embed(jnp.asarray(tokens, jnp.int32)[:, None], None, position[:, None],
                         hook=False)
   size = cache["k"][0].shape[1] if isinstance(cache["k"], list) else cache["k"].shape[2]
-  mask = (jnp.arange(size)[None] <= index[:, None])[:, None, None, :]  # [B, 1, 1, S]
+  mask = jnp.arange(size)[None] <= index[:, None]
+  if "key_mask" in cache:
+    mask = mask & cache["key_mask"]
+  mask = mask[:, None, None, :]  # [B, 1, 1, S]
   x, kvs = model._blocks(x, position[:, None], mask, caches=_layer_caches(model, cache))
-  new = dict(_cache_kv(model, kvs), index=index + 1, position=position + 1)
+  new = dict(cache, **_cache_kv(model, kvs), index=index + 1, position=position + 1)
   return model.logits(x)[:, 0], new

@@ -6,9 +6,11 @@ segment ids restrict attention to the same example. T5 folds 1/sqrt(d) into the 
 so attention uses scale 1.
 
 Soft-prompt hook: `model.embed_hook`, if set, is called on the embedded encoder inputs as
-`hook(x, segment_ids, None) -> (x, segment_ids, None)`; it may prepend positions (a prefix
-prompt), and the returned segment ids then mask self- and cross-attention. The hook is an
-`nnx.Module` (its parameters join the model's state) or None.
+`hook(x, segment_ids, None) -> (x, segment_ids, None)`, or with a fourth argument
+`prompt_ids [B]` when the batch carries them (which prompt each example gets,
+`mtjax.peft.prompts`); it may insert positions (a soft prompt), and the returned segment ids
+then mask self- and cross-attention. The hook is an `nnx.Module` (its parameters join the
+model's state) or None.
 
 Incremental decoding: `start_decode(model, batch, max_decode_len)` (encodes once, computes the
 cross-attention keys/values once) and `decode_step(model, cache, tokens)`; every cache leaf has
@@ -264,20 +266,21 @@ class T5(nnx.Module):
   def dtype(self):
     return jnp.dtype(self.cfg.dtype)
 
-  def encode(self, tokens, segment_ids=None, *, rng=None):
+  def encode(self, tokens, segment_ids=None, *, rng=None, prompt_ids=None):
     """Encoder states `[B, S, D]`; `segment_ids` (packing) default to `tokens > 0`.
 
     With a length-changing `embed_hook`, use `encode_with_segments` (it returns the segment
     ids that match the states).
     """
-    return self.encode_with_segments(tokens, segment_ids, rng=rng)[0]
+    return self.encode_with_segments(tokens, segment_ids, rng=rng, prompt_ids=prompt_ids)[0]
 
-  def encode_with_segments(self, tokens, segment_ids=None, *, rng=None):
+  def encode_with_segments(self, tokens, segment_ids=None, *, rng=None, prompt_ids=None):
     """(encoder states `[B, S', D]`, segment ids `[B, S']`) after the soft-prompt hook."""
     seg = (tokens > 0).astype(jnp.int32) if segment_ids is None else segment_ids
     x = self.token_embed(tokens, self.dtype)
     if self.embed_hook is not None:
-      x, seg, _ = self.embed_hook(x, seg, None)
+      extra = () if prompt_ids is None else (prompt_ids,)
+      x, seg, _ = self.embed_hook(x, seg, None, *extra)
     x = layers.activation_names(x)
     mask = _same_segment(seg, seg) & (seg > 0)[:, None, None, :]
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
@@ -334,7 +337,8 @@ class T5(nnx.Module):
     enc_seg = batch.get("encoder_segment_ids")
     if enc_seg is None:
       enc_seg = (enc_tokens > 0).astype(jnp.int32)
-    encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1))
+    encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1),
+                                                 prompt_ids=batch.get("prompt_ids"))
     return self.decode(encoded, enc_seg, batch["decoder_input_tokens"],
                        batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
 
@@ -358,7 +362,8 @@ def start_decode(model: T5, batch: Mapping[str, jax.Array], max_decode_len: int)
   target token, with the decoder fed BOS = 0, and the cache for `max_decode_len` positions)."""
   cfg = model.cfg
   tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
-  encoded, seg = model.encode_with_segments(tokens, batch.get("encoder_segment_ids"))
+  encoded, seg = model.encode_with_segments(tokens, batch.get("encoder_segment_ids"),
+                                            prompt_ids=batch.get("prompt_ids"))
   b, n = tokens.shape[0], cfg.num_decoder_layers
   shape = (b, max_decode_len, cfg.num_heads, cfg.d_kv)
   if cfg.scan_layers:  # stacked leaves, batch first: [B, L, ...]

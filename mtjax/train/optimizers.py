@@ -33,11 +33,17 @@ def schedule(name: str, learning_rate: float, total_steps: int,
 
 
 def make(name: str, lr: optax.Schedule, weight_decay: float = 0.0,
-         clip_norm: float = 0.0) -> optax.GradientTransformation:
-  """Adafactor with T5X's defaults (factored, decay 0.8, update clipping 1.0) or AdamW."""
+         clip_norm: float = 0.0, *, decay_rate: float = 0.8,
+         parameter_scale: bool = True) -> optax.GradientTransformation:
+  """Adafactor with T5X's defaults (factored, decay 0.8, update clipping 1.0) or AdamW.
+
+  Prompt tuning (Lester et al., ProMoT) turns Adafactor's parameter scaling off
+  (`parameter_scale=False`): a prompt's scale is not a layer's.
+  """
   if name == "adafactor":
-    tx = optax.adafactor(learning_rate=lr, decay_rate=0.8, clipping_threshold=1.0,
-                         multiply_by_parameter_scale=True, weight_decay_rate=weight_decay or None)
+    tx = optax.adafactor(learning_rate=lr, decay_rate=decay_rate, clipping_threshold=1.0,
+                         multiply_by_parameter_scale=parameter_scale,
+                         weight_decay_rate=weight_decay or None)
   elif name == "adamw":
     tx = optax.adamw(learning_rate=lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=weight_decay)
   else:
