@@ -37,6 +37,17 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   hf_checkpoint: str = ""  # local HF checkpoint dir: start from its weights (preset ignored)
+  # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
+  # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
+  prompt_length: int = 0
+  # One prompt per task, gathered by task_ids (mixture tasks not listed get no prompt); empty:
+  # one prompt shared by every task of the mixture.
+  prompt_tasks: tuple[str, ...] = ()
+  prompt_placement: str = "prefix"  # prefix | after_bos (after the first token)
+  prompt_init: str = "uniform"  # uniform | vocab (sampled token embeddings) | class_labels
+  prompt_init_range: float = 0.5  # uniform: U(-r, r)
+  prompt_init_vocab: int = 5000  # vocab / class_labels: sample from the first N token ids
+  prompt_labels: tuple[str, ...] = ()  # class_labels: words whose embeddings start the prompt
 
 
 @gin.configurable
@@ -48,6 +59,8 @@ class OptimizerConfig:
   warmup_steps: int = 0
   weight_decay: float = 0.0
   clip_norm: float = 0.0  # 0 disables global-norm clipping
+  decay_rate: float = 0.8  # adafactor: second-moment decay exponent (T5X 0.8)
+  parameter_scale: bool = True  # adafactor: scale updates by parameter RMS (prompt tuning: off)
 
 
 @gin.configurable
@@ -73,12 +86,17 @@ class TrainConfig:
   # a pretrained mtjax run dir / checkpoints dir / step dir (or a HF model dir): parameters only,
   # fresh init for the ones it lacks; ignored when the run dir already has a checkpoint
   init_from: str = ""
+  # a soft prompt to start from (a prompt directory from mtjax.peft.prompts.save, or a run /
+  # step dir holding one), applied after init_from; ignored when resuming
+  init_prompt_from: str = ""
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   at_end: bool = True  # greedy-decode each task's split and compute its SeqIO metrics
+  every: int = 0  # the same full evaluation every N train steps (0 = only at the end); its
+  #   metrics (`<task>/<metric>`, `average/<metric>`) can rank checkpoints (`train.best_metric`)
   loss_every: int = 0  # teacher-forced loss per task on `split` every N train steps (0 = off)
   loss_batches: int = 4  # batches (of data.batch_size rows) per teacher-forced loss evaluation
   split: str = "validation"
@@ -94,6 +112,9 @@ class EvalConfig:
   scoring: str = "sum"  # rank classification by summed or length-normalised ("mean") log-lik
   few_shot: tuple[int, ...] = ()  # k-shot in-context evaluation for each k (empty: off)
   label_set: tuple[str, ...] = ()  # format-specialisation rate: share of outputs in this set
+  # tasks outside the mixture, evaluated with the soft prompt removed, zero-shot and at each k
+  # of `few_shot` (ProMoT: does finetuning keep the base model's in-context abilities?)
+  other_tasks: tuple[str, ...] = ()
 
 
 @gin.configurable
@@ -106,6 +127,30 @@ class MeshConfig:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
+class PromotConfig:
+  """`mtjax promot` (mtjax.recipes.promot): the run config's data/model/train sections describe
+  the target task(s) and the base model (`train.init_from`); each stage is derived from them."""
+  # which runs to make and compare: pretrained | finetune | prompt_tuning | promot | joint |
+  # promot_1shot (ProMoT on the 1-shot variant of the target tasks)
+  methods: tuple[str, ...] = ("pretrained", "finetune", "prompt_tuning", "promot")
+  per_task_prompts: bool = False  # one prompt per task of data.mixture (multi-task ProMoT)
+  prompt_length: int = 100
+  prompt_steps: int = 1000  # stage 1 (prompt tuning)
+  prompt_learning_rate: float = 0.3  # stage 1: Adafactor, constant, decay 0.8, no scaling
+  prompt_weight_decay: float = 1e-5
+  model_steps: int = 1000  # stage 2 (model tuning) and the plain-finetuning / joint baselines
+  model_learning_rate: float = 1e-3
+  model_dropout: float = 0.1
+  model_label_smoothing: float = 0.1
+  eval_every: int = 100  # stages evaluate the target task(s) this often; the best step is kept
+  metric: str = "accuracy"  # the target tasks' metric that picks the best checkpoint (max)
+  # extra `key=value` overrides of each stage's run config, e.g. ("train.log_every=10",)
+  prompt_set: tuple[str, ...] = ()
+  model_set: tuple[str, ...] = ()
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   run_dir: str = "runs/default"
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -114,6 +159,7 @@ class RunConfig:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  promot: PromotConfig = dataclasses.field(default_factory=PromotConfig)
 
 
 def to_dict(cfg) -> dict:

@@ -43,6 +43,7 @@ class Checkpointer:
                best_metric: str = "", best_mode: str = "min"):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
+    self.best_mode = best_mode
     self.save_every = max(save_every, 1)
     if best_mode not in ("min", "max"):
       raise ValueError(f"train.best_mode must be 'min' or 'max', got {best_mode!r}")
@@ -80,6 +81,8 @@ class Checkpointer:
     """`metrics` (e.g. the last eval) rank the checkpoint for `best_metric`."""
     if self.best_metric:
       metrics = metrics if metrics and self.best_metric in metrics else None
+    if metrics:  # kept in the metadata too, so `best_step` works after the run
+      meta = dict(meta, metrics={k: float(v) for k, v in metrics.items()})
     items = {"params": ocp.args.StandardSave(params),
              "data_iter": grain.checkpoint.CheckpointSave(data_iter),
              "meta": ocp.args.JsonSave(meta)}
@@ -106,6 +109,18 @@ class Checkpointer:
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception:  # noqa: BLE001  # pylint: disable=broad-except
       return None
+
+  def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
+    """The kept step whose saved `metric` (default `best_metric`) is best; None if no kept
+    checkpoint recorded it. Ties go to the later step (as Orbax's BestN keeps)."""
+    metric = metric or self.best_metric
+    mode = mode or self.best_mode
+    scored = []
+    for step in self.all_steps():
+      value = ((self.meta(step) or {}).get("metrics") or {}).get(metric)
+      if value is not None:
+        scored.append((value if mode == "min" else -value, -step))
+    return -min(scored)[1] if scored else None
 
   def restore_latest(self, params_like, opt_state_like, data_iter):
     """(step, params, opt_state, meta) of the newest checkpoint that restores, or None.

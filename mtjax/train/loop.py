@@ -2,9 +2,10 @@
 
 Order of events: join other hosts (if any) -> register tasks -> cache (first use) -> mesh ->
 sharded model init -> trainable set + optimizer -> data iterator -> restore the newest restorable
-checkpoint of the run dir (config checked), else `train.init_from` -> steps (metrics every
-`log_every`, teacher-forced eval loss every `eval.loss_every`, checkpoints every
-`checkpoint_every`) -> final checkpoint -> evaluation. SIGTERM ends the loop after the current
+checkpoint of the run dir (config checked), else `train.init_from` and `train.init_prompt_from`
+-> steps (soft-prompt ids from task ids when a prompt is attached; metrics every
+`log_every`, teacher-forced eval loss every `eval.loss_every`, full evaluation every
+`eval.every`, checkpoints every `checkpoint_every`) -> final checkpoint -> evaluation. SIGTERM ends the loop after the current
 step with a checkpoint; a non-finite loss or gradient stops it before anything is saved.
 """
 
@@ -28,11 +29,12 @@ from tqdm import tqdm
 
 from mtjax.config import schema
 from mtjax.data import cache, pipeline
+from mtjax.eval import evaluate as eval_lib
 from mtjax.models import registry
 from mtjax.parallel import arrays, distributed
 from mtjax.parallel import mesh as mesh_lib
 from mtjax.parallel import rules as rules_lib
-from mtjax.peft import filters
+from mtjax.peft import filters, prompts
 from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import flops as flops_lib
 from mtjax.train import metrics as metrics_lib
@@ -60,6 +62,15 @@ def import_modules(modules) -> None:
       raise ImportError(f"data.modules: cannot import {name!r}: {e}") from e
 
 
+def _register_few_shot(name: str) -> None:
+  """A `<task>_<k>shot` mixture (e.g. a ProMoT +1-shot stage) is registered from its base."""
+  try:
+    from mtjax.eval import few_shot  # pylint: disable=g-import-not-at-top
+    few_shot.ensure_registered(name)
+  except ImportError:  # no seqio: the cache must already hold it
+    pass
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run needs, built once from the config (also used by tests and eval)."""
@@ -74,16 +85,47 @@ class Setup:
   trainable: frozenset | None = None  # parameter paths that train (None: all)
   model_cfg: Any = None  # the family config (t5.T5Config, decoder.DecoderConfig)
   axes: dict | None = None  # parameter path -> logical axis names
+  prompt_rows: np.ndarray | None = None  # soft-prompt row of each mixture task (-1: none)
+
+
+def _vocabulary(task_names):
+  """The targets vocabulary of the mixture (class-label prompt init tokenises label words)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  return seqio.get_mixture_or_task(task_names[0]).output_features["targets"].vocabulary
+
+
+def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None:
+  """Attaches the soft prompt `cfg.model` asks for (mtjax.peft.prompts); returns each mixture
+  task's prompt row, or None without a prompt."""
+  m = cfg.model
+  if m.prompt_length <= 0:
+    if m.prompt_tasks:
+      raise ValueError("model.prompt_tasks is set but model.prompt_length is 0")
+    return None
+  if cfg.data.pack:
+    raise ValueError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
+                     "data.pack=False")
+  rows = prompts.task_rows(m.prompt_tasks, task_names)
+  if not (rows >= 0).any():
+    raise ValueError(f"model.prompt_tasks={list(m.prompt_tasks)} names no task of the mixture "
+                     f"{list(task_names)}")
+  vocab = _vocabulary(task_names) if m.prompt_init == "class_labels" else None
+  model.embed_hook = prompts.create(model, m, num_prompts=max(len(m.prompt_tasks), 1),
+                                    seed=cfg.train.seed, vocab=vocab)
+  return rows
 
 
 def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
   import_modules(cfg.data.modules)
+  _register_few_shot(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
                              splits=("train", cfg.eval.split))
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = rules_lib.DEFAULT_RULES
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules)
+    prompt_rows = attach_prompt(cfg, model, spec.task_names)
     graphdef, state = nnx.split(model)
     axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)
             for p, v in jax.tree_util.tree_flatten_with_path(
@@ -92,14 +134,22 @@ def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
     lr = optimizers.schedule(cfg.optimizer.schedule, cfg.optimizer.learning_rate,
                              cfg.train.steps, cfg.optimizer.warmup_steps)
     tx = optimizers.make(cfg.optimizer.name, lr, cfg.optimizer.weight_decay,
-                         cfg.optimizer.clip_norm)
+                         cfg.optimizer.clip_norm, decay_rate=cfg.optimizer.decay_rate,
+                         parameter_scale=cfg.optimizer.parameter_scale)
     trainable = None
     if tuple(cfg.train.trainable) != ("all",):
       trainable = filters.trainable_paths(params, cfg.train.trainable)
     opt_state = jax.jit(tx.init)(params if trainable is None
                                  else filters.partition(params, trainable)[0])
   return Setup(cfg, mesh, rules, spec, graphdef, params, tx, opt_state, trainable,
-               getattr(model, "cfg", None), axes)
+               getattr(model, "cfg", None), axes, prompt_rows)
+
+
+def local_batch(setup: Setup, batch: dict) -> dict:
+  """A host-local batch as the model takes it: plus `prompt_ids` when a prompt is attached."""
+  if setup.prompt_rows is None:
+    return batch
+  return prompts.add_prompt_ids(batch, setup.prompt_rows)
 
 
 def data_iterator(setup: Setup):
@@ -166,7 +216,24 @@ def _is_hf_dir(path: str) -> bool:
 
 
 def init_from(setup: Setup, params, source: str):
-  """Parameters from a pretrained mtjax checkpoint or HF model dir; fresh init for the rest."""
+  """Parameters from a pretrained mtjax checkpoint or HF model dir; fresh init for the rest.
+
+  A soft prompt the source lacks is initialised from the restored embeddings (its `vocab` /
+  `class_labels` init means the pretrained model's), not the random ones.
+  """
+  params, fresh = _init_from(setup, params, source)
+  if setup.prompt_rows is not None and any(prompts.HOOK in f for f in fresh):
+    m = setup.cfg.model
+    vocab = _vocabulary(setup.spec.task_names) if m.prompt_init == "class_labels" else None
+    table = prompts.table_for(params, m, setup.model_cfg,
+                              num_prompts=prompts.table(params).shape[0],
+                              seed=setup.cfg.train.seed, vocab=vocab)
+    params = prompts.with_table(params, table)
+  return params
+
+
+def _init_from(setup: Setup, params, source: str):
+  """(params, paths that kept their fresh init)."""
   if _is_hf_dir(source):
     model_cfg = dataclasses.replace(setup.cfg.model, hf_checkpoint=source)
     with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
@@ -186,7 +253,7 @@ def init_from(setup: Setup, params, source: str):
   log.info("initialised %d parameters from %s; %d keep their fresh init%s", len(restored),
            source, len(fresh), f" ({', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''})"
            if fresh else "")
-  return params
+  return params, fresh
 
 
 def _eval_batches(setup: Setup) -> list:
@@ -208,7 +275,8 @@ def eval_loss(setup: Setup, params, batches, eval_step) -> dict[str, float]:
   """Teacher-forced loss and token accuracy on `batches`, overall and per task (`eval/...`)."""
   sums = None
   for local in batches:
-    m = eval_step(params, arrays.global_batch(local, setup.mesh, setup.rules))
+    m = eval_step(params, arrays.global_batch(local_batch(setup, local), setup.mesh,
+                                              setup.rules))
     sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
   row = metrics_lib.summarize(jax.device_get(sums), setup.spec.task_names)
   return {f"eval/{k}": v for k, v in row.items()}
@@ -247,8 +315,15 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
     _, params, opt_state, saved_meta = restored
     start = int(saved_meta["step"])
     log.info("resumed %s from step %d", cfg.run_dir, start)
-  elif cfg.train.init_from:
-    params = init_from(setup, params, cfg.train.init_from)
+  else:
+    if cfg.train.init_from:
+      params = init_from(setup, params, cfg.train.init_from)
+    if cfg.train.init_prompt_from:
+      if setup.prompt_rows is None:
+        raise ValueError("train.init_prompt_from needs a soft prompt: set model.prompt_length")
+      with jax.set_mesh(setup.mesh):
+        params = prompts.merge(params, cfg.train.init_prompt_from)
+      log.info("soft prompt from %s", cfg.train.init_prompt_from)
   num_tasks = len(setup.spec.task_names)
   step_fn = step_lib.make_train_step(
       setup.graphdef, setup.tx, num_tasks=num_tasks, dropout_seed=cfg.train.seed,
@@ -276,13 +351,14 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
       done, bad))
   bad = jax.numpy.zeros((), jax.numpy.int32)  # the first step whose loss or gradient was not finite
   sums, last, last_eval, window_start, done = None, {}, {}, start, start
+  final_results = None  # the full evaluation of the final step, when `eval.every` ran it
   t0 = time.perf_counter()
   try:
     with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train.steps):
         if fault_kind == "nan" and step + 1 == fault_step:
           params = jax.tree.map(lambda x: x * float("nan"), params)
-        batch = arrays.global_batch(next(data), setup.mesh, setup.rules)
+        batch = arrays.global_batch(local_batch(setup, next(data)), setup.mesh, setup.rules)
         params, opt_state, m = step_fn(params, opt_state, batch, step)
         done = step + 1
         bad = track(bad, m, done)
@@ -297,9 +373,19 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           last_eval = eval_loss(setup, params, eval_batches, eval_step)
           writer.write(done, last_eval)
           t0 = time.perf_counter()  # eval time is not training throughput
+        full_eval = cfg.eval.every > 0 and (done % cfg.eval.every == 0
+                                            or (final and cfg.eval.at_end))
+        if full_eval:
+          _check_finite(int(bad), checkpointer.directory)
+          results = evaluate(setup, params, step=done)
+          final_results = results if final else None
+          last_eval = {**last_eval, **eval_lib.flat_metrics(results)}
+          t0 = time.perf_counter()
         if fault_kind in ("SIGKILL", "SIGTERM") and done == fault_step:
           os.kill(os.getpid(), getattr(signal, fault_kind))  # the handler runs right here
-        if final or stop["signal"] or checkpointer.should_save(done):
+        # An evaluated step is also saved when checkpoints are ranked, so the best is on disk.
+        if (final or stop["signal"] or checkpointer.should_save(done)
+            or (full_eval and cfg.train.best_metric)):
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
                             metrics={**last, **last_eval})
@@ -321,7 +407,8 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
     summary["eval_loss"] = last_eval
   if cfg.eval.at_end and not stop["signal"]:
     t_eval = time.perf_counter()
-    summary["eval"] = evaluate(setup, params)
+    summary["eval"] = (final_results if final_results is not None
+                       else evaluate(setup, params))
     log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   return summary
 

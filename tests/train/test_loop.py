@@ -61,3 +61,36 @@ def test_loop_with_frozen_encoder_microbatches_and_eval_loss(tmp_path, synthetic
   kept = sorted(int(d) for d in os.listdir(os.path.join(run_dir, "checkpoints")) if d.isdigit())
   best = min(evals, key=lambda r: r["eval/loss"])["step"]
   assert kept == sorted({4, best})
+
+
+def test_full_eval_every_n_steps_ranks_checkpoints(tmp_path, synthetic_cache):
+  """`eval.every=2` decodes and scores every task at steps 2 and 4; the best checkpoint by a
+  decoded metric is the step whose logged metric is best (and is kept on disk)."""
+  from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  run_dir = str(tmp_path / "run")
+  metric = "average/accuracy"
+  cfg = schema.RunConfig(
+      run_dir=run_dir,
+      data=schema.DataConfig(cache_dir=synthetic_cache, inputs_length=32, targets_length=8,
+                             batch_size=16),
+      model=schema.ModelConfig(preset="t5_test"),
+      optimizer=schema.OptimizerConfig(name="adamw", learning_rate=3e-2),
+      train=schema.TrainConfig(steps=4, log_every=2, checkpoint_every=100, keep_checkpoints=1,
+                               best_metric=metric, best_mode="max"),
+      eval=schema.EvalConfig(every=2, max_examples=8, batch_size=8),
+      mesh=schema.MeshConfig(data=8, fsdp=1, tensor=1))
+  summary = loop.train(cfg, progress=False)
+  with open(os.path.join(run_dir, "eval_metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [2, 4]  # the end-of-run evaluation is step 4's, not a third
+  assert summary["eval"] and metric in rows[-1]
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=100,
+                                       keep=1, best_metric=metric, best_mode="max")
+  try:
+    best = checkpointer.best_step()
+    assert best in checkpointer.all_steps() and 4 in checkpointer.all_steps()
+    logged = {r["step"]: r[metric] for r in rows}
+    assert checkpointer.meta(best)["metrics"][metric] == logged[best] == max(logged.values())
+  finally:
+    checkpointer.close()
