@@ -64,3 +64,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   log.info("process %d of %d joined (%d devices in all, %d local)", jax.process_index(),
            jax.process_count(), jax.device_count(), jax.local_device_count())
   return True
+
+
+def barrier(name: str, timeout_s: int = 900) -> None:
+  """Waits until every process reaches `name` (no-op for one process).
+
+  Uses the coordinator's key-value barrier, not a device collective: on CPU the first gloo
+  collective gives up when the other processes are more than 30 s behind (a fixed timeout in
+  XLA), which a loaded machine easily exceeds while one process still compiles. Calling this
+  before the first collective of a phase (checkpoint directory creation, the first train step)
+  lines the processes up with a generous timeout instead.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = getattr(jax_distributed.global_state, "client", None)
+  if client is None:  # not started through jax.distributed: fall back to a device barrier
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(f"mtjax_{name}", timeout_in_ms=timeout_s * 1000)

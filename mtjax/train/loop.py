@@ -299,6 +299,7 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
                      f"train.microbatches={k} microbatches that divide over the data x fsdp mesh")
   _save_config(cfg, setup)
   data = data_iterator(setup)
+  distributed.barrier("setup")  # before Orbax's first cross-process collective
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(cfg.run_dir, "checkpoints"), save_every=cfg.train.checkpoint_every,
       keep=cfg.train.keep_checkpoints, best_metric=cfg.train.best_metric,
