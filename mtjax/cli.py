@@ -18,6 +18,7 @@ COMMANDS = {
     "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
     "convert": "load a local Hugging Face checkpoint into an mtjax model directory",
     "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
+    "ablate": "run a sweep of mixture variants x seeds (resumable) and tabulate the results",
 }
 
 CONFIG_HELP = """configuration (exactly one front end):
@@ -202,6 +203,22 @@ def _cmd_export(argv):
   print(json.dumps({"out": os.path.abspath(args.out), "family": hf.family_of(model)}))
 
 
+def _cmd_ablate(argv):
+  argv, bindings = _split_gin_flags(argv)
+  parser = _config_parser("ablate", COMMANDS["ablate"] + " (mtjax.recipes.ablate)")
+  from mtjax.recipes import ablate  # pylint: disable=g-import-not-at-top
+
+  ablate.add_arguments(parser)
+  args = parser.parse_args(argv)
+  cfg = _load_or_exit(args, bindings)
+  try:
+    code = ablate.run(cfg, args)
+  except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError) as e:
+    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+  if code:
+    raise SystemExit(code)
+
+
 def _load_or_exit(args, bindings):
   try:
     return resolve_config(args, bindings)
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache,
-              "convert": _cmd_convert, "export": _cmd_export}
+              "convert": _cmd_convert, "export": _cmd_export, "ablate": _cmd_ablate}
   if command not in handlers:
     raise SystemExit(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   handlers[command](rest)
