@@ -36,6 +36,8 @@ class ModelConfig:
   dropout_rate: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters stay float32
   remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+  scan_layers: bool = False  # one compiled layer under lax.scan: faster compiles, same maths
+  attention: str = "auto"  # decoder family: auto (cuDNN flash on GPU when it applies) | xla | cudnn
   hf_checkpoint: str = ""  # local HF checkpoint dir: start from its weights (preset ignored)
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
@@ -81,6 +83,9 @@ class TrainConfig:
   loss_normalization: str = "token"
   loss_normalizing_factor: float = 0.0  # for `constant` (T5X finetuning: 233472)
   focal_gamma: float = 0.0  # > 0: focal weighting (1 - p)^gamma of each token's loss
+  # > 0: decoder family: compute logits and loss this many positions at a time, never holding
+  # [batch, length, vocab] logits (mtjax.train.loss.chunked_token_stats); 0: all at once
+  logits_chunk: int = 0
   best_metric: str = ""  # a logged metric (e.g. "eval/loss"): also keep the best checkpoint
   best_mode: str = "min"  # min | max
   # a pretrained mtjax run dir / checkpoints dir / step dir (or a HF model dir): parameters only,

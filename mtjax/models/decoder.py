@@ -61,8 +61,12 @@ class DecoderConfig:
   scan_layers: bool = False  # one stacked block (leading `layers` axis) under `jax.lax.scan`
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  attention: str = "auto"  # auto | xla | cudnn (layers.attention_implementation)
 
   def __post_init__(self):
+    if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, "
+                       f"got {self.attention!r}")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, "
                        f"got {self.activation!r}")
@@ -162,8 +166,9 @@ class Attention(nnx.Module):
       write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, 0))
       k, v = write(k_cache, k.astype(k_cache.dtype), index), write(v_cache, v.astype(v_cache.dtype),
                                                                    index)
-    y = layers.attention(q, k.astype(dt), v.astype(dt), mask=mask,
-                         scale=self.cfg.head_dim ** -0.5)
+    # mask None: plain causal attention over unpacked rows (the fast path; see `hidden`).
+    y = layers.attention(q, k.astype(dt), v.astype(dt), mask=mask, causal=mask is None,
+                         scale=self.cfg.head_dim ** -0.5, implementation=self.cfg.attention)
     return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)), (k, v)
 
 
@@ -303,6 +308,18 @@ class Decoder(nnx.Module):
                        remat=self.cfg.remat if caches is None else "none")
 
   def __call__(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
+    """Float32 logits `[B, T, V]`."""
+    return self.logits(self.hidden(batch, rng=rng))
+
+  def hidden(self, batch: Mapping[str, jax.Array], *, rng=None) -> jax.Array:
+    """The last layer's output `[B, T, D]` before the final norm and the head (`logits`), so a
+    loss can project it chunk by chunk instead of holding `[B, T, V]` logits.
+
+    A batch without `decoder_segment_ids` (and not prefix-LM) is attended with a plain causal
+    mask, which cuDNN's flash kernel runs without building one; right-padded rows give the same
+    result for every real token (padding only follows them), so a trainer may drop the segment
+    ids of unpacked decoder-only batches.
+    """
     tokens = batch["decoder_input_tokens"]
     b, t = tokens.shape
     segment_ids = batch.get("decoder_segment_ids")
@@ -316,12 +333,13 @@ class Decoder(nnx.Module):
     if extra and causal_attention is not None:
       causal_attention = self._hook_insert(causal_attention, 1, extra, prompt_ids)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
-    mask = make_mask(x.shape[1], segment_ids, causal_attention)
+    mask = (None if segment_ids is None and causal_attention is None
+            else make_mask(x.shape[1], segment_ids, causal_attention))
     x, _ = self._blocks(x, positions, mask, rng=rng)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
     if extra:
       x = self._hook_strip(x, extra, prompt_ids)
-    return self.logits(x)
+    return x
 
 
 def _fold(rng, i):

@@ -46,6 +46,11 @@ def _overrides(model_config) -> dict:
   remat = getattr(model_config, "remat", "none")
   if remat != "none":
     overrides["remat"] = remat
+  if getattr(model_config, "scan_layers", False):
+    overrides["scan_layers"] = True
+  attention = getattr(model_config, "attention", "auto")
+  if attention != "auto":  # only the decoder family has a choice (T5 needs its bias and masks)
+    overrides["attention"] = attention
   return overrides
 
 

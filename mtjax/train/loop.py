@@ -333,7 +333,7 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           label_smoothing=cfg.train.label_smoothing, z_loss=cfg.train.z_loss,
           normalization=cfg.train.loss_normalization,
           normalizing_factor=cfg.train.loss_normalizing_factor,
-          focal_gamma=cfg.train.focal_gamma))
+          focal_gamma=cfg.train.focal_gamma, logits_chunk=cfg.train.logits_chunk))
   eval_step = step_lib.make_eval_step(setup.graphdef, num_tasks=num_tasks)
   eval_batches = _eval_batches(setup) if cfg.eval.loss_every > 0 else None
   writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start,

@@ -80,25 +80,54 @@ def normalization(weights: jax.Array, mode: str = "token", *, segment_ids: jax.A
   return w / jnp.maximum(counts[ids], 1.0).reshape(w.shape), num_examples  # sample
 
 
-def loss_and_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                     task_ids: jax.Array | None, num_tasks: int, label_smoothing: float = 0.0,
-                     z_loss: float = 0.0, *, coef: jax.Array | None = None,
-                     denominator: jax.Array | None = None,
-                     focal_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`sum(token_loss * coef) / denominator` (default: per target token), and summed metrics.
-
-  `focal_gamma > 0` scales each token's loss by `(1 - p)^gamma`, p = the label's probability
-  (focal loss, as in MFTCoder), so well-learnt tokens and tasks weigh less.
-  """
+def token_stats(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0,
+                z_loss: float = 0.0, focal_gamma: float = 0.0):
+  """Per-token `(loss, nll, correct)`, each `[B, T]` float32: what the reductions need."""
   loss_tok, nll = token_cross_entropy(logits, targets, label_smoothing, z_loss)
   if focal_gamma > 0.0:
     loss_tok = loss_tok * jnp.power(1.0 - jnp.exp(-nll), focal_gamma)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return loss_tok, nll, correct
+
+
+def chunked_token_stats(hidden: jax.Array, project, targets: jax.Array, chunk: int,
+                        label_smoothing: float = 0.0, z_loss: float = 0.0,
+                        focal_gamma: float = 0.0):
+  """`token_stats` of `project(hidden)` without ever holding the `[B, T, V]` logits.
+
+  The sequence is cut into chunks of `chunk` positions; a `lax.scan` projects one chunk at a
+  time under `jax.checkpoint`, so the backward pass recomputes each chunk's logits instead of
+  keeping them (one extra head matmul, ~2 d V FLOPs per token, against 2 x 4 B T V bytes of
+  float32 logits and their gradient for a 32k vocabulary).
+  """
+  b, t = targets.shape
+  pad = (-t) % chunk
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  n = (t + pad) // chunk
+  hs = jnp.moveaxis(hidden.reshape(b, n, chunk, hidden.shape[-1]), 1, 0)
+  ts = jnp.moveaxis(targets.reshape(b, n, chunk), 1, 0)
+
+  @jax.checkpoint
+  def one(h, tgt):
+    return token_stats(project(h), tgt, label_smoothing, z_loss, focal_gamma)
+
+  _, stats = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (hs, ts))
+  return tuple(jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :t] for x in stats)
+
+
+def reduce_stats(stats, weights: jax.Array, task_ids: jax.Array | None, num_tasks: int, *,
+                 coef: jax.Array | None = None, denominator: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`sum(token_loss * coef) / denominator` (default: per target token), and summed metrics."""
+  loss_tok, nll, correct = stats
   weights = weights.astype(jnp.float32)
   num_tokens = jnp.sum(weights)
   coef = weights if coef is None else coef
   denominator = jnp.maximum(num_tokens, 1.0) if denominator is None else denominator
   loss = jnp.sum(loss_tok * coef) / denominator
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
+  correct = correct * weights
   metrics = {
       "loss_sum": jnp.sum(nll * weights),
       "correct_sum": jnp.sum(correct),
@@ -111,3 +140,17 @@ def loss_and_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
     metrics["task_correct_sum"] = per_task(correct)
     metrics["task_token_sum"] = per_task(weights)
   return loss, metrics
+
+
+def loss_and_metrics(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                     task_ids: jax.Array | None, num_tasks: int, label_smoothing: float = 0.0,
+                     z_loss: float = 0.0, *, coef: jax.Array | None = None,
+                     denominator: jax.Array | None = None,
+                     focal_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`sum(token_loss * coef) / denominator` (default: per target token), and summed metrics.
+
+  `focal_gamma > 0` scales each token's loss by `(1 - p)^gamma`, p = the label's probability
+  (focal loss, as in MFTCoder), so well-learnt tokens and tasks weigh less.
+  """
+  stats = token_stats(logits, targets, label_smoothing, z_loss, focal_gamma)
+  return reduce_stats(stats, weights, task_ids, num_tasks, coef=coef, denominator=denominator)

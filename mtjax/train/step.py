@@ -30,6 +30,9 @@ class LossOptions:
   normalization: str = "token"
   normalizing_factor: float = 0.0
   focal_gamma: float = 0.0
+  # > 0: project the last hidden states to logits this many positions at a time
+  # (loss.chunked_token_stats), for models with `hidden`/`logits` (the decoder family).
+  logits_chunk: int = 0
 
 
 def _split_micro(x: jax.Array, k: int) -> jax.Array:
@@ -66,12 +69,17 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_tasks: in
     def compute_loss(p, mb, mb_coef, mb_rng):
       full = p if trainable is None else filters.combine(p, frozen)
       model = nnx.merge(graphdef, full)
-      logits = model(mb, rng=mb_rng)  # dropout is a no-op when the model's rate is 0
-      return loss_lib.loss_and_metrics(
-          logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
-          mb.get("task_ids"), num_tasks, opts.label_smoothing, opts.z_loss,
-          coef=mb_coef if explicit else None, denominator=denominator if explicit else None,
-          focal_gamma=opts.focal_gamma)
+      targets = mb["decoder_target_tokens"]
+      if opts.logits_chunk > 0 and hasattr(model, "hidden"):
+        stats = loss_lib.chunked_token_stats(
+            model.hidden(mb, rng=mb_rng), model.logits, targets, opts.logits_chunk,
+            opts.label_smoothing, opts.z_loss, opts.focal_gamma)
+      else:  # dropout is a no-op when the model's rate is 0
+        stats = loss_lib.token_stats(model(mb, rng=mb_rng), targets, opts.label_smoothing,
+                                     opts.z_loss, opts.focal_gamma)
+      return loss_lib.reduce_stats(
+          stats, mb["decoder_loss_weights"], mb.get("task_ids"), num_tasks,
+          coef=mb_coef if explicit else None, denominator=denominator if explicit else None)
 
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
     if microbatches <= 1:
