@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "load a local Hugging Face checkpoint into an mtjax model directory",
     "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
     "ablate": "run a sweep of mixture variants x seeds (resumable) and tabulate the results",
+    "promot": "ProMoT: prompt tuning, then model tuning with the prompt frozen; report vs baselines",
 }
 
 CONFIG_HELP = """configuration (exactly one front end):
@@ -219,6 +220,29 @@ def _cmd_ablate(argv):
     raise SystemExit(code)
 
 
+def _cmd_promot(argv):
+  argv, bindings = _split_gin_flags(argv)
+  parser = _config_parser("promot", COMMANDS["promot"])
+  parser.description = (
+      "ProMoT (mtjax.recipes.promot): stage 1 trains a soft prompt on data.mixture (the target "
+      "task), stage 2 trains the model with that prompt attached and frozen, starting from "
+      "train.init_from; then each method in promot.methods is evaluated on the target task and "
+      "on eval.other_tasks (prompt removed, zero- and eval.few_shot-shot, format rate vs "
+      "eval.label_set) into <run_dir>/report.{json,md}. Every stage is a resumable run dir "
+      "under run_dir; rerunning resumes.")
+  parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+  args = parser.parse_args(argv)
+  cfg = _load_or_exit(args, bindings)
+  from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
+
+  try:
+    report = promot.run(cfg, progress=not args.no_progress)
+  except (FileNotFoundError, KeyError, ValueError, FloatingPointError) as e:
+    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+  print(json.dumps({"report": os.path.join(os.path.abspath(cfg.run_dir), promot.REPORT_MD),
+                    "summary": report["summary"]}))
+
+
 def _load_or_exit(args, bindings):
   try:
     return resolve_config(args, bindings)
@@ -245,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache,
-              "convert": _cmd_convert, "export": _cmd_export, "ablate": _cmd_ablate}
+              "convert": _cmd_convert, "export": _cmd_export, "ablate": _cmd_ablate,
+              "promot": _cmd_promot}
   if command not in handlers:
     raise SystemExit(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   handlers[command](rest)

@@ -17,6 +17,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mtjax.data.feature_converters import BOS_ID
@@ -78,11 +79,22 @@ class _RecomputeT5:
 
 def prompt_batch(family: str, tokens):
   """Generation inputs from padded prompts `[B, P]`: encoder tokens (enc-dec), or right-padded
-  decoder prompts plus their lengths (decoder-only, prefix-LM)."""
+  decoder prompts plus their lengths (decoder-only, prefix-LM).
+
+  Decoder prompts start with BOS and (prefix-LM) attend bidirectionally, exactly as the inputs
+  part of a training row does (`feature_converters.prefix_lm`: the targets shifted right), so
+  the first decoded token is the one the trained model predicts after the inputs.
+  """
   if family == "enc_dec":
     return {"encoder_input_tokens": tokens}
-  lengths = (tokens > 0).sum(-1).astype("int32")
-  return {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
+  tokens = np.asarray(tokens, np.int32)
+  lengths = (tokens > 0).sum(-1).astype(np.int32) + 1
+  tokens = np.concatenate([np.full((tokens.shape[0], 1), BOS_ID, np.int32), tokens], axis=1)
+  batch = {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
+  if family == "prefix_lm":
+    batch["decoder_causal_attention"] = (
+        np.arange(tokens.shape[1])[None] < lengths[:, None]).astype(np.int32)
+  return batch
 
 
 def decode_functions(model):

@@ -17,6 +17,7 @@ from typing import Any
 
 from mtjax.config import schema
 from mtjax.eval import evaluate, few_shot
+from mtjax.peft import prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +67,34 @@ def with_overrides(cfg: schema.RunConfig, *, mixture_or_task: str | None = None,
 
 def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh=None,
                     rules=None) -> list[dict]:
-  """Everything `cfg.eval` asks for: each task of the mixture, then its k-shot variants."""
+  """Everything `cfg.eval` asks for: each task of the mixture, then its k-shot variants, then
+  `eval.other_tasks` zero-shot and k-shot.
+
+  With a soft prompt attached, each mixture task is evaluated with its own prompt row (tasks
+  without one, and every other task, with the prompt removed), as ProMoT's inference does.
+  """
   kwargs = evaluate.config_kwargs(cfg)
-  results = evaluate.evaluate_mixture(graphdef, params, task_names, mesh=mesh, rules=rules,
-                                      **kwargs)
-  if cfg.eval.few_shot:
-    plain = {("", r["task"]): r for r in results}
-    results += few_shot.evaluate_few_shot(graphdef, {"": params}, task_names, cfg.eval.few_shot,
-                                          mesh=mesh, rules=rules, reuse=plain, **kwargs)
+  rows = prompts.task_rows(cfg.model.prompt_tasks, task_names)
+  groups: dict[int, list[str]] = {}  # prompt row (-1: none) -> its tasks, in mixture order
+  for task, row in zip(task_names, rows):
+    groups.setdefault(int(row) if prompts.has_prompt(params) else -1, []).append(task)
+  by_task, shots = {}, []
+  for row, tasks in groups.items():
+    g, p = prompts.select(graphdef, params, row)
+    for r in evaluate.evaluate_mixture(g, p, tasks, mesh=mesh, rules=rules, **kwargs):
+      by_task[r["task"]] = r
+    if cfg.eval.few_shot:
+      plain = {("", t): by_task[t] for t in tasks}
+      shots += few_shot.evaluate_few_shot(g, {"": p}, tasks, cfg.eval.few_shot, mesh=mesh,
+                                          rules=rules, reuse=plain, **kwargs)
+  order = {t: i for i, t in enumerate(task_names)}
+  results = [by_task[t] for t in task_names]
+  results += sorted(shots, key=lambda r: (r["k"], order[r["base_task"]]))
+  if cfg.eval.other_tasks:
+    g, p = prompts.detach(graphdef, params)
+    ks = sorted({0, *cfg.eval.few_shot})
+    results += few_shot.evaluate_few_shot(g, {"": p}, list(cfg.eval.other_tasks), ks, mesh=mesh,
+                                          rules=rules, **kwargs)
   return results
 
 

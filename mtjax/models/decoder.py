@@ -84,6 +84,9 @@ PRESETS: dict[str, DecoderConfig] = {
                                   num_kv_heads=2, head_dim=8, d_ff=64),
     "decoder_quickstart": DecoderConfig(vocab_size=384, d_model=128, num_layers=4, num_heads=4,
                                         num_kv_heads=2, head_dim=32, d_ff=384),
+    # ~0.3M parameters: pretrained from scratch on CPU by scripts/repro_promot.py.
+    "decoder_small": DecoderConfig(vocab_size=384, d_model=64, num_layers=4, num_heads=4,
+                                   num_kv_heads=2, head_dim=16, d_ff=256),
     # The benchmark shape of issue 8 (~270M parameters with a 32k vocabulary).
     "llama_270m": DecoderConfig(vocab_size=32000, d_model=1024, num_layers=16, num_heads=16,
                                 num_kv_heads=16, head_dim=64, d_ff=2816, norm_eps=1e-5),

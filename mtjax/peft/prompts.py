@@ -33,7 +33,7 @@ from flax import nnx
 
 PLACEMENTS = ("prefix", "after_bos")
 INITS = ("uniform", "vocab", "class_labels")
-AXES = ("prompt_tasks", "prompt", "prompt_embed")  # in no sharding rule: replicated
+AXES = ("prompt", "prompt", "prompt")  # the `prompt` logical axis maps to no mesh axis: replicated
 HOOK = "embed_hook"  # the models' attribute; the table is params[HOOK]["prompt"]
 META_FILE, TABLE_FILE = "prompt.json", "prompt.npy"
 

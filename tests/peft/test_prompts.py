@@ -200,3 +200,41 @@ def test_stage1_trains_only_the_prompt_and_stage2_only_the_model():
   np.testing.assert_array_equal(final[key], after[key])
   changed = [n for n in final if n != key and not np.array_equal(final[n], after[n])]
   assert len(changed) == len(final) - 1, sorted(set(final) - set(changed))
+
+
+def test_init_from_initialises_a_vocab_prompt_from_the_restored_embeddings(tmp_path,
+                                                                           synthetic_cache):
+  """A prompt the pretrained checkpoint lacks starts from the *pretrained* embeddings (vocab
+  init), not the random ones; a prompt directory then replaces it (train.init_prompt_from)."""
+  import orbax.checkpoint as ocp
+
+  from mtjax.config import schema
+  from mtjax.train import loop
+
+  base = _model("t5", seed=9)  # "pretrained": another seed than the run's fresh init
+  step_dir = tmp_path / "pretrained" / "checkpoints" / "1"
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(str(step_dir / "params"), nnx.state(base).to_pure_dict())
+  ckpt.wait_until_finished()
+  cfg = schema.RunConfig(
+      run_dir=str(tmp_path / "run"),
+      data=schema.DataConfig(mixture="synthetic_compare", cache_dir=synthetic_cache,
+                             inputs_length=16, targets_length=4, batch_size=8, pack=False),
+      model=schema.ModelConfig(preset="t5_test", prompt_length=P, prompt_init="vocab",
+                               prompt_init_vocab=40),
+      mesh=schema.MeshConfig(data=8))
+  setup = loop.build(cfg)
+  params = loop.init_from(setup, setup.params, str(tmp_path / "pretrained"))
+  table = np.asarray(prompts.table(params)).reshape(-1, 32)
+  pretrained = np.asarray(base.token_embed.embedding[...])[:40]
+  fresh = np.asarray(setup.params["token_embed"]["embedding"])[:40]
+  for v in table:
+    assert np.abs(pretrained - v).max(-1).min() == 0  # one of the first 40 pretrained rows
+    assert np.abs(fresh - v).max(-1).min() > 1e-3
+  np.testing.assert_array_equal(params["token_embed"]["embedding"],
+                                base.token_embed.embedding[...])
+  saved = prompts.save(str(tmp_path / "prompt"), np.full((1, P, 32), 0.25), {"note": "x"})
+  merged = prompts.merge(params, saved)
+  np.testing.assert_array_equal(prompts.table(merged), 0.25)
+  with pytest.raises(ValueError, match="model.prompt_length"):
+    prompts.with_table(params, np.zeros((1, P + 1, 32)))
