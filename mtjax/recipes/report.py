@@ -3,7 +3,8 @@
 Rows come from the members' `ablate_result.json` files. The std is the sample standard deviation
 (ddof=1) over seeds, empty with one seed. Besides the eval metrics, each variant gets its
 configured weight per task and the share of training examples actually drawn (`sampled_share`,
-from the replayed batches; see `mtjax.recipes.sampling`).
+and `sampled_token_share` for target tokens, from the replayed batches; see
+`mtjax.recipes.sampling`).
 
 Files: `results.csv` (long format: variant, task, metric, mean, std, n, values), `results.md`,
 `metrics.png` (per-task metric per mixture, error bars = std) and `mixture_weights.png`
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-WEIGHT_METRICS = ("configured_weight", "sampled_share")
+WEIGHT_METRICS = ("configured_weight", "sampled_share", "sampled_token_share")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -42,15 +43,16 @@ def _member_values(result: Mapping) -> dict[tuple[str, str], float]:
     for metric, value in r["metrics"].items():
       out[(r["task"], metric)] = float(value)
       per_metric.setdefault(metric, []).append(float(value))
-  if len(zero_shot) > 1:
-    for metric, values in per_metric.items():
+  for metric, values in per_metric.items():
+    if len(values) > 1:  # an average of one task would repeat its row
       out[("average", metric)] = sum(values) / len(values)
   sampled = result.get("sampled") or {}
-  total = sum(s["examples"] for s in sampled.values())
   for task, rate in (result.get("rates") or {}).items():
     out[(task, "configured_weight")] = float(rate)
-    if total:
-      out[(task, "sampled_share")] = sampled.get(task, {"examples": 0})["examples"] / total
+  for key, metric in (("examples", "sampled_share"), ("tokens", "sampled_token_share")):
+    total = sum(s[key] for s in sampled.values())
+    for task in (result.get("rates") or {}) if total else ():
+      out[(task, metric)] = sampled.get(task, {key: 0})[key] / total
   return out
 
 
@@ -116,14 +118,15 @@ def markdown(table: Sequence[dict], *, title: str, notes: Sequence[str] = ()) ->
   for task, metric in metric_keys:
     cells = [_cell(index.get((v, task, metric)), 1) for v in variants]
     lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-  lines += ["", "## Mixture weights: configured → sampled (share of training examples drawn)", "",
+  lines += ["", ("## Mixture weights: configured → drawn (share of training examples; of "
+                 "target tokens in brackets)"), "",
             "| task | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
   for task in weight_tasks:
     cells = []
     for v in variants:
-      conf, samp = index.get((v, task, "configured_weight")), index.get((v, task, "sampled_share"))
-      cells.append(f"{conf['mean']:.3f} → {samp['mean']:.3f}" if conf and samp else
-                   (f"{conf['mean']:.3f} → –" if conf else "–"))
+      conf, samp, tok = (index.get((v, task, m)) for m in WEIGHT_METRICS)
+      cells.append(f"{conf['mean']:.3f} → {samp['mean']:.3f} ({tok['mean']:.3f})"
+                   if conf and samp and tok else (f"{conf['mean']:.3f} → –" if conf else "–"))
     lines.append(f"| {task} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -160,18 +163,21 @@ def plot(table: Sequence[dict], out_dir: str) -> list[str]:
   plt.close(fig)
 
   tasks = list(dict.fromkeys(r["task"] for r in table if r["metric"] in WEIGHT_METRICS))
-  fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.6 * len(variants) + 3), 4.2), sharey=True)
-  for ax, metric, title in zip(axes, WEIGHT_METRICS, ("configured", "sampled (drawn)")):
+  fig, axes = plt.subplots(1, 3, figsize=(max(10.0, 2.4 * len(variants) + 3), 4.2),
+                           sharey=True)
+  titles = ("configured", "examples drawn", "target tokens drawn")
+  for ax, metric, title in zip(axes, WEIGHT_METRICS, titles):
     bottom = np.zeros(len(variants))
     for task in tasks:
       share = np.array([index[(v, task, metric)]["mean"] if (v, task, metric) in index else 0.0
                         for v in variants])
       ax.bar(variants, share, bottom=bottom, label=task)
       bottom += share
-    ax.set_title(f"mixture weights: {title}")
+    ax.set_title(title)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-  axes[0].set_ylabel("share of training examples")
-  axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  axes[0].set_ylabel("share of the mixture")
+  axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  fig.suptitle("Mixture weights: configured vs drawn in training")
   fig.tight_layout()
   paths.append(os.path.join(out_dir, "mixture_weights.png"))
   fig.savefig(paths[-1], dpi=110)

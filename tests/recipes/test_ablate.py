@@ -106,9 +106,11 @@ def test_table_mean_and_sample_std():
   assert (y["mean"], y["std"], y["n"]) == pytest.approx((98.5, statistics.stdev([99, 98]), 2))
   assert table[("x", "average", "accuracy")]["mean"] == pytest.approx(50.0)
   assert table[("y", "t1", "configured_weight")]["mean"] == pytest.approx(0.8)
-  assert table[("y", "t1", "sampled_share")]["mean"] == pytest.approx(0.75)
+  assert table[("y", "t1", "sampled_share")]["mean"] == pytest.approx(3 / 4)
+  assert table[("y", "t1", "sampled_token_share")]["mean"] == pytest.approx(9 / 11)
   md = report.markdown(report.rows(members, results), title="t")
   assert "| t1 | accuracy | 30.0 ± 26.5 | 1.5 ± 0.7 |" in md
+  assert "| t1 | 0.500 → 0.750 (0.818) | 0.800 → 0.750 (0.818) |" in md
 
 
 def test_count_batch_packed_and_padded():
