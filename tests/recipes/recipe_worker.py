@@ -1,8 +1,8 @@
-"""Trains each configs/experiments/ recipe for 2 steps at toy scale, in one fresh process.
+"""Trains configs/experiments/ recipes for 2 steps at toy scale, in a fresh process.
 
-Run by test_experiment_configs.py as `python -m tests.recipes.recipe_worker OUT CACHE_DIR` with
-one CPU device and XLA's LLVM optimisation off: compiling five train steps is nearly all the
-work, and both settings make it cheaper (neither changes what the configs train).
+Run by test_experiment_configs.py as `python -m tests.recipes.recipe_worker OUT CACHE_DIR
+RECIPE...` with one CPU device and XLA's LLVM optimisation off: compiling the train steps is
+nearly all the work, and both settings make it cheaper (neither changes what the configs train).
 """
 
 import json
@@ -15,12 +15,12 @@ TOY = ["model.preset=t5_test", "model.dtype=float32", "train.steps=2", "data.bat
        "train.checkpoint_every=2", "eval.at_end=False"]
 
 
-def main(out: str, cache_dir: str) -> None:
+def main(out: str, cache_dir: str, *recipes: str) -> None:
   from mtjax.config import python_config
   from mtjax.train import loop
 
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for name in RECIPES:  # stage 2 starts from stage 1's run, as in a real ProMoT run
+  for name in recipes or RECIPES:  # stage 2 starts from stage 1's run, as in ProMoT
     extra = [f"run_dir={os.path.join(out, name)}", f"data.cache_dir={cache_dir}"]
     if name.startswith("promot"):
       extra.append("model.prompt_length=4")
