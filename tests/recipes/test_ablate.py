@@ -6,6 +6,8 @@ import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -133,11 +135,32 @@ def _tiny_sweep(tmp_path) -> str:
   return str(path)
 
 
-def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache, monkeypatch,
-                                                      capsys):
-  from mtjax import cli
-  from mtjax.train import loop
+def _phases(tmp_path, phases) -> dict[str, str]:
+  """Runs `mtjax ablate` invocations in one worker process; returns each one's output."""
+  path = tmp_path / "phases.json"
+  path.write_text(json.dumps(phases))
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                       "--xla_backend_optimization_level=0")
+  proc = subprocess.run([sys.executable, "-m", "tests.recipes.sweep_worker", str(path)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                        check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out, label = {}, None
+  for line in proc.stdout.splitlines():
+    if line.startswith("PHASE "):
+      label = line[len("PHASE "):]
+      out[label] = ""
+    elif label is not None:
+      out[label] += line + "\n"
+  return out
 
+
+def _trained(output: str) -> list[str]:
+  return [line.split()[1] for line in output.splitlines() if line.startswith("TRAINED ")]
+
+
+def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache):
   out = str(tmp_path / "sweep")
   args = ["ablate", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
           "--sweep", _tiny_sweep(tmp_path), "--out", out, "--set",
@@ -145,23 +168,22 @@ def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache,
           "data.inputs_length=32", "data.targets_length=8", "train.steps=2",
           "train.log_every=2", "train.checkpoint_every=2", "eval.max_examples=4",
           "eval.batch_size=8"]
-  trained = []
-  real_train = loop.train
-  monkeypatch.setattr(loop, "train", lambda cfg, **kw: trained.append(cfg.run_dir) or
-                      real_train(cfg, **kw))
-  # Machine 0 of 2 runs the first member only; the report lists the other as missing.
-  cli.main(args + ["--shard_index", "0", "--num_shards", "2"])
-  assert [os.path.basename(d) for d in trained] == ["all-seed0"]
-  with open(os.path.join(out, "results.md")) as f:
-    assert "missing: no_sort-seed0" in f.read()
-  # The whole sweep (as after a kill): the finished member is skipped, the other one runs.
-  cli.main(args)
-  assert [os.path.basename(d) for d in trained] == ["all-seed0", "no_sort-seed0"]
-  capsys.readouterr()
-  # Once more: nothing trains, the report is rewritten from the members' results.
-  cli.main(args)
-  assert len(trained) == 2
-  assert "2 member(s) already finished: skipped" in capsys.readouterr().out
+  runs = _phases(tmp_path, [
+      # Machine 0 of 2 runs the first member only.
+      ["shard", args + ["--shard_index", "0", "--num_shards", "2"]],
+      # The whole sweep (as after a kill): the finished member is skipped, the other one runs.
+      ["full", args],
+      # Once more: nothing trains; the report is rewritten from the members' results.
+      ["again", args],
+      # A changed config makes the members stale (not skipped); a dry run says so.
+      ["changed", args + ["train.steps=3", "--dry_run"]],
+  ])
+  assert _trained(runs["shard"]) == ["all-seed0"]
+  assert "missing: no_sort-seed0" in runs["shard"]
+  assert _trained(runs["full"]) == ["no_sort-seed0"]
+  assert _trained(runs["again"]) == []
+  assert "2 member(s) already finished: skipped" in runs["again"]
+  assert "stale (config changed)" in runs["changed"] and _trained(runs["changed"]) == []
 
   with open(os.path.join(out, "results.csv")) as f:
     rows = {(r["variant"], r["task"], r["metric"]): r for r in csv.DictReader(f)}
@@ -172,12 +194,9 @@ def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache,
     for r in evaluated:
       for metric, value in r["metrics"].items():
         assert float(rows[(variant, r["task"], metric)]["mean"]) == pytest.approx(value, abs=1e-4)
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2"]  # trained once
   assert float(rows[("no_sort", "synthetic_sort", "configured_weight")]["mean"]) == 0.0
   assert float(rows[("no_sort", "synthetic_sort", "sampled_share")]["mean"]) == 0.0
   assert float(rows[("all", "synthetic_sort", "sampled_share")]["mean"]) > 0.0
   for png in ("metrics.png", "mixture_weights.png"):
     assert os.path.getsize(os.path.join(out, png)) > 1000
-
-  # A changed config makes a member stale (not skipped): the dry run says so and runs nothing.
-  cli.main(args + ["train.steps=3", "--dry_run"])
-  assert "stale (config changed)" in capsys.readouterr().out and len(trained) == 2
