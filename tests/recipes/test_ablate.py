@@ -200,3 +200,14 @@ def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache)
   assert float(rows[("all", "synthetic_sort", "sampled_share")]["mean"]) > 0.0
   for png in ("metrics.png", "mixture_weights.png"):
     assert os.path.getsize(os.path.join(out, png)) > 1000
+
+
+def test_parallel_workers_get_their_own_gpus():
+  from mtjax.recipes import ablate
+
+  env = ablate._worker_env(slot=2, devices_per_member=2, parallel=4, cache_dir="/c")
+  assert env["CUDA_VISIBLE_DEVICES"] == "4,5"
+  assert env["JAX_COMPILATION_CACHE_DIR"] == "/c"
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # workers share what is left
+  unchanged = ablate._worker_env(slot=0, devices_per_member=0, parallel=1)
+  assert unchanged.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
