@@ -68,7 +68,7 @@ ${PARTITION:+#SBATCH --partition=${PARTITION}}
 ${ACCOUNT:+#SBATCH --account=${ACCOUNT}}
 ${QOS:+#SBATCH --qos=${QOS}}
 set -euo pipefail
-coordinator=\$(scontrol show hostnames "\$SLURM_JOB_NODELIST" | head -n 1)
+coordinator=\$(scontrol show hostnames "\$SLURM_JOB_NODELIST" | sed -n 1p)  # not head: pipefail + SIGPIPE
 export JAX_COORDINATOR_ADDRESS="\$coordinator:${COORDINATOR_PORT}"
 export JAX_NUM_PROCESSES="\$SLURM_NTASKS"
 cd $(printf '%q' "$REPO_DIR")
