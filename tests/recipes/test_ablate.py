@@ -135,13 +135,11 @@ def _tiny_sweep(tmp_path) -> str:
   return str(path)
 
 
-def _phases(tmp_path, phases) -> dict[str, str]:
+def _phases(tmp_path, phases, worker_env) -> dict[str, str]:
   """Runs `mtjax ablate` invocations in one worker process; returns each one's output."""
   path = tmp_path / "phases.json"
   path.write_text(json.dumps(phases))
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                       "--xla_backend_optimization_level=0")
+  env = dict(os.environ, **worker_env)
   proc = subprocess.run([sys.executable, "-m", "tests.recipes.sweep_worker", str(path)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                         check=False)
@@ -160,14 +158,15 @@ def _trained(output: str) -> list[str]:
   return [line.split()[1] for line in output.splitlines() if line.startswith("TRAINED ")]
 
 
-def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache):
+def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache, worker_env):
   out = str(tmp_path / "sweep")
   args = ["ablate", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
           "--sweep", _tiny_sweep(tmp_path), "--out", out, "--set",
           f"data.cache_dir={synthetic_cache}", "model.preset=t5_test", "data.batch_size=8",
           "data.inputs_length=32", "data.targets_length=8", "train.steps=2",
           "train.log_every=2", "train.checkpoint_every=2", "eval.max_examples=4",
-          "eval.batch_size=8"]
+          "eval.batch_size=8",
+          "--compilation_cache_dir", worker_env["JAX_COMPILATION_CACHE_DIR"]]
   runs = _phases(tmp_path, [
       # Machine 0 of 2 runs the first member only.
       ["shard", args + ["--shard_index", "0", "--num_shards", "2"]],
@@ -176,8 +175,8 @@ def test_sweep_runs_shards_resumes_and_skips_finished(tmp_path, synthetic_cache)
       # Once more: nothing trains; the report is rewritten from the members' results.
       ["again", args],
       # A changed config makes the members stale (not skipped); a dry run says so.
-      ["changed", args + ["train.steps=3", "--dry_run"]],
-  ])
+      ["changed", args + ["--dry_run", "--set", "train.steps=3"]],
+  ], worker_env)
   assert _trained(runs["shard"]) == ["all-seed0"]
   assert "missing: no_sort-seed0" in runs["shard"]
   assert _trained(runs["full"]) == ["no_sort-seed0"]

@@ -48,10 +48,8 @@ def test_published_values_and_gin_twin(name):
   assert gin_config.load([os.path.join(EXPERIMENTS, f"{name}.gin")]) == cfg
 
 
-def test_each_recipe_trains_two_steps_at_toy_scale(tmp_path, synthetic_cache):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                       "--xla_backend_optimization_level=0")
+def test_each_recipe_trains_two_steps_at_toy_scale(tmp_path, synthetic_cache, worker_env):
+  env = dict(os.environ, **worker_env)
   # Two worker processes at once (a 2-core CI machine): the packed recipes, and ProMoT's two
   # stages in order.
   groups = (("t0", "flan_t5", "mt0_xp3"), ("promot_stage1", "promot_stage2"))

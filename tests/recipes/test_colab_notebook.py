@@ -7,18 +7,15 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "colab_quickstart.ipynb")
 
 
-def test_colab_quickstart_executes(tmp_path, monkeypatch):
-  monkeypatch.setenv("MTJAX_NOTEBOOK_TINY", "1")
-  monkeypatch.setenv("MTJAX_NOTEBOOK_DIR", str(tmp_path))
-  monkeypatch.setenv("PYTHONPATH", ROOT)  # the kernel imports this checkout
-  # The kernel (a fresh process) needs no fake devices; compiling dominates its run, and XLA's
-  # LLVM optimisation off makes that cheaper without changing what the notebook does.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
-                                  "--xla_backend_optimization_level=0")
+def test_colab_quickstart_executes(tmp_path, monkeypatch, worker_env):
+  # The kernel inherits this environment: tiny settings, this checkout, the workers' JAX setup.
+  for key, value in {**worker_env, "MTJAX_NOTEBOOK_TINY": "1",
+                     "MTJAX_NOTEBOOK_DIR": str(tmp_path)}.items():
+    monkeypatch.setenv(key, value)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
