@@ -12,7 +12,7 @@
 3. Writes the table and the issue's success criteria, checked, to
    `docs/results/promot_repro.md` (and `<workdir>/promot/report.{json,md}`).
 
-  python scripts/repro_promot.py                       # about 20 min on a 2-core CPU
+  python scripts/repro_promot.py                       # 15-20 min on a (shared) 2-core CPU
   python scripts/repro_promot.py --pretrain_steps=200  # a quicker, weaker run
 
 Rerunning resumes every stage (all are ordinary mtjax run dirs under --workdir).
@@ -107,10 +107,12 @@ def criteria(report: dict) -> list[tuple[str, bool, str]]:
 
 
 def write_results(args, report: dict, seconds: dict) -> str:
+  """Writes the generated part of `args.out`; a `## Notes` section already there is kept."""
+  command = " ".join(["python scripts/repro_promot.py", *sys.argv[1:]])
   lines = [
       "# ProMoT reproduction (small scale, from scratch, CPU)", "",
-      "Produced by `python scripts/repro_promot.py " + " ".join(sys.argv[1:]) + "` "
-      f"(total {sum(seconds.values()) / 60:.1f} min on this machine: " +
+      f"Produced by `{command}`; a fresh run took {sum(seconds.values()) / 60:.1f} min on this "
+      "project's shared 2-core CPU machine (" +
       ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + ").", "",
       "Setup: a `" + args.preset + "` decoder (prefix-LM, byte vocabulary) pretrained from "
       f"scratch for {args.pretrain_steps} steps on `icl_pretrain` (1-3-shot episodes of four "
@@ -123,14 +125,17 @@ def write_results(args, report: dict, seconds: dict) -> str:
       f"In-context tasks are evaluated {SHOTS}-shot with the prompt removed on "
       f"{args.eval_examples} validation examples each; format rate = % of outputs that are "
       "\"yes\" or \"no\".", "",
-      (f"| model | target accuracy | letters {SHOTS}-shot EM | letters format rate | numbers "
-       f"{SHOTS}-shot EM | numbers format rate |"), "|---|---|---|---|---|---|"]
+      (f"| model | target accuracy | letters EM 0-shot / {SHOTS}-shot | letters format rate "
+       f"{SHOTS}-shot | numbers EM 0-shot / {SHOTS}-shot | numbers format rate {SHOTS}-shot |"),
+      "|---|---|---|---|---|---|"]
   for method in report["methods"]:
     ev = report["methods"][method]
-    fam = families(ev, SHOTS)
+    fam, zero = families(ev, SHOTS), families(ev, 0)
     lines.append(f"| {method} | {ev['target'][TARGET]['accuracy']:.1f} | "
-                 f"{fam['letters']['accuracy']:.1f} | {fam['letters']['format_rate']:.1f} | "
-                 f"{fam['numbers']['accuracy']:.1f} | {fam['numbers']['format_rate']:.1f} |")
+                 f"{zero['letters']['accuracy']:.1f} / {fam['letters']['accuracy']:.1f} | "
+                 f"{fam['letters']['format_rate']:.1f} | "
+                 f"{zero['numbers']['accuracy']:.1f} / {fam['numbers']['accuracy']:.1f} | "
+                 f"{fam['numbers']['format_rate']:.1f} |")
   lines += ["", "Success criteria of issue 7:", ""]
   for name, ok, detail in criteria(report):
     lines.append(f"- [{'x' if ok else ' '}] {name} ({detail})")
@@ -138,8 +143,14 @@ def write_results(args, report: dict, seconds: dict) -> str:
                                                                    "report.md") + "`.", ""]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   body = "\n".join(lines) + "\n"
+  notes = ""
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      old = f.read()
+    if "\n## Notes" in old:
+      notes = old[old.index("\n## Notes"):]
   with open(args.out, "w") as f:
-    f.write(body)
+    f.write(body + notes)
   return body
 
 
@@ -149,7 +160,7 @@ def main(argv=None) -> None:
   parser.add_argument("--workdir", default="runs/repro_promot")
   parser.add_argument("--cache_dir", default=".cache/mtjax")
   parser.add_argument("--preset", default="decoder_small")
-  parser.add_argument("--pretrain_steps", type=int, default=1500)
+  parser.add_argument("--pretrain_steps", type=int, default=1200)
   parser.add_argument("--prompt_length", type=int, default=20)
   parser.add_argument("--prompt_steps", type=int, default=300)
   parser.add_argument("--model_steps", type=int, default=300)
@@ -165,6 +176,9 @@ def main(argv=None) -> None:
   from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
+  # Timings are those of a fresh run (kept in <workdir>/timings.json); a resumed run reuses them.
+  timings = os.path.join(args.workdir, "timings.json")
+  fresh = not os.path.exists(os.path.join(args.workdir, "pretrain", "checkpoints"))
   seconds = {}
   t = time.perf_counter()
   loop.train(pretrain_config(args), progress=False)
@@ -172,6 +186,11 @@ def main(argv=None) -> None:
   t = time.perf_counter()
   report = promot.run(promot_config(args), progress=False)
   seconds["ProMoT stages and evaluation"] = time.perf_counter() - t
+  if fresh or not os.path.exists(timings):
+    with open(timings, "w") as f:
+      json.dump(seconds, f)
+  with open(timings) as f:
+    seconds = json.load(f)
   print(write_results(args, report, seconds))
   print(json.dumps({name: ok for name, ok, _ in criteria(report)}, indent=1))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -45,11 +46,18 @@ def _config_from_json(raw: dict):
   return cls(**fields)
 
 
-def _restore(cfg, params_dir: str):
+def _restore(cfg, params_dir: str, partial: bool = False):
+  """The model `cfg` describes with the checkpoint's weights; `partial` leaves out parameters
+  the model lacks (a run's soft prompt: `mtjax.peft.prompts.load` reads it on its own)."""
   abstract = nnx.eval_shape(lambda: registry.build(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
-  params = ocp.StandardCheckpointer().restore(params_dir, target)
+  if partial:
+    params = ocp.PyTreeCheckpointer().restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  else:
+    params = ocp.StandardCheckpointer().restore(params_dir, target)
   return nnx.merge(graphdef, params)
 
 
@@ -85,5 +93,10 @@ def load_any(path: str):
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     step = max(steps)
+  prompt = getattr(run_cfg.model, "prompt_length", 0) > 0
+  if prompt:
+    logging.getLogger(__name__).info(
+        "%s has a soft prompt: the model is loaded without it (mtjax.peft.prompts.load reads "
+        "the prompt)", path)
   return _restore(registry.architecture(run_cfg.model),
-                  os.path.join(ckpt_dir, str(step), "params"))
+                  os.path.join(ckpt_dir, str(step), "params"), partial=prompt)

@@ -10,8 +10,8 @@ every example its own task's prompt (multi-task ProMoT).
 
 Placement: `prefix` (before the first token) or `after_bos` (after the first token, e.g. a
 decoder's BOS). A row without a prompt gets its P slots in front with segment id 0: they are
-masked out of attention, so that row computes exactly what the model computes without a prompt
-(T5's relative positions and the decoder's positions of real tokens do not move). Rows are not
+masked out of attention, so that row computes what the model computes without a prompt (up to
+float rounding: T5's relative positions and the decoder's positions of real tokens do not move). Rows are not
 packed (one example per row) whenever a prompt is attached (`data.pack=False`).
 
 Evaluation detaches the prompt (`detach`: the model without its hook, i.e. the base model) or

@@ -24,7 +24,8 @@ Rows are not packed in any stage (a prompt needs one example per row; the baseli
 Each stage evaluates the target task every `promot.eval_every` steps and the best step (max of
 `promot.metric`) is the one used. A stage whose run dir reached its steps is not trained again
 and each method's evaluation is kept (`<stage>/report_eval.json`, keyed by checkpoint step and
-evaluation settings), so rerunning the command resumes where it stopped.
+evaluation settings; `report/predictions/` beside it holds every example's prediction), so
+rerunning the command resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -326,11 +327,13 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
   rows = prompts.task_rows(cfg.model.prompt_tasks, setup.spec.task_names)
   out = {"method": method, "key": key, "run_dir": None if step is None else cfg.run_dir,
          "step": step, "target": {}, "other": {}}
+  results = []
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
     for task, row in zip(setup.spec.task_names, rows):
       g, p = prompts.select(setup.graphdef, params, int(row))
       r = evaluate.evaluate_task(g, p, task, mesh=setup.mesh, rules=setup.rules, **target_kwargs)
       out["target"][task] = r["metrics"]
+      results.append(r)
     if other_results is not None:
       out["other"] = other_results
     elif base_cfg.eval.other_tasks:
@@ -339,7 +342,10 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
       for r in few_shot.evaluate_few_shot(g, {"": p}, list(base_cfg.eval.other_tasks), ks,
                                           mesh=setup.mesh, rules=setup.rules, **other_kwargs):
         out["other"].setdefault(r["base_task"], {})[str(r["k"])] = r["metrics"]
+        results.append(r)
   os.makedirs(folder, exist_ok=True)
+  if jax.process_index() == 0:  # every example's input, prediction and target, per task
+    evaluate.write_predictions(results, os.path.join(folder, "report"), step or 0)
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
   return out

@@ -95,17 +95,25 @@ def _vocabulary(task_names):
   return seqio.get_mixture_or_task(task_names[0]).output_features["targets"].vocabulary
 
 
+def check_prompt_config(cfg: schema.RunConfig) -> None:
+  m = cfg.model
+  if m.prompt_length <= 0:
+    if m.prompt_tasks or cfg.train.init_prompt_from:
+      raise ValueError("model.prompt_tasks / train.init_prompt_from need a soft prompt: set "
+                       "model.prompt_length")
+    return
+  if cfg.data.pack:
+    raise ValueError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
+                     "data.pack=False")
+
+
 def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None:
   """Attaches the soft prompt `cfg.model` asks for (mtjax.peft.prompts); returns each mixture
   task's prompt row, or None without a prompt."""
   m = cfg.model
+  check_prompt_config(cfg)
   if m.prompt_length <= 0:
-    if m.prompt_tasks:
-      raise ValueError("model.prompt_tasks is set but model.prompt_length is 0")
     return None
-  if cfg.data.pack:
-    raise ValueError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
-                     "data.pack=False")
   rows = prompts.task_rows(m.prompt_tasks, task_names)
   if not (rows >= 0).any():
     raise ValueError(f"model.prompt_tasks={list(m.prompt_tasks)} names no task of the mixture "
@@ -117,6 +125,7 @@ def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None
 
 
 def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
+  check_prompt_config(cfg)
   import_modules(cfg.data.modules)
   _register_few_shot(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
@@ -320,8 +329,6 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
     if cfg.train.init_from:
       params = init_from(setup, params, cfg.train.init_from)
     if cfg.train.init_prompt_from:
-      if setup.prompt_rows is None:
-        raise ValueError("train.init_prompt_from needs a soft prompt: set model.prompt_length")
       with jax.set_mesh(setup.mesh):
         params = prompts.merge(params, cfg.train.init_prompt_from)
       log.info("soft prompt from %s", cfg.train.init_prompt_from)

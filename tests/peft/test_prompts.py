@@ -3,6 +3,8 @@ forward (prompt removed), one example alone with its own prompt (mixed-task batc
 recompute (KV-cache decoding), the model's own embedding (class-label init), and bit-identity of
 frozen parameters after train steps (stage 1: prompt only; stage 2: model only)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,27 +47,10 @@ def forward(model, batch):
   return model(batch)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder"])
-def test_removed_prompt_equals_the_plain_models_forward(family):
-  plain = _model(family)
-  batch = _batch(family, [[5, 6, 7, 1], [9, 10, 1]])
-  want = np.asarray(forward(plain, batch))
-  m = _with_prompt(_model(family), num_prompts=2)
-  graphdef, params = nnx.split(m)
-  params = params.to_pure_dict()
-  attached = np.asarray(forward(m, dict(batch, prompt_ids=np.array([0, 1], np.int32))))
-  assert np.abs(attached - want).max() > 1e-3  # the prompt is not a no-op
-  g, p = prompts.detach(graphdef, params)
-  assert prompts.HOOK not in p
-  np.testing.assert_array_equal(np.asarray(forward(nnx.merge(g, p), batch)), want)
-  # Row -1 (no prompt) inside a batch with a prompted row: that row is the plain forward.
-  mixed = np.asarray(forward(m, dict(batch, prompt_ids=np.array([-1, 1], np.int32))))
-  np.testing.assert_allclose(mixed[0], want[0], atol=1e-5)
-  np.testing.assert_allclose(mixed[1], attached[1], atol=1e-5)
-
-
 @pytest.mark.parametrize("family,placement", [("t5", "prefix"), ("decoder", "after_bos")])
 def test_mixed_task_batch_gives_each_example_its_single_task_logits(family, placement):
+  """Prompts 2, 0, 1 and none in one batch: each example's logits are those it gets in a
+  single-task batch with its own task's prompt; without a prompt, those of the plain model."""
   m = _with_prompt(_model(family), num_prompts=3, placement=placement)
   graphdef, params = nnx.split(m)
   params = params.to_pure_dict()
@@ -73,13 +58,21 @@ def test_mixed_task_batch_gives_each_example_its_single_task_logits(family, plac
   ids = np.array([2, 0, 1, -1], np.int32)
   batch = _batch(family, rows)
   got = np.asarray(forward(m, dict(batch, prompt_ids=ids)))
-  for i, row in enumerate(ids):  # reference: the example alone, its task's prompt only
-    g, p = prompts.select(graphdef, params, int(row))
-    alone = {k: v[i:i + 1] for k, v in batch.items()}
-    want = np.asarray(forward(nnx.merge(g, p), alone))[0]
-    np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=f"example {i}, prompt {row}")
-  # and different prompts really give different logits
-  assert np.abs(got[0] - np.asarray(forward(m, dict(batch, prompt_ids=ids * 0)))[0]).max() > 1e-3
+  single = {}  # reference: the whole batch as one task's batch, that task's prompt alone
+  for row in (0, 1, 2):
+    g, p = prompts.select(graphdef, params, row)
+    single[row] = np.asarray(forward(nnx.merge(g, p), batch))
+  for i, row in enumerate(ids[:3]):
+    np.testing.assert_allclose(got[i], single[row][i], atol=2e-5, err_msg=f"example {i}")
+  assert np.abs(single[0][0] - single[2][0]).max() > 1e-3  # prompts differ, and matter
+  # Removed (detached, or row -1 in the mixed batch): the plain model's forward, bit for bit
+  # when detached.
+  plain = np.asarray(forward(_model(family), batch))
+  g, p = prompts.detach(graphdef, params)
+  assert prompts.HOOK not in p
+  np.testing.assert_array_equal(np.asarray(forward(nnx.merge(g, p), batch)), plain)
+  np.testing.assert_allclose(got[3], plain[3], atol=1e-5)
+  assert np.abs(got[:3] - plain[:3]).max() > 1e-3  # a prompt is not a no-op
 
 
 start_decode = nnx.jit(registry.start_decode, static_argnums=2)
@@ -170,15 +163,15 @@ def _steps(graphdef, params, trainable, batch, n=2, lr=0.3):
 
 def test_stage1_trains_only_the_prompt_and_stage2_only_the_model():
   """ProMoT's two stages through the unchanged train step, two tasks with their own prompts."""
-  m = _with_prompt(_model("t5"), num_prompts=2)
+  m = _with_prompt(_model("decoder"), num_prompts=2)
   graphdef, params = nnx.split(m)
   params = params.to_pure_dict()
-  enc = _batch("t5", [[5, 6, 7, 1], [9, 10, 1], [11, 1], [12, 13, 1]])["encoder_input_tokens"]
-  targets = np.array([[7, 8, 1, 0], [9, 1, 0, 0], [7, 1, 0, 0], [8, 8, 1, 0]], np.int32)
-  batch = {"encoder_input_tokens": enc, "decoder_target_tokens": targets,
+  targets = np.array([[5, 6, 7, 8, 1, 0], [9, 10, 9, 1, 0, 0], [11, 7, 1, 0, 0, 0],
+                      [12, 13, 8, 8, 1, 0]], np.int32)  # inputs of 2 tokens, then the targets
+  batch = {"decoder_target_tokens": targets,
            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-           "decoder_loss_weights": (targets > 0).astype(np.float32),
-           "task_ids": np.repeat(np.array([[0], [1], [0], [1]], np.int32), 4, 1)}
+           "decoder_loss_weights": ((targets > 0) & (np.arange(6) >= 2)).astype(np.float32),
+           "task_ids": np.repeat(np.array([[0], [1], [0], [1]], np.int32), 6, 1)}
   batch = prompts.add_prompt_ids(batch, prompts.task_rows(("a", "b"), ("a", "b")))
   np.testing.assert_array_equal(batch["prompt_ids"], [0, 1, 0, 1])
   before = _flat(params)
@@ -238,3 +231,26 @@ def test_init_from_initialises_a_vocab_prompt_from_the_restored_embeddings(tmp_p
   np.testing.assert_array_equal(prompts.table(merged), 0.25)
   with pytest.raises(ValueError, match="model.prompt_length"):
     prompts.with_table(params, np.zeros((1, P + 1, 32)))
+  with pytest.raises(ValueError, match="data.pack=False"):
+    loop.build(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack=True)))
+
+
+def test_training_batches_get_each_tasks_prompt_row(synthetic_cache):
+  """Per-task prompts in the loop: `prompt_ids` follow `model.prompt_tasks` by task name; a
+  mixture task without a prompt gets -1."""
+  from mtjax.config import schema
+  from mtjax.train import loop
+
+  cfg = schema.RunConfig(
+      data=schema.DataConfig(mixture="synthetic_strings", cache_dir=synthetic_cache,
+                             inputs_length=16, targets_length=8, batch_size=16, pack=False),
+      model=schema.ModelConfig(preset="t5_test", prompt_length=P,
+                               prompt_tasks=("synthetic_sort", "synthetic_copy")),
+      mesh=schema.MeshConfig(data=8))
+  setup = loop.build(cfg)
+  assert prompts.table(setup.params).shape == (2, P, 32)
+  batch = loop.local_batch(setup, next(loop.data_iterator(setup)))
+  names = [setup.spec.task_names[t] for t in batch["task_ids"][:, 0]]
+  want = [{"synthetic_sort": 0, "synthetic_copy": 1}.get(n, -1) for n in names]
+  assert len(set(names)) == 3  # a mixed batch
+  np.testing.assert_array_equal(batch["prompt_ids"], want)
