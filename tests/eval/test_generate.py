@@ -43,7 +43,8 @@ def test_t5_greedy_equals_argmax_of_the_full_forward():
 
 
 def test_decoder_only_greedy_and_beam_through_its_cache():
-  """Right-padded prompts of different lengths; reference: full forward of prompt + output."""
+  """Right-padded prompts of different lengths; reference: full forward of BOS + prompt + output
+  (`prompt_batch` starts decoder prompts with BOS, as training rows start)."""
   import pytest
   decoder = pytest.importorskip("mtjax.models.decoder")
   if not hasattr(decoder, "start_decode"):
@@ -61,7 +62,7 @@ def test_decoder_only_greedy_and_beam_through_its_cache():
   forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))
   expected = np.zeros((3, length), np.int32)
   for row, p in enumerate(prompts):
-    seq = list(p)
+    seq = [0, *p]
     for i in range(length):  # right-padded to one width (causal: padding changes nothing)
       padded = np.asarray([seq + [0] * (12 - len(seq))], np.int32)
       logits = np.asarray(forward(params, {"decoder_input_tokens": padded}))
