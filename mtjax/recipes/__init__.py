@@ -1,1 +1,1 @@
-"""Multi-stage programs built from train/eval: ProMoT, mixture ablations (not built yet)."""
+"""Multi-stage programs built from train/eval: ProMoT (`promot`), mixture ablations (`ablate`)."""
