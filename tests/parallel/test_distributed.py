@@ -40,7 +40,8 @@ def test_two_processes_assemble_the_single_host_global_batch(tmp_path, synthetic
   procs = []
   for pid in range(2):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               XLA_FLAGS=("--xla_force_host_platform_device_count=2"
+                          " --xla_backend_optimization_level=0"),
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(pid))
     procs.append(subprocess.Popen(
@@ -62,7 +63,8 @@ def test_two_processes_assemble_the_single_host_global_batch(tmp_path, synthetic
 def _train(run_dir, cache_dir, devices, env_extra=None):
   root = os.path.dirname(os.path.dirname(HERE))
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
+             XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices}"
+                        " --xla_backend_optimization_level=0"), **(env_extra or {}))
   args = ["--config", os.path.join(root, "configs", "quickstart.py"), "--no_progress", "--set",
           f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", "model.preset=t5_test",
           "data.batch_size=8", "data.inputs_length=32", "data.targets_length=8",
