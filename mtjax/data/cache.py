@@ -16,6 +16,7 @@ Layout::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
@@ -311,9 +312,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
     }
     with open(os.path.join(tmp, MANIFEST), "w") as f:
       json.dump(manifest, f, indent=1)
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.replace(tmp, final)
+    _publish(tmp, final, fp)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -322,6 +321,39 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
     log.warning("task %s/%s: skipped %d malformed records (first: %s)", task.name, split,
                 len(skipped), ", ".join(skipped[:3]))
   return manifest
+
+
+def _manifest_fingerprint(folder: str) -> str | None:
+  try:
+    with open(os.path.join(folder, MANIFEST)) as f:
+      return json.load(f).get("fingerprint")
+  except (OSError, ValueError):
+    return None
+
+
+def _publish(tmp: str, final: str, fp: str) -> None:
+  """Moves a finished split into place. Several runs sharing a cache dir may build the same split
+  at once: whoever publishes a cache of this definition first wins and the others drop theirs; a
+  stale cache is renamed aside before removal, so a reader never sees a half-deleted directory
+  (and open memory maps of it stay valid). Writers of different definitions racing: last wins."""
+  for _ in range(100):
+    if _manifest_fingerprint(final) == fp:
+      shutil.rmtree(tmp, ignore_errors=True)
+      return
+    if os.path.exists(final):
+      stale = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(final))
+      try:
+        os.replace(final, stale)  # onto an empty directory: allowed, atomic
+      except OSError:
+        pass  # another writer moved or replaced it first; look again
+      shutil.rmtree(stale, ignore_errors=True)
+    try:
+      os.replace(tmp, final)
+      return
+    except OSError as e:
+      if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+        raise
+  raise RuntimeError(f"could not publish the cache at {final}: other writers keep replacing it")
 
 
 def _write_token_arrays(folder: str, tokens: dict[str, list]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Mapping
 
 # Staged rate schedule: ((start_step, {task: rate}), ...), increasing start steps. From each
@@ -69,13 +70,19 @@ def _path(name: str, cache_dir: str) -> str:
 
 
 def write_spec(spec: MixtureSpec, cache_dir: str) -> None:
+  """Atomic, and safe when several runs share a cache dir: each writer has its own temp file."""
   path = _path(spec.name, cache_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"name": spec.name, "tasks": [dataclasses.asdict(t) for t in spec.tasks]}, f,
-              indent=1)
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".tmp", dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump({"name": spec.name, "tasks": [dataclasses.asdict(t) for t in spec.tasks]}, f,
+                indent=1)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def read_spec(name: str, cache_dir: str) -> MixtureSpec | None:

@@ -279,7 +279,7 @@ def save(directory: str, prompt_table, meta: Mapping[str, Any] | None = None) ->
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   arr = np.asarray(jax.device_get(prompt_table), np.float32)
-  tmp = os.path.join(directory, TABLE_FILE + ".tmp")
+  tmp = os.path.join(directory, f"{TABLE_FILE}.tmp{os.getpid()}")  # one per writer
   with open(tmp, "wb") as f:
     np.save(f, arr)
   os.replace(tmp, os.path.join(directory, TABLE_FILE))
