@@ -26,27 +26,57 @@ import grain
 import numpy as np
 
 
+_SHORT_SEARCH = 32  # open rows up to which a Python loop beats numpy's per-call overhead
+
+
 def plan_rows(li: np.ndarray, lt: np.ndarray, lengths: Mapping[str, int]) -> list[list[int]]:
-  """Best fit in stream order: which examples (by position) go into which row."""
+  """Best fit in stream order: which examples (by position) go into which row.
+
+  Each example goes to the row it leaves with the least input room (then target room), the
+  first such row on ties, or opens a new row. Rows that can take no example of the window any
+  more drop out of the search; while few rows are open (short examples in long rows) the
+  search is a Python loop over them, else one vectorised pass over all rows (same choice).
+  """
   cap_i, cap_t = lengths["inputs"], lengths["targets"]
-  rem_i = np.empty(len(li), np.int64)  # remaining room of each open row
-  rem_t = np.empty(len(li), np.int64)
+  n_ex = len(li)
+  li_l, lt_l = [int(x) for x in li], [int(x) for x in lt]
+  min_i, min_t = (min(li_l), min(lt_l)) if n_ex else (0, 0)
+  rem_i = np.empty(n_ex, np.int64)  # remaining room of each row (numpy and list copies)
+  rem_t = np.empty(n_ex, np.int64)
+  ri_l: list[int] = []
+  rt_l: list[int] = []
   members: list[list[int]] = []
-  for j in range(len(li)):
-    n = len(members)
-    fits = (rem_i[:n] >= li[j]) & (rem_t[:n] >= lt[j])
-    if fits.any():
-      # Best fit: the row left with the least input room (then target room) afterwards.
-      slack = (rem_i[:n] - li[j]) * (cap_t + 1) + (rem_t[:n] - lt[j])
-      r = int(np.argmin(np.where(fits, slack, np.iinfo(np.int64).max)))
-    else:
-      r = n
+  active: list[int] = []  # rows that can still take some example of the window, in row order
+  big = np.iinfo(np.int64).max
+  for j in range(n_ex):
+    a, b = li_l[j], lt_l[j]
+    best = -1
+    if len(active) <= _SHORT_SEARCH:
+      best_slack = big
+      for r in active:
+        if ri_l[r] >= a and rt_l[r] >= b:
+          slack = (ri_l[r] - a) * (cap_t + 1) + (rt_l[r] - b)
+          if slack < best_slack:
+            best, best_slack = r, slack
+    else:  # rows out of `active` cannot fit this example: no mask needed
+      n = len(members)
+      fits = (rem_i[:n] >= a) & (rem_t[:n] >= b)
+      if fits.any():
+        slack = (rem_i[:n] - a) * (cap_t + 1) + (rem_t[:n] - b)
+        best = int(np.argmin(np.where(fits, slack, big)))
+    if best < 0:
+      best = len(members)
       members.append([])
-      rem_i[r], rem_t[r] = cap_i, cap_t
-    members[r].append(int(j))
-    rem_i[r] -= li[j]
-    rem_t[r] -= lt[j]
-  return [sorted(m) for m in members]
+      ri_l.append(cap_i)
+      rt_l.append(cap_t)
+      active.append(best)
+    members[best].append(j)
+    ri_l[best] -= a
+    rt_l[best] -= b
+    rem_i[best], rem_t[best] = ri_l[best], rt_l[best]
+    if ri_l[best] < min_i or rt_l[best] < min_t:
+      active.remove(best)
+  return members
 
 
 def _assemble(parts: list[Mapping[str, np.ndarray]], cap_i: int, cap_t: int) -> dict:
@@ -90,10 +120,12 @@ class WindowPackIterDataset(grain.IterDataset):
   global batches are identical for 1, 2 or N hosts, and each host reads only its share.
   """
 
-  def __init__(self, plan: grain.MapDataset, fetch, lengths: Mapping[str, int], *,
+  def __init__(self, plan, fetch, lengths: Mapping[str, int], *,
                global_batch: int, shard_index: int, num_shards: int, window: int = 4096,
                seed: int = 0, batch_slice: slice | None = None):
-    super().__init__(plan)
+    """`plan.read(start, stop)`: arrays `task_ids, index, inputs_len, targets_len` of the global
+    stream's positions `[start, stop)`; `fetch(task_id, index)`: one prepared example."""
+    super().__init__()
     if global_batch % num_shards:
       raise ValueError(f"global batch {global_batch} is not divisible by {num_shards} hosts")
     self.plan, self.fetch, self.lengths = plan, fetch, dict(lengths)
@@ -117,14 +149,11 @@ class _WindowPackIterator(grain.DatasetIterator):
   def _load(self) -> None:
     ds = self._ds
     start = self._window * ds.window
-    indices = list(range(start, start + ds.window))
-    getitems = getattr(ds.plan, "_getitems", None)
-    entries = getitems(indices) if getitems else [ds.plan[i] for i in indices]
-    li = np.array([e["inputs_len"] for e in entries])
-    lt = np.array([e["targets_len"] for e in entries])
-    members = plan_rows(li, lt, ds.lengths)
+    entries = ds.plan.read(start, start + ds.window)
+    members = plan_rows(entries["inputs_len"], entries["targets_len"], ds.lengths)
     order = np.random.default_rng([ds.seed, self._window]).permutation(len(members))
-    self._plan = [[entries[j] for j in members[i]] for i in order]
+    tasks, index = entries["task_ids"].tolist(), entries["index"].tolist()
+    self._plan = [[(tasks[j], index[j]) for j in members[i]] for i in order]
 
   def _mine(self, global_row: int) -> bool:
     ds = self._ds
@@ -146,7 +175,7 @@ class _WindowPackIterator(grain.DatasetIterator):
       row, global_row = self._plan[self._row], self._rows_before + self._row
       self._row += 1
       if self._mine(global_row):
-        parts = [ds.fetch(int(e["task_ids"]), int(e["index"])) for e in row]
+        parts = [ds.fetch(task, index) for task, index in row]
         return _assemble(parts, ds.lengths["inputs"], ds.lengths["targets"])
 
   def get_state(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from mtjax.data import cache, feature_converters, mixing, pipeline
+from mtjax.data import cache, feature_converters, mixing, packing, pipeline
 from mtjax.train.checkpoint import Checkpointer
 
 LENGTHS = {"inputs": 64, "targets": 16}
@@ -190,3 +190,52 @@ def test_window_packing_gives_the_same_global_batches_for_any_host_count(synthet
                                      opts(batch_size=2, shard_index=1, num_shards=4)))
   segments = sum(int(next(host)["decoder_segment_ids"].max(axis=1).sum()) for _ in range(6))
   assert len(reads) == segments
+
+
+@pytest.mark.parametrize("converter,seed,weights", [("enc_dec", 3, None),
+                                                    ("decoder_only", 11, (0.5, 0, 3, 1, 0.25))])
+def test_window_plan_equals_grains_mixed_plan(synthetic_cache, converter, seed, weights):
+  """The vectorised plan reader gives exactly Grain's mixed, shuffled, repeated stream, well
+  past every task's first epoch (the smallest synthetic task has ~1k examples)."""
+  spec = mixing.read_spec("synthetic", synthetic_cache)
+  options = pipeline.PipelineOptions(LENGTHS, batch_size=4, seed=seed,
+                                     feature_converter=converter)
+  grain_plan = pipeline.mixed_plan(spec, synthetic_cache, options, weights=weights)
+  ours = pipeline.WindowPlan(spec, synthetic_cache, options, weights=weights)
+  for start in (0, 4096, 123_457):
+    got = ours.read(start, start + 2000)
+    want = [grain_plan[k] for k in range(start, start + 2000)]
+    for name in ("task_ids", "index", "inputs_len", "targets_len"):
+      np.testing.assert_array_equal(got[name], [w[name] for w in want], err_msg=name)
+
+
+def _best_fit_reference(li, lt, cap_i, cap_t):
+  """Best fit as the definition says it: scan every row, least slack, first on ties."""
+  rows, rem = [], []
+  for j, (a, b) in enumerate(zip(li, lt)):
+    slack = [(ri - a) * (cap_t + 1) + (rt - b) if ri >= a and rt >= b else None
+             for ri, rt in rem]
+    fitting = [s for s in slack if s is not None]
+    if fitting:
+      r = slack.index(min(fitting))
+    else:
+      r = len(rows)
+      rows.append([])
+      rem.append((cap_i, cap_t))
+    rows[r].append(j)
+    rem[r] = (rem[r][0] - a, rem[r][1] - b)
+  return rows
+
+
+@pytest.mark.parametrize("shape", ["few_open_rows", "many_open_rows", "encdec"])
+def test_window_packer_plan_is_best_fit(shape):
+  rng = np.random.default_rng(7)
+  n = 1500
+  if shape == "few_open_rows":  # short examples in long rows: the Python search
+    li, lt, caps = np.zeros(n, int), rng.integers(3, 40, n), (0, 2048)
+  elif shape == "many_open_rows":  # the vectorised search
+    li, lt, caps = np.zeros(n, int), rng.integers(1, 1500, n), (0, 2048)
+  else:
+    li, lt, caps = rng.integers(5, 64, n), rng.integers(1, 16, n), (64, 16)
+  got = packing.plan_rows(li, lt, {"inputs": caps[0], "targets": caps[1]})
+  assert got == _best_fit_reference(li, lt, *caps)
