@@ -39,6 +39,11 @@ class ModelConfig:
   scan_layers: bool = False  # one compiled layer under lax.scan: faster compiles, same maths
   attention: str = "auto"  # decoder family: auto (cuDNN flash on GPU when it applies) | xla | cudnn
   hf_checkpoint: str = ""  # local HF checkpoint dir: start from its weights (preset ignored)
+  # LoRA (mtjax.peft.lora): rank > 0 adds adapters to `lora_targets` (decoder: query key value
+  # out gate up down; T5: query key value out wi_0 wi_1 wo); train them with train.trainable=lora.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("query", "value")
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0

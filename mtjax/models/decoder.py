@@ -31,12 +31,17 @@ from flax import nnx
 from mtjax.models import layers
 from mtjax.models.layers import param
 from mtjax.parallel.rules import constrain
+from mtjax.peft import lora
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,  # SwiGLU (Llama, Qwen2)
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GeGLU (Gemma)
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
+
+# The projections LoRA can adapt (mtjax.peft.lora).
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
@@ -62,8 +67,12 @@ class DecoderConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   attention: str = "auto"  # auto | xla | cudnn (layers.attention_implementation)
+  lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("query", "value")
 
   def __post_init__(self):
+    lora.check_targets(self, LORA_TARGETS)
     if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, "
                        f"got {self.attention!r}")
@@ -151,13 +160,14 @@ class Attention(nnx.Module):
       self.query_bias = param(rngs, zeros, (n, h), ("heads", "kv"), pd)
       self.key_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
       self.value_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
+    lora.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
 
   def __call__(self, x, positions, mask, inv_freq, kv_cache=None):
     """Returns (output, (k, v)): the keys/values attended to (the updated cache if given)."""
     dt = x.dtype
-    q = jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dt))
-    k = jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dt))
-    v = jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dt))
+    q = lora.project(self, "query", x, jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dt)))
+    k = lora.project(self, "key", x, jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dt)))
+    v = lora.project(self, "value", x, jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dt)))
     if self.cfg.qkv_bias:
       q = q + self.query_bias[...].astype(dt)
       k = k + self.key_bias[...].astype(dt)
@@ -172,7 +182,8 @@ class Attention(nnx.Module):
     # mask None: plain causal attention over unpacked rows (the fast path; see `hidden`).
     y = layers.attention(q, k.astype(dt), v.astype(dt), mask=mask, causal=mask is None,
                          scale=self.cfg.head_dim ** -0.5, implementation=self.cfg.attention)
-    return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)), (k, v)
+    out = lora.project(self, "out", y, jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)))
+    return out, (k, v)
 
 
 class MLP(nnx.Module):
@@ -184,13 +195,15 @@ class MLP(nnx.Module):
     self.gate = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.up = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.down = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
+    lora.attach(self, cfg, {"gate": 1, "up": 1, "down": 1}, rngs=rngs)
 
   def __call__(self, x, dropout_rate: float = 0.0, rng=None):
     dt = x.dtype
-    h = self.act(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = self.act(lora.project(self, "gate", x, x @ self.gate[...].astype(dt))) * (
+        lora.project(self, "up", x, x @ self.up[...].astype(dt)))
     h = constrain(h, ("batch", "length", "mlp"))
     h = layers.dropout(h, dropout_rate, rng)
-    return h @ self.down[...].astype(dt)
+    return lora.project(self, "down", h, h @ self.down[...].astype(dt))
 
 
 def _norm(cfg: DecoderConfig, rngs):

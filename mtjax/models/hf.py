@@ -29,6 +29,7 @@ from flax import nnx
 
 from mtjax.models import decoder, t5
 from mtjax.parallel import rules as rules_lib
+from mtjax.peft import lora
 
 T5_KEYS = (
     ("token_embed.embedding", "shared.weight", "same"),
@@ -373,6 +374,10 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
         values[path] = place(path, _to_mtjax(w, layout, tuple(targets[path].get_value().shape)))
   for path, slices in stacks.items():
     values[path] = place(path, np.stack([slices[i] for i in sorted(slices)]))
+  for path, var in targets.items():  # LoRA adapters are not in a HF checkpoint: start fresh
+    if path not in values and lora.is_adapter_path(path):
+      values[path] = place(path, np.asarray(lora.fresh_value(
+          path, var.get_value().shape, rules_lib.axis_names(var), dtype)))
   missing = sorted(set(targets) - set(values))
   if missing:
     raise KeyError(f"{hf_dir}: no tensor for {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -389,16 +394,18 @@ def family_of(model) -> str:
 
 
 def export(model, out_dir: str) -> None:
-  """Writes `config.json` + `model.safetensors` (float32 unless params are bf16) for HF."""
+  """Writes `config.json` + `model.safetensors` (float32 unless params are bf16) for HF.
+  LoRA adapters are merged into their kernels; a soft prompt is left out."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   family = family_of(model)
   table = {path: (template, layout) for path, template, layout in _table(family)}
   tensors = {}
+  merged = lora.merged_kernels(model)  # adapters are folded into their kernels
   for path, var in _flat_params(nnx.state(model)).items():
-    if path.startswith("embed_hook."):
-      continue  # a soft prompt has no place in a HF checkpoint
-    value = np.asarray(jax.device_get(var[...]))
+    if path.startswith("embed_hook.") or lora.is_adapter_path(path):
+      continue  # a soft prompt has no place in a HF checkpoint; adapters are merged
+    value = np.asarray(jax.device_get(merged.get(path, var[...])))
     if (rules_lib.axis_names(var) or (None,))[0] == "layers":  # scanned: one slice per layer
       stack, rest = path.split(".", 1)
       items = [(f"{stack}.{i}.{rest}", w) for i, w in enumerate(value)]

@@ -51,6 +51,9 @@ def _overrides(model_config) -> dict:
   attention = getattr(model_config, "attention", "auto")
   if attention != "auto":  # only the decoder family has a choice (T5 needs its bias and masks)
     overrides["attention"] = attention
+  if getattr(model_config, "lora_rank", 0):
+    overrides.update(lora_rank=model_config.lora_rank, lora_alpha=model_config.lora_alpha,
+                     lora_targets=tuple(model_config.lora_targets))
   return overrides
 
 

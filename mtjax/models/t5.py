@@ -30,6 +30,11 @@ from flax import nnx
 from mtjax.models import layers
 from mtjax.models.layers import param
 from mtjax.parallel.rules import constrain
+from mtjax.peft import lora
+
+
+# The projections LoRA can adapt (mtjax.peft.lora).
+LORA_TARGETS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +56,12 @@ class T5Config:
   scan_layers: bool = False  # each stack as one block with a leading `layers` axis, lax.scan
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("query", "value")
 
   def __post_init__(self):
+    lora.check_targets(self, LORA_TARGETS)
     if self.feed_forward not in ("gated-gelu", "relu"):
       raise ValueError(f"model.feed_forward must be 'gated-gelu' or 'relu', "
                        f"got {self.feed_forward!r}")
@@ -163,19 +172,23 @@ class Attention(nnx.Module):
     self.key = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
     self.value = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
     self.out = param(rngs, layers.normal((n * h) ** -0.5), (n, h, d), ("heads", "kv", "embed"), pd)
+    lora.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
 
   def project_kv(self, x_kv):
     dt = x_kv.dtype
-    k = jnp.einsum("bsd,dnh->bsnh", x_kv, self.key[...].astype(dt))
-    v = jnp.einsum("bsd,dnh->bsnh", x_kv, self.value[...].astype(dt))
+    k = lora.project(self, "key", x_kv,
+                     jnp.einsum("bsd,dnh->bsnh", x_kv, self.key[...].astype(dt)))
+    v = lora.project(self, "value", x_kv,
+                     jnp.einsum("bsd,dnh->bsnh", x_kv, self.value[...].astype(dt)))
     return k, v
 
   def attend(self, x_q, k, v, *, bias=None, mask=None):
     dt = x_q.dtype
-    q = jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt))
+    q = lora.project(self, "query", x_q,
+                     jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt)))
     q = constrain(q, ("batch", "length", "heads", "kv"))
     y = layers.attention(q, k, v, bias=bias, mask=mask, scale=1.0)
-    return jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt))
+    return lora.project(self, "out", y, jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)))
 
   def __call__(self, x_q, x_kv, *, bias=None, mask=None):
     k, v = self.project_kv(x_kv)
@@ -190,17 +203,19 @@ class FeedForward(nnx.Module):
     if self.gated:
       self.wi_1 = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.wo = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
+    lora.attach(self, cfg, {"wi_0": 1, "wi_1": 1, "wo": 1}, rngs=rngs)
 
   def __call__(self, x, dropout_rate: float = 0.0, rng=None):
     dt = x.dtype
-    h = x @ self.wi_0[...].astype(dt)
+    h = lora.project(self, "wi_0", x, x @ self.wi_0[...].astype(dt))
     if self.gated:
-      h = jax.nn.gelu(h, approximate=True) * (x @ self.wi_1[...].astype(dt))
+      h = jax.nn.gelu(h, approximate=True) * lora.project(self, "wi_1", x,
+                                                           x @ self.wi_1[...].astype(dt))
     else:
       h = jax.nn.relu(h)
     h = constrain(h, ("batch", "length", "mlp"))
     h = layers.dropout(h, dropout_rate, rng)
-    return h @ self.wo[...].astype(dt)
+    return lora.project(self, "wo", h, h @ self.wo[...].astype(dt))
 
 
 class Block(nnx.Module):

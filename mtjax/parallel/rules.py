@@ -26,6 +26,7 @@ DEFAULT_RULES: Rules = (
     ("relpos_buckets", None),
     ("layers", None),
     ("prompt", None),
+    ("lora", None),  # LoRA rank axis
 )
 
 

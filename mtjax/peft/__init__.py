@@ -1,1 +1,1 @@
-"""Parameter-efficient finetuning: soft prompts (`prompts`), trainable-parameter filters (`filters`); LoRA not built yet."""
+"""Parameter-efficient finetuning: soft prompts (`prompts`), LoRA adapters (`lora`), trainable-parameter filters (`filters`)."""

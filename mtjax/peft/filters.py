@@ -2,7 +2,7 @@
 
 Parameters are a nested pure dict; a path is its keys joined by `/` (e.g.
 `decoder/layers/0/self_attention/query/kernel`). Soft prompts live under a path containing
-`prompt`, LoRA factors under one containing `lora`. The step splits the parameters into a trainable
+`prompt`, LoRA factors under `<projection>_lora/{a,b}` (mtjax.peft.lora). The step splits the parameters into a trainable
 and a frozen dict: only the trainable one is differentiated and seen by the optimizer, so frozen
 parameters have no optimizer state and come back bit-identical.
 """

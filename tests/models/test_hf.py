@@ -230,3 +230,26 @@ def test_llama3_rope_scaling_matches_transformers():
   want = _compute_llama3_parameters(config)[0].numpy()
   np.testing.assert_allclose(np.asarray(decoder.rope_frequencies(cfg)), want, rtol=1e-6)
   assert hf.config_from_hf(hf.config_to_hf(cfg))[1] == cfg
+
+
+def test_lora_on_a_hf_checkpoint_starts_at_its_logits_and_exports_merged(tmp_path):
+  """Adapters on a HF checkpoint start at zero (same logits as transformers); once trained,
+  export folds them into the kernels, and transformers then computes the adapted model."""
+  from mtjax.peft import lora
+  torch_model = _torch_model("llama_gqa")
+  torch_model.save_pretrained(str(tmp_path / "hf"))
+  model = hf.load(str(tmp_path / "hf"), lora_rank=2,
+                  lora_targets=("query", "value", "out", "down"))
+  assert model.layers[0].attention.query_lora.b[...].shape == (2, 4, 8)  # [rank, heads, kv]
+  _assert_close_on_real_tokens("llama_gqa", _mtjax_logits("llama_gqa", model, True),
+                               _torch_logits("llama_gqa", torch_model, True))
+  rng = np.random.default_rng(0)
+  for path, var in nnx.state(model, nnx.Param).flat_state():
+    if lora.is_adapter_path("/".join(map(str, path))) and str(path[-1]) == "b":
+      var.set_value(rng.normal(0, 0.5, var.get_value().shape).astype(np.float32))
+  adapted = _mtjax_logits("llama_gqa", model, True)
+  hf.export(model, str(tmp_path / "merged"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+  merged = _torch_logits("llama_gqa", reloaded, True)
+  assert np.abs(merged - _torch_logits("llama_gqa", torch_model, True)).max() > 1e-2
+  _assert_close_on_real_tokens("llama_gqa", adapted, merged)
