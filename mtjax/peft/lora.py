@@ -15,6 +15,7 @@ what `mtjax export` writes (a plain HF checkpoint).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import jax
@@ -120,5 +121,6 @@ def fresh_value(path: str, shape: Sequence[int], names: Sequence[str | None], dt
 
 
 def is_adapter_path(path: str) -> bool:
-  """True for `.`- or `/`-joined parameter paths inside an adapter."""
-  return any(part.endswith(SUFFIX) for part in path.replace("/", ".").split("."))
+  """True for a parameter path inside an adapter, however it is written (`a/b_lora/a`,
+  `a.b_lora.a`, or jax's `['a']['b_lora']['a']`)."""
+  return re.search(rf"\w{SUFFIX}\b", path) is not None

@@ -116,3 +116,44 @@ def test_training_lora_changes_only_the_adapters_and_keeps_no_base_optimizer_sta
 def test_a_misspelled_target_is_an_error_naming_the_projections():
   with pytest.raises(ValueError, match="wi_0"):
     registry.config("t5_test", lora_rank=2, lora_targets=("query", "gate"))
+
+
+def test_loop_trains_lora_on_a_sharded_mesh(tmp_path, synthetic_cache):
+  """The config path: model.lora_* + train.trainable=lora through the loop on a 4x2x1 mesh."""
+  import dataclasses
+  import json
+  import os
+
+  import orbax.checkpoint as ocp
+
+  from mtjax.config import schema
+  from mtjax.train import loop
+
+  cfg = schema.RunConfig(
+      run_dir=str(tmp_path / "run"),
+      data=schema.DataConfig(cache_dir=synthetic_cache, inputs_length=32, targets_length=8,
+                             batch_size=16),
+      model=schema.ModelConfig(preset="t5_test", lora_rank=2,
+                               lora_targets=("query", "value", "wi_0", "wo")),
+      optimizer=schema.OptimizerConfig(name="adamw", learning_rate=1e-2),
+      train=schema.TrainConfig(steps=3, log_every=1, checkpoint_every=3, trainable=("lora",)),
+      eval=schema.EvalConfig(at_end=False),
+      mesh=schema.MeshConfig(data=4, fsdp=2, tensor=1))
+  assert loop.train(cfg, progress=False)["steps"] == 3
+  with open(os.path.join(cfg.run_dir, "model_summary.json")) as f:
+    params = json.load(f)["params"]
+  assert all(p["trainable"] == lora.is_adapter_path(n) for n, p in params.items())
+  # a and b for query + value in 6 attentions (2 encoder, 2 decoder self, 2 cross) and for
+  # wi_0 + wo in 4 feed-forwards.
+  assert sum(p["trainable"] for p in params.values()) == 2 * (6 * 2 + 4 * 2)
+  init = loop.build(dataclasses.replace(cfg, run_dir=str(tmp_path / "other"))).params
+  final = ocp.StandardCheckpointer().restore(os.path.join(cfg.run_dir, "checkpoints", "3",
+                                                          "params"))
+  flat = lambda t: {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
+                    for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  init, final = flat(init), flat(final)
+  for name, value in final.items():
+    if lora.is_adapter_path(name):
+      assert not np.array_equal(value, init[name]), name
+    else:
+      np.testing.assert_array_equal(value, init[name], err_msg=name)
