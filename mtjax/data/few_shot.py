@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -62,19 +62,25 @@ def build_prompt(example: Mapping[str, Any], demonstrations: Sequence[Mapping[st
 def render_few_shot(records: Sequence[Mapping[str, Any]], templates: Sequence, k: int, *,
                     train_records: Sequence[Mapping[str, Any]] | None = None, seed: int = 0,
                     separator: str = SEPARATOR, answer_separator: str = ANSWER_SEPARATOR,
-                    zero_shot_prob: float = 0.0) -> list[dict[str, Any]]:
+                    zero_shot_prob: float = 0.0,
+                    fits: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
   """Renders raw records k-shot. `train_records=None` means the records are the train split
-  (demonstrations then exclude the example itself)."""
+  (demonstrations then exclude the example itself). `fits(inputs)` false: the first (farthest)
+  demonstration is dropped until the prompt fits or none is left, so trimming to the inputs
+  length never cuts the example itself off the end of its prompt."""
   pool = records if train_records is None else train_records
   out = []
   for i, record in enumerate(records):
     template_id = i % len(templates)
     template = templates[template_id]
-    example = file_tasks.render(template, record)
+    base = file_tasks.render(template, record)
     demo_ids = [] if is_zero_shot(i, zero_shot_prob, seed) else draw_demonstrations(
         i, len(pool), k, seed, exclude=i if train_records is None else None)
     demos = [file_tasks.render(template, pool[j]) for j in demo_ids]
-    example = build_prompt(example, demos, separator, answer_separator)
+    example = build_prompt(base, demos, separator, answer_separator)
+    while fits is not None and demos and not fits(example["inputs"]):
+      demo_ids, demos = demo_ids[1:], demos[1:]
+      example = build_prompt(base, demos, separator, answer_separator)
     example.update(idx=i, template_id=template_id, num_shots=len(demo_ids), demo_ids=demo_ids,
                    example_json=json.dumps(record, sort_keys=True, ensure_ascii=False,
                                            default=str))
@@ -110,9 +116,17 @@ def raw_split(task, split: str) -> tuple[list[dict], tuple, list]:
   return records, tuple(preps[0].templates), preps[1:]
 
 
+def token_budget(task, max_input_tokens: int) -> Callable[[str], bool]:
+  """`fits(text)`: the text's `inputs` tokens (the task's vocabulary), plus the EOS the task
+  appends, are at most `max_input_tokens`."""
+  feature = task.output_features["inputs"]
+  room = max_input_tokens - (1 if feature.add_eos else 0)
+  return lambda text: len(feature.vocabulary.encode(text)) <= room
+
+
 def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, base: str, k: int,
                 draw_seed: int, separator: str, answer_separator: str, zero_shot_prob: float,
-                base_fingerprint: str):
+                base_fingerprint: str, max_input_tokens: int | None = None):
   del shuffle_files, seed, base_fingerprint  # the fingerprint only invalidates caches
   import seqio  # pylint: disable=g-import-not-at-top
 
@@ -121,17 +135,21 @@ def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, base: str
   train = None if split == "train" else raw_split(task, "train")[0]
   examples = render_few_shot(records, templates, k, train_records=train, seed=draw_seed,
                              separator=separator, answer_separator=answer_separator,
-                             zero_shot_prob=zero_shot_prob)
+                             zero_shot_prob=zero_shot_prob,
+                             fits=token_budget(task, max_input_tokens) if max_input_tokens
+                             else None)
   return file_tasks.to_dataset(examples)
 
 
 def register_few_shot_task(task_name: str, k: int, *, name: str | None = None, seed: int = 0,
                            separator: str = SEPARATOR, answer_separator: str = ANSWER_SEPARATOR,
-                           zero_shot_prob: float = 0.0):
+                           zero_shot_prob: float = 0.0, max_input_tokens: int | None = None):
   """Registers (replacing) `<task>_<k>shot` (`..._mixed` if `zero_shot_prob` > 0); returns it.
 
   Same splits, vocabulary, postprocessor and metrics as the base task; demonstrations always
-  come from the base task's train split.
+  come from the base task's train split. `max_input_tokens` (e.g. the run's inputs length):
+  a prompt longer than that keeps fewer demonstrations (the example's `num_shots` says how
+  many), instead of losing its own input to trimming.
   """
   import seqio  # pylint: disable=g-import-not-at-top
 
@@ -148,7 +166,7 @@ def register_few_shot_task(task_name: str, k: int, *, name: str | None = None, s
   fn = functools.partial(
       _dataset_fn, base=task_name, k=k, draw_seed=seed, separator=separator,
       answer_separator=answer_separator, zero_shot_prob=zero_shot_prob,
-      base_fingerprint=":".join(cache.fingerprint(base, s) for s in sorted(base.splits)))
+      max_input_tokens=max_input_tokens, base_fingerprint=":".join(cache.fingerprint(base, s) for s in sorted(base.splits)))
   base_fn = getattr(base.source, "_dataset_fn", None)
   fn.data_files = list(getattr(base_fn, "data_files", ()))  # fingerprinted by size and mtime
   fn.required_tasks = (base,)  # registered in cache worker processes (cache._cache_block)

@@ -110,3 +110,32 @@ def test_a_cache_worker_registers_the_base_of_a_few_shot_task(qa_task, tmp_path)
   finally:
     seqio.TaskRegistry.remove("fewshot_qa")
     seqio.TaskRegistry.add_provider("fewshot_qa", base)
+
+
+def test_prompts_over_the_token_budget_drop_their_farthest_demonstrations(qa_task, tmp_path):
+  """Byte vocabulary: one token per byte, plus EOS. "Q: t0" is 5 bytes, a demonstration with its
+  separator (`Q: tN`, newline, `AtN`, two newlines) 11. Budget 24 tokens: with one demonstration
+  16 + EOS fits, with two 27 + EOS does not; the example's own input always stays."""
+  full = few_shot.register_few_shot_task("fewshot_qa", 2, name="fewshot_qa_2shot_full")
+  fitted = few_shot.register_few_shot_task("fewshot_qa", 2, name="fewshot_qa_2shot_fit",
+                                           max_input_tokens=24)
+  cache_dir = str(tmp_path)
+  for task in (full, fitted):
+    cache.cache_task_split(task, "train", cache_dir)
+  assert cache.fingerprint(fitted, "train") != cache.fingerprint(
+      few_shot.register_few_shot_task("fewshot_qa", 2, name="fewshot_qa_2shot_fit",
+                                      max_input_tokens=40), "train")
+  full_ex = pipeline.read_examples(cache_dir, full.name, "train")
+  fit_ex = pipeline.read_examples(cache_dir, fitted.name, "train")
+  for i, (a, b) in enumerate(zip(full_ex, fit_ex)):
+    demos = [int(x) for x in a["demo_ids"]]
+    assert int(b["num_shots"]) == 1 and [int(x) for x in b["demo_ids"]] == demos[1:]
+    assert b["inputs_pretokenized"] == f"Q: t{demos[1]}\nAt{demos[1]}\n\nQ: t{i}"
+    assert len(b["inputs"]) + 1 <= 24  # + the EOS appended after the cache
+  # A budget below the bare example keeps it whole with no demonstrations (trimming is then
+  # the pipeline's, as for any example).
+  tiny = few_shot.register_few_shot_task("fewshot_qa", 2, name="fewshot_qa_2shot_tiny",
+                                         max_input_tokens=3)
+  cache.cache_task_split(tiny, "train", cache_dir)
+  assert all(int(ex["num_shots"]) == 0 and ex["inputs_pretokenized"] == f"Q: t{i}"
+             for i, ex in enumerate(pipeline.read_examples(cache_dir, tiny.name, "train")))
