@@ -260,7 +260,10 @@ def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOp
 
 def mixed_plan(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
                split: str = "train", weights=None) -> grain.MapDataset:
-  """The global (all hosts) mixed stream as (task, index, lengths): reads no tokens."""
+  """The global (all hosts) mixed stream as (task, index, lengths): reads no tokens.
+
+  The definition, in Grain's terms; training reads it a window at a time through `WindowPlan`
+  (the same elements, vectorised), and the tests hold the two equal."""
   concat = feature_converters.concatenates(options.feature_converter)
   return _mix(lambda i, t: _task_stream(PlanSource(cache_dir, t, i, split, options.lengths, concat),
                                         t, i, split, options, shard=False), spec, weights)
