@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtjax.config import overrides, schema
+from mtjax.config import overrides, python_config, schema
 from mtjax.recipes import variants as variants_lib
 
 KEYS = ("name", "seeds", "set", "variants")
@@ -69,12 +68,7 @@ def _read_raw(path: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"sweep file {path!r} does not exist")
   if path.endswith(".py"):
-    spec = importlib.util.spec_from_file_location(f"mtjax_sweep_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-      raise AttributeError(f"sweep file {path!r} must define get_sweep() -> dict")
-    raw = module.get_sweep()
+    raw = python_config.call_file(path, "get_sweep", "sweep", "dict")
   elif path.endswith((".yaml", ".yml")):
     import yaml  # pylint: disable=g-import-not-at-top
 
