@@ -28,3 +28,20 @@ def synthetic_cache(tmp_path_factory):
   cache_dir = str(tmp_path_factory.mktemp("cache"))
   cache.cache_mixture("synthetic", cache_dir)
   return cache_dir
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A GCS API server on 127.0.0.1 for this test process (tests/gcs_emulator.py); its URL."""
+  from tests import gcs_emulator
+
+  with gcs_emulator.running() as url:
+    yield url
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server):
+  """A new, empty bucket on the test process's GCS server: returns 'gs://<bucket>'."""
+  from tests import gcs_emulator
+
+  return f"gs://{gcs_emulator.new_bucket()}"
