@@ -231,3 +231,75 @@ def check_usable(path: str, what: str) -> None:
 def _first_line(e: BaseException) -> str:
   text = str(e).strip() or type(e).__name__
   return text.splitlines()[0][:300]
+
+
+def append_text(path: str, text: str) -> None:
+  """Appends to a file. Object stores cannot append: the object is read and rewritten, which is
+  fine for the small, rarely written files this is for (evaluation rows); logs written every few
+  steps use `WorkingCopy` instead."""
+  if not is_url(path):
+    os.makedirs(os.path.dirname(os.path.abspath(_local(path))), exist_ok=True)
+    with builtins.open(_local(path), "a") as f:
+      f.write(text)
+    return
+  old = read_text(path) if exists(path) else ""
+  write_text(path, old + text)
+
+
+class WorkingCopy:
+  """A local folder standing in for a remote one, for files that grow (metrics.jsonl,
+  TensorBoard event files): they are written locally and `sync()` uploads the files that changed
+  since the last sync. For a local directory the copy is the directory itself (sync: no-op)."""
+
+  def __init__(self, directory: str):
+    self.remote = is_url(directory)
+    self.directory = abspath(directory)
+    if self.remote:
+      import tempfile  # pylint: disable=g-import-not-at-top
+      self.local = tempfile.mkdtemp(prefix="mtjax-working-copy-")
+    else:
+      self.local = self.directory
+      os.makedirs(self.local, exist_ok=True)
+    self._synced: dict[str, tuple[int, int]] = {}
+
+  def path(self, relative: str) -> str:
+    """The local path of `relative`, where it is written and read."""
+    return os.path.join(self.local, relative)
+
+  def pull(self, relative: str) -> bool:
+    """Downloads `relative` from the remote folder if it exists there; True if it did."""
+    if not self.remote:
+      return os.path.exists(self.path(relative))
+    url = join(self.directory, relative)
+    if not exists(url):
+      return False
+    target = self.path(relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fs, p = _fs(url)
+    fs.get_file(p, target)
+    self._synced[relative] = _signature(target)
+    return True
+
+  def sync(self) -> None:
+    """Uploads every local file that is new or changed since the last sync."""
+    if not self.remote:
+      return
+    for root, _, names in os.walk(self.local):
+      for name in names:
+        local = os.path.join(root, name)
+        rel = os.path.relpath(local, self.local).replace(os.sep, "/")
+        sig = _signature(local)
+        if self._synced.get(rel) != sig:
+          fs, p = _fs(join(self.directory, rel))
+          fs.put_file(local, p)
+          self._synced[rel] = sig
+
+  def close(self) -> None:
+    self.sync()
+    if self.remote:
+      shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _signature(path: str) -> tuple[int, int]:
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
