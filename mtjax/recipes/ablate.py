@@ -12,6 +12,12 @@ member found finished under `--out` (all shards, if they share the folder): `res
 
 Killing a sweep and running it again redoes nothing that finished: finished members are skipped
 and an interrupted one resumes from its newest checkpoint.
+
+`--out` and `--sweep` may be URLs (`gs://bucket/...`, through `mtjax.fs`): the members' run dirs
+and the report then live in the bucket. Two things stay on this machine: the JAX compilation
+cache (default `<out>/jax_cache` only for a local `--out`, else `$XDG_CACHE_HOME/mtjax/jax_cache`,
+i.e. `~/.cache/mtjax/jax_cache`) and a `--parallel` worker's log while it runs (copied to
+`<member>/ablate.log` in the bucket when the worker exits).
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
+from mtjax import fs
 from mtjax.config import schema
 from mtjax.recipes import members as members_lib
 from mtjax.recipes import report
@@ -34,8 +42,10 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--sweep", required=True,
-                      help="sweep file (.yaml or .py with get_sweep()): variants and seeds")
-  parser.add_argument("--out", help="sweep folder (default runs/ablate/<sweep name>)")
+                      help="sweep file (.yaml or .py with get_sweep()): variants and seeds; a "
+                           "local path or a URL (gs://...)")
+  parser.add_argument("--out", help="sweep folder, a local path or a URL (gs://bucket/...) "
+                                    "(default runs/ablate/<sweep name>)")
   parser.add_argument("--parallel", type=int, default=1,
                       help="members run at once, each in its own process (default 1: in this "
                            "process, one after another)")
@@ -53,8 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--no_plots", action="store_true", help="CSV and Markdown only")
   parser.add_argument("--compilation_cache_dir",
                       help="JAX persistent compilation cache shared by the members (members "
-                           "that differ only in their mixture compile the same programs); "
-                           "default <out>/jax_cache, 'none' to disable")
+                           "that differ only in their mixture compile the same programs), a "
+                           "local folder; default <out>/jax_cache, or "
+                           "~/.cache/mtjax/jax_cache ($XDG_CACHE_HOME) when --out is a URL; "
+                           "'none' to disable")
 
 
 def plan(base: schema.RunConfig, sweep_path: str, out: str | None = None):
@@ -82,8 +94,29 @@ def _status(member) -> str:
   if members_lib.read_result(member.run_dir) is not None:
     return "stale (config changed)"
   ckpts = os.path.join(member.run_dir, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+  steps = sorted(int(d) for d in fs.listdir(ckpts) if d.isdigit()) if fs.isdir(ckpts) else []
   return f"resumes at step {steps[-1]}" if steps else "pending"
+
+
+def local_cache_root() -> str:
+  """This machine's cache folder: `$XDG_CACHE_HOME/mtjax`, else `~/.cache/mtjax`."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mtjax")
+
+
+def compilation_cache_dir(flag: str | None, out: str) -> str | None:
+  """The JAX compilation cache folder for `--compilation_cache_dir` (None: no cache). It is
+  always local: `<out>/jax_cache` when `out` is, else `local_cache_root()/jax_cache`."""
+  if flag and flag.lower() == "none":
+    return None
+  if flag:
+    if fs.is_url(flag):
+      raise ValueError(f"--compilation_cache_dir {flag}: must be a local folder (the JAX "
+                       "compilation cache is read and written by every worker process)")
+    return flag
+  if fs.is_url(out):
+    return os.path.join(local_cache_root(), "jax_cache")
+  return os.path.join(out, "jax_cache")
 
 
 @contextlib.contextmanager
@@ -120,6 +153,40 @@ def _worker_env(slot: int, devices_per_member: int, parallel: int,
   return env
 
 
+class _WorkerLog:
+  """A worker's `<run_dir>/ablate.log`, appended to. For a URL run dir the worker writes a
+  local temporary file, appended to the log in the bucket when it exits (object stores cannot
+  append to an object while it is written)."""
+
+  LOG = "ablate.log"
+
+  def __init__(self, run_dir: str):
+    self.target = os.path.join(run_dir, self.LOG)
+    if fs.is_url(run_dir):
+      fd, self.local = tempfile.mkstemp(prefix="mtjax-ablate-", suffix=".log")
+      self.file = os.fdopen(fd, "a")
+    else:
+      self.local = self.target
+      self.file = open(self.target, "a")  # noqa: SIM115
+
+  def where(self) -> str:
+    if self.local == self.target:
+      return self.target
+    return f"{self.local}, copied to {self.target} when it ends"
+
+  def close(self) -> None:
+    self.file.close()
+    if self.local != self.target:
+      with open(self.local) as f:
+        text = f.read()
+      try:
+        fs.append_text(self.target, text)
+      except Exception as e:  # pylint: disable=broad-except  (keep the local copy)
+        log.warning("could not copy %s to %s: %s", self.local, self.target, e)
+        return
+      os.remove(self.local)
+
+
 def _run_parallel(todo, parallel: int, devices_per_member: int, cache_dir: str | None
                   ) -> list[str]:
   """Runs members as worker processes, `parallel` at a time; returns the failed ones' names."""
@@ -129,14 +196,14 @@ def _run_parallel(todo, parallel: int, devices_per_member: int, cache_dir: str |
     while waiting or running:
       while waiting and free:
         member, slot = waiting.pop(0), free.pop(0)
-        logfile = open(os.path.join(member.run_dir, "ablate.log"), "a")  # noqa: SIM115
+        logfile = _WorkerLog(member.run_dir)
         proc = subprocess.Popen(
             [sys.executable, "-m", "mtjax.recipes.members", member.run_dir],
-            stdout=logfile, stderr=subprocess.STDOUT,
+            stdout=logfile.file, stderr=subprocess.STDOUT,
             env=_worker_env(slot, devices_per_member, parallel, cache_dir))
         running[proc] = (member, slot, logfile, time.perf_counter())
-        print(f"[ablate] started {member.name} (pid {proc.pid}, log "
-              f"{os.path.join(member.run_dir, 'ablate.log')})", flush=True)
+        print(f"[ablate] started {member.name} (pid {proc.pid}, log {logfile.where()})",
+              flush=True)
       time.sleep(0.5)
       for proc in [p for p in running if p.poll() is not None]:
         member, slot, logfile, start = running.pop(proc)
@@ -154,8 +221,9 @@ def _run_parallel(todo, parallel: int, devices_per_member: int, cache_dir: str |
   except KeyboardInterrupt:
     for proc in running:
       proc.terminate()  # SIGTERM: each worker checkpoints its current step and exits
-    for proc in running:
+    for proc, (_, _, logfile, _) in running.items():
       proc.wait()
+      logfile.close()
     raise
   return failed
 
@@ -181,6 +249,9 @@ def _run_here(todo, progress: bool) -> list[str]:
 def run(base: schema.RunConfig, args: argparse.Namespace, *, progress: bool = False) -> int:
   """The whole sweep as the arguments say; returns the exit code (1 if a member failed)."""
   t0 = time.perf_counter()
+  if args.out:
+    fs.check_usable(args.out, "--out")
+  compilation_cache_dir(args.compilation_cache_dir, args.out or "")  # a URL flag fails now
   sweep, out, everyone = plan(base, args.sweep, args.out)
   mine = sweep_lib.shard(everyone, args.shard_index, args.num_shards)
   print(f"[ablate] sweep {sweep.name!r}: {len(sweep.variants)} variant(s) x "
@@ -199,8 +270,7 @@ def run(base: schema.RunConfig, args: argparse.Namespace, *, progress: bool = Fa
       print(f"[ablate] {skipped} member(s) already finished: skipped", flush=True)
     for m in todo:
       members_lib.write_member(m, args.sample_batches)
-    cache_dir = args.compilation_cache_dir or os.path.join(out, "jax_cache")
-    cache_dir = None if cache_dir.lower() == "none" else cache_dir
+    cache_dir = compilation_cache_dir(args.compilation_cache_dir, out)
     if args.parallel > 1 and todo:
       failed = _run_parallel(todo, args.parallel, args.devices_per_member, cache_dir)
     elif todo:
@@ -222,8 +292,7 @@ def run(base: schema.RunConfig, args: argparse.Namespace, *, progress: bool = Fa
                        plots=not args.no_plots)
   print(f"[ablate] report: {', '.join(paths.values())} ({time.perf_counter() - t0:.0f}s)",
         flush=True)
-  with open(paths["markdown"]) as f:
-    print(f.read(), flush=True)
+  print(fs.read_text(paths["markdown"]), flush=True)
   if failed:
     print(f"[ablate] failed members: {', '.join(failed)}", flush=True)
     return 1

@@ -11,12 +11,12 @@ interrupted member resumes from its newest checkpoint like any `mtjax train`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 
+from mtjax import fs
 from mtjax.config import schema
 
 MEMBER_FILE = "member.json"
@@ -27,12 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def write_json(path: str, payload) -> None:
-  """Writes via a temporary file and a rename, so readers never see half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
+  """Writes the whole file at once, so readers never see half of it (locally a temporary file
+  and a rename; a URL is one object upload): `fs.write_json`."""
+  fs.write_json(path, payload, indent=1)
 
 
 def write_member(member, sample_batches: int = DEFAULT_SAMPLE_BATCHES) -> None:
@@ -45,11 +42,10 @@ def write_member(member, sample_batches: int = DEFAULT_SAMPLE_BATCHES) -> None:
 
 def read_result(run_dir: str) -> dict | None:
   path = os.path.join(run_dir, RESULT_FILE)
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return fs.read_json(path)
   except (OSError, ValueError):
     return None  # unreadable: treated as not finished
 
@@ -66,8 +62,7 @@ def run_member_dir(run_dir: str, progress: bool = False) -> dict | None:
   from mtjax.recipes import sampling  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(run_dir, MEMBER_FILE)) as f:
-    member = json.load(f)
+  member = fs.read_json(os.path.join(run_dir, MEMBER_FILE))
   cfg = schema.from_dict(member["config"])
   t0 = time.perf_counter()
   summary = loop.train(cfg, progress=progress)

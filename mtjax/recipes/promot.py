@@ -26,12 +26,14 @@ Each stage evaluates the target task every `promot.eval_every` steps and the bes
 and each method's evaluation is kept (`<stage>/report_eval.json`, keyed by checkpoint step and
 evaluation settings; `report/predictions/` beside it holds every example's prediction), so
 rerunning the command resumes where it stopped.
+
+`run_dir` may be a URL (`gs://bucket/runs/promot`): the stages, the best prompts, the kept
+evaluations and the report are then read and written there (through `mtjax.fs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -40,6 +42,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mtjax import fs
 from mtjax.config import overrides, schema
 from mtjax.peft import prompts
 
@@ -192,7 +195,7 @@ def plan(cfg: schema.RunConfig) -> dict[str, Stage]:
 
 def _steps_done(run_dir: str) -> int:
   folder = os.path.join(run_dir, "checkpoints")
-  steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
+  steps = [int(d) for d in fs.listdir(folder) if d.isdigit()] if fs.isdir(folder) else []
   return max(steps, default=0)
 
 
@@ -236,10 +239,8 @@ def run_stage(stage: Stage, *, progress: bool = True) -> int:
 def export_best_prompt(cfg: schema.RunConfig, step: int) -> str:
   out = os.path.join(cfg.run_dir, BEST_PROMPT)
   meta_path = os.path.join(out, prompts.META_FILE)
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      if json.load(f).get("step") == step:
-        return out
+  if fs.exists(meta_path) and fs.read_json(meta_path).get("step") == step:
+    return out
   step_dir = os.path.join(cfg.run_dir, "checkpoints", str(step))
   table, _ = prompts.load(step_dir)
   prompts.save(out, table, {
@@ -300,9 +301,8 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
   folder = os.path.join(base_cfg.run_dir, "pretrained") if step is None else cfg.run_dir
   path = os.path.join(folder, EVAL_FILE)
   key = _eval_key(base_cfg, step, label_set)
-  if os.path.exists(path):
-    with open(path) as f:
-      kept = json.load(f)
+  if fs.exists(path):
+    kept = fs.read_json(path)
     if kept.get("key") == key and (other_results is None or kept.get("other") == other_results):
       return kept
   if step is None:
@@ -343,11 +343,10 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
                                           mesh=setup.mesh, rules=setup.rules, **other_kwargs):
         out["other"].setdefault(r["base_task"], {})[str(r["k"])] = r["metrics"]
         results.append(r)
-  os.makedirs(folder, exist_ok=True)
+  fs.makedirs(folder)
   if jax.process_index() == 0:  # every example's input, prediction and target, per task
     evaluate.write_predictions(results, os.path.join(folder, "report"), step or 0)
-  with open(path, "w") as f:
-    json.dump(out, f, indent=1)
+  fs.write_json(path, out, indent=1)
   return out
 
 
@@ -425,6 +424,7 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
+  fs.check_usable(cfg.run_dir, "run_dir")
   distributed.initialize()
   loop.import_modules(cfg.data.modules)
   if not cfg.train.init_from:
@@ -456,10 +456,8 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
                  for name, s in stages.items()},
   }
   if jax.process_index() == 0:
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    with open(os.path.join(cfg.run_dir, REPORT_JSON), "w") as f:
-      json.dump(report, f, indent=1)
-    with open(os.path.join(cfg.run_dir, REPORT_MD), "w") as f:
-      f.write(markdown(report))
+    fs.makedirs(cfg.run_dir)
+    fs.write_json(os.path.join(cfg.run_dir, REPORT_JSON), report, indent=1)
+    fs.write_text(os.path.join(cfg.run_dir, REPORT_MD), markdown(report))
   print(markdown(report), flush=True)
   return report

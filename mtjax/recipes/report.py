@@ -8,17 +8,21 @@ and `sampled_token_share` for target tokens, from the replayed batches; see
 
 Files: `results.csv` (long format: variant, task, metric, mean, std, n, values), `results.md`,
 `metrics.png` (per-task metric per mixture, error bars = std) and `mixture_weights.png`
-(configured vs sampled shares).
+(configured vs sampled shares). The folder may be a URL (`gs://...`): every file is made in
+memory and written whole through `mtjax.fs`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from mtjax import fs
 
 WEIGHT_METRICS = ("configured_weight", "sampled_share", "sampled_token_share")
 
@@ -86,14 +90,20 @@ def rows(members: Sequence, results: Mapping[str, Mapping | None]) -> list[dict]
   return out
 
 
+def csv_text(table: Sequence[dict]) -> str:
+  """The long-format table as CSV text (what `results.csv` holds)."""
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["variant", "task", "metric", "mean", "std", "n", "values"])
+  for r in table:
+    w.writerow([r["variant"], r["task"], r["metric"], f"{r['mean']:.6g}",
+                "" if math.isnan(r["std"]) else f"{r['std']:.6g}", r["n"],
+                ";".join(f"{v:.6g}" for v in r["values"])])
+  return f.getvalue()
+
+
 def write_csv(table: Sequence[dict], path: str) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["variant", "task", "metric", "mean", "std", "n", "values"])
-    for r in table:
-      w.writerow([r["variant"], r["task"], r["metric"], f"{r['mean']:.6g}",
-                  "" if math.isnan(r["std"]) else f"{r['std']:.6g}", r["n"],
-                  ";".join(f"{v:.6g}" for v in r["values"])])
+  fs.write_text(path, csv_text(table))
 
 
 def _cell(r: dict | None, digits: int) -> str:
@@ -159,7 +169,7 @@ def plot(table: Sequence[dict], out_dir: str) -> list[str]:
   ax.legend(fontsize=8)
   fig.tight_layout()
   paths.append(os.path.join(out_dir, "metrics.png"))
-  fig.savefig(paths[-1], dpi=110)
+  _save_png(fig, paths[-1])
   plt.close(fig)
 
   tasks = list(dict.fromkeys(r["task"] for r in table if r["metric"] in WEIGHT_METRICS))
@@ -180,21 +190,28 @@ def plot(table: Sequence[dict], out_dir: str) -> list[str]:
   fig.suptitle("Mixture weights: configured vs drawn in training")
   fig.tight_layout()
   paths.append(os.path.join(out_dir, "mixture_weights.png"))
-  fig.savefig(paths[-1], dpi=110)
+  _save_png(fig, paths[-1])
   plt.close(fig)
   return paths
+
+
+def _save_png(fig, path: str) -> None:
+  """Renders in memory, then writes the file (local path or URL) in one go."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  with fs.open(path, "wb") as f:
+    f.write(buf.getvalue())
 
 
 def write(members: Sequence, results: Mapping[str, Mapping | None], out_dir: str, *,
           title: str, notes: Sequence[str] = (), plots: bool = True) -> dict[str, str]:
   """Writes results.csv / results.md (and the PNGs); returns {kind: path}."""
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   table = rows(members, results)
   paths = {"csv": os.path.join(out_dir, "results.csv"),
            "markdown": os.path.join(out_dir, "results.md")}
   write_csv(table, paths["csv"])
-  with open(paths["markdown"], "w") as f:
-    f.write(markdown(table, title=title, notes=notes))
+  fs.write_text(paths["markdown"], markdown(table, title=title, notes=notes))
   if plots and table:
     try:
       metrics_png, weights_png = plot(table, out_dir)

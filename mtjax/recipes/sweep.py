@@ -12,6 +12,9 @@ A sweep is YAML or Python (a `.py` file defining `get_sweep()` that returns the 
 Each member is an ordinary run in `<out>/members/<variant>-seed<k>/`: the base config with the
 sweep's and the variant's overrides, the member's seeds, and the variant's rates as
 `data.rate_stages = ((0, rates),)`.
+
+The sweep file and the output folder may be URLs (`gs://bucket/sweeps/x.yaml`); they are read
+and written through `mtjax.fs`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mtjax import fs
 from mtjax.config import overrides, python_config, schema
 from mtjax.recipes import variants as variants_lib
 
@@ -64,19 +68,33 @@ def member_name(variant: str, seed: int) -> str:
   return f"{variant}-seed{seed}"
 
 
+def _call_remote_python(path: str) -> Any:
+  """`get_sweep()` of a Python sweep file at a URL: its text, executed as a module named after
+  the file (a local file goes through `python_config.call_file`, which imports it)."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  text = fs.read_text(path)
+  module = types.ModuleType(f"mtjax_sweep_{abs(hash(path))}")
+  module.__file__ = path
+  exec(compile(text, path, "exec"), module.__dict__)  # pylint: disable=exec-used
+  if not callable(module.__dict__.get("get_sweep")):
+    raise AttributeError(f"sweep file {path!r} must define get_sweep() -> dict")
+  return module.get_sweep()
+
+
 def _read_raw(path: str) -> dict:
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"sweep file {path!r} does not exist")
   if path.endswith(".py"):
-    raw = python_config.call_file(path, "get_sweep", "sweep", "dict")
+    raw = (_call_remote_python(path) if fs.is_url(path) else
+           python_config.call_file(path, "get_sweep", "sweep", "dict"))
   elif path.endswith((".yaml", ".yml")):
     import yaml  # pylint: disable=g-import-not-at-top
 
-    with open(path) as f:
-      try:
-        raw = yaml.safe_load(f)
-      except yaml.YAMLError as e:
-        raise ValueError(f"sweep file {path}: invalid YAML ({e})") from None
+    try:
+      raw = yaml.safe_load(fs.read_text(path))
+    except yaml.YAMLError as e:
+      raise ValueError(f"sweep file {path}: invalid YAML ({e})") from None
   else:
     raise ValueError(f"sweep file {path!r}: use a .yaml/.yml file or a .py file with get_sweep()")
   if not isinstance(raw, Mapping):
