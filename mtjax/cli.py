@@ -91,10 +91,12 @@ def _cmd_train(argv):
   from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:
     summary = loop.train(cfg, progress=not args.no_progress)
-  except FloatingPointError as e:
+  except (FloatingPointError, fs.StorageError) as e:
     raise SystemExit(f"error: {e}") from None
   print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
                     "preempted": summary.get("preempted", False),
@@ -139,14 +141,20 @@ def _cmd_eval(argv):
 
   eval_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(schema.EvalConfig)
                  if getattr(args, f.name) is not None}
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
   try:
+    fs.check_usable(args.checkpoint or args.run_dir,
+                    "--checkpoint" if args.checkpoint else "--run_dir")
+    if args.output_dir:
+      fs.check_usable(args.output_dir, "--output_dir")
     ref = run.locate(args.checkpoint or args.run_dir)
     cfg = (_load_or_exit(args, bindings) if args.gin_file or args.config
            else run.run_config(ref))
     cfg = run.with_overrides(cfg, mixture_or_task=args.mixture_or_task,
                              modules=tuple(args.module), eval_fields=eval_fields)
     run.evaluate_checkpoint(cfg, ref, args.output_dir)
-  except (FileNotFoundError, KeyError, ValueError) as e:
+  except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
     raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
 
 
@@ -155,19 +163,28 @@ def _cmd_cache(argv):
   parser.add_argument("--mixture_or_task", required=True)
   parser.add_argument("--module", action="append", default=[],
                       help="module registering it (repeatable; default mixtures.synthetic)")
-  parser.add_argument("--cache_dir", default=".cache/mtjax")
+  parser.add_argument("--cache_dir", default=".cache/mtjax", help="local folder or URL (gs://...)")
   parser.add_argument("--splits", default="train,validation")
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--num_workers", type=int, default=1,
                       help="processes running the pre-cache preprocessors (same cache for any N)")
   args = parser.parse_args(argv)
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
+  try:  # a typo'd bucket or missing credentials: one line, before any work
+    fs.check_usable(args.cache_dir, "data.cache_dir")
+  except fs.StorageError as e:
+    raise SystemExit(f"error: {e}") from None
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
   from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
 
   import_modules(args.module or ["mixtures.synthetic"])
-  spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
-                             splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
-                             num_workers=args.num_workers)
+  try:
+    spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
+                               splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
+                               num_workers=args.num_workers)
+  except fs.StorageError as e:
+    raise SystemExit(f"error: {e}") from None
   for entry, weight in zip(spec.tasks, spec.weights):
     print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
 
@@ -177,14 +194,17 @@ def _cmd_convert(argv):
   parser.add_argument("--hf_dir", required=True, help="config.json + *.safetensors")
   parser.add_argument("--out", required=True, help="mtjax model directory to write")
   args = parser.parse_args(argv)
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
 
   try:
+    fs.check_usable(args.hf_dir, "--hf_dir")
+    fs.check_usable(args.out, "--out")
     model = hf.load(args.hf_dir)
-  except (FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+  except (FileNotFoundError, KeyError, ValueError, NotImplementedError, fs.StorageError) as e:
     raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
   store.save(model, args.out)
-  print(json.dumps({"out": os.path.abspath(args.out), "family": hf.family_of(model),
+  print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model),
                     "num_params": hf.num_params(model)}))
 
 
@@ -194,14 +214,17 @@ def _cmd_export(argv):
                       help="an mtjax model dir (mtjax convert), a run dir, or a checkpoint step dir")
   parser.add_argument("--out", required=True, help="HF checkpoint directory to write")
   args = parser.parse_args(argv)
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
 
   try:
+    fs.check_usable(args.checkpoint, "--checkpoint")
+    fs.check_usable(args.out, "--out")
     model = store.load_any(args.checkpoint)
-  except (FileNotFoundError, KeyError, ValueError) as e:
+  except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
     raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
   hf.export(model, args.out)
-  print(json.dumps({"out": os.path.abspath(args.out), "family": hf.family_of(model)}))
+  print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model)}))
 
 
 def _cmd_ablate(argv):
@@ -214,7 +237,7 @@ def _cmd_ablate(argv):
   cfg = _load_or_exit(args, bindings)
   try:
     code = ablate.run(cfg, args)
-  except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError) as e:
+  except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError, OSError) as e:
     raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
   if code:
     raise SystemExit(code)
@@ -237,9 +260,11 @@ def _cmd_promot(argv):
 
   try:
     report = promot.run(cfg, progress=not args.no_progress)
-  except (FileNotFoundError, KeyError, ValueError, FloatingPointError) as e:
+  except (FileNotFoundError, KeyError, ValueError, FloatingPointError, OSError) as e:
     raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
-  print(json.dumps({"report": os.path.join(os.path.abspath(cfg.run_dir), promot.REPORT_MD),
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
+  print(json.dumps({"report": fs.join(fs.abspath(cfg.run_dir), promot.REPORT_MD),
                     "summary": report["summary"]}))
 
 
@@ -256,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
   # TensorFlow (imported by SeqIO for caching) logs C++ noise such as failed CUDA probes.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  for noisy in ("jax", "orbax", "tensorflow"):
+  for noisy in ("jax", "orbax", "tensorflow", "fsspec", "gcsfs"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   # SeqIO warns that tasks are "not cached" (it means its own cache, not ours) when computing
   # rates from example counts; that is expected here.

@@ -19,6 +19,7 @@ gcsfs's zonal-bucket probe, which such servers do not implement (FACTS: it waits
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import re
@@ -303,3 +304,47 @@ class WorkingCopy:
 def _signature(path: str) -> tuple[int, int]:
   st = os.stat(path)
   return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def local_dir_to_read(path: str):
+  """Yields a local directory holding the files under `path`: `path` itself when local, else a
+  temporary download (removed afterwards). For readers that need real files (safetensors,
+  ArrayRecord, memory maps)."""
+  if not is_url(path):
+    yield _local(path)
+    return
+  import tempfile  # pylint: disable=g-import-not-at-top
+  tmp = tempfile.mkdtemp(prefix="mtjax-download-")
+  try:
+    download_tree(path, tmp)
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_dir_to_write(path: str, last: tuple[str, ...] = ()):
+  """Yields a local directory whose files end up under `path`: `path` itself when local
+  (created), else a temporary folder uploaded when the block ends without an error (`last`: see
+  `upload_tree`)."""
+  if not is_url(path):
+    os.makedirs(_local(path), exist_ok=True)
+    yield _local(path)
+    return
+  import tempfile  # pylint: disable=g-import-not-at-top
+  tmp = tempfile.mkdtemp(prefix="mtjax-upload-")
+  try:
+    yield tmp
+    upload_tree(tmp, path, last=last)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def forget_listings(path: str) -> None:
+  """Drops what this process's fsspec client remembers of the listings of `path` and its parents
+  (it caches listings, and takes a file's size from them): files another process wrote or
+  replaced there are then seen as they are. Local paths: no-op."""
+  if is_url(path):
+    fs, p = _fs(path)
+    fs.invalidate_cache(p)

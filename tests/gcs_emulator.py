@@ -14,6 +14,33 @@ import socket
 import uuid
 
 
+def _send_generation_headers() -> None:
+  """Media downloads from real GCS carry `x-goog-generation` / `x-goog-metageneration` headers;
+  gcp-storage-emulator (2026.7) omits them, and TensorStore (Orbax's array writer) then fails
+  with "Malformed StorageGeneration" when it rereads an OCDBT manifest. Adds them to the
+  emulator's download handler (its route table is a module-level tuple of dicts)."""
+  from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+
+  original = getattr(objects.download, "mtjax_original", objects.download)
+
+  def download(request, response, storage, *args, **kwargs):
+    original(request, response, storage, *args, **kwargs)
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except Exception:  # pylint: disable=broad-except  (not found: the handler answered 404)
+      return
+    response["x-goog-generation"] = str(obj.get("generation", "1"))
+    response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    response["x-goog-stored-content-length"] = str(obj.get("size", ""))
+
+  download.mtjax_original = original
+  objects.download = download  # `objects.get` (JSON API, alt=media) calls it by this name
+  for _, handlers in server.HANDLERS:
+    if getattr(handlers.get(server.GET), "mtjax_original", handlers.get(server.GET)) is original:
+      handlers[server.GET] = download
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -34,6 +61,7 @@ def running():
   os.environ.update(env)
   # The emulator logs every request (and clients' dropped keep-alive sockets) at INFO.
   logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+  _send_generation_headers()
   server = create_server("127.0.0.1", port, in_memory=True)
   server.start()
   try:

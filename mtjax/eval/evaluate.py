@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mtjax import fs
 from mtjax.data import eval_data, feature_converters, pipeline
 from mtjax.eval import batching, generate, scoring
 
@@ -216,21 +217,19 @@ def format_table(results: list[dict]) -> str:
 
 def write_results(results: list[dict], path: str) -> None:
   """The per-task results (metrics and a few samples; not every row) as one JSON file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump([{k: v for k, v in r.items() if k != "rows"} for r in results], f, indent=1)
+  fs.write_text(path, json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results],
+                                 indent=1))
 
 
 def write_predictions(results: list[dict], output_dir: str, step: int) -> None:
   """Every example's input, prediction and target, one JSONL file per task and step (as T5X's
   inference logs): `<output_dir>/predictions/<task>-<step>.jsonl`."""
-  folder = os.path.join(output_dir, "predictions")
-  os.makedirs(folder, exist_ok=True)
+  folder = fs.join(output_dir, "predictions")
+  fs.makedirs(folder)
   for r in results:
     name = r["task"].replace("/", "_")
-    with open(os.path.join(folder, f"{name}-{step}.jsonl"), "w") as f:
-      for row in r.get("rows", []):
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fs.write_text(fs.join(folder, f"{name}-{step}.jsonl"),
+                  "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in r.get("rows", [])))
 
 
 def flat_metrics(results: list[dict]) -> dict[str, float]:
@@ -247,21 +246,22 @@ def log_results(results: list[dict], output_dir: str, step: int, *,
   """Appends one row (`<task>/<metric>` and `average/<metric>`) to `eval_metrics.jsonl` and
   TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns the row."""
   row = flat_metrics(results)
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, "eval_metrics.jsonl"), "a") as f:
-    f.write(json.dumps({"step": int(step), **row}) + "\n")
+  fs.append_text(fs.join(output_dir, "eval_metrics.jsonl"),
+                 json.dumps({"step": int(step), **row}) + "\n")
   if tensorboard:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    with SummaryWriter(os.path.join(output_dir, "tensorboard")) as tb:
+    copy = fs.WorkingCopy(output_dir)  # a new event file; uploaded whole for a URL
+    with SummaryWriter(copy.path("tensorboard")) as tb:
       for k, v in row.items():
         tb.add_scalar(f"eval/{k}", v, int(step))
+    copy.close()
   return row
 
 
 def report(results: list[dict], output_dir: str, step: int) -> None:
   """Writes `eval_results.json` and `predictions/`, appends `eval_metrics.jsonl` and
   TensorBoard, prints the table."""
-  write_results(results, os.path.join(output_dir, "eval_results.json"))
+  write_results(results, fs.join(output_dir, "eval_results.json"))
   write_predictions(results, output_dir, step)
   log_results(results, output_dir, step)
   print(format_table(results), flush=True)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mtjax import fs
 from mtjax.config import schema
 from mtjax.eval import evaluate, few_shot
 from mtjax.peft import prompts
@@ -29,24 +30,26 @@ class CheckpointRef:
 
 def locate(path: str) -> CheckpointRef:
   """Resolves a run dir, a `checkpoints/` dir or a step dir to (run dir, checkpoints dir, step)."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = fs.abspath(path)
+  if not fs.isdir(path):
     raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if fs.isdir(os.path.join(path, "checkpoints")):
     return CheckpointRef(path, os.path.join(path, "checkpoints"), None)
   name, parent = os.path.basename(path), os.path.dirname(path)
   if name.isdigit():
     return CheckpointRef(os.path.dirname(parent), parent, int(name))
-  return CheckpointRef(parent, path, None)
+  if name == "checkpoints":
+    return CheckpointRef(parent, path, None)
+  raise FileNotFoundError(f"{path} holds no checkpoints: give a run directory written by "
+                          "mtjax train, its checkpoints/ directory or one step's directory")
 
 
 def run_config(ref: CheckpointRef) -> schema.RunConfig:
   path = os.path.join(ref.run_dir, "config.json")
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"{path} not found: give the run's config with --config or "
                             "--gin_file, or point at a run directory written by mtjax train")
-  with open(path) as f:
-    return schema.from_dict(json.load(f))
+  return schema.from_dict(fs.read_json(path))
 
 
 def with_overrides(cfg: schema.RunConfig, *, mixture_or_task: str | None = None,

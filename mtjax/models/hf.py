@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtjax import fs
 from mtjax.models import decoder, t5
 from mtjax.parallel import rules as rules_lib
 from mtjax.peft import lora
@@ -315,6 +316,9 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
   give (under `rules`, default `DEFAULT_RULES`); without, to the default device.
   `overrides` replace fields of the mtjax config (e.g. `dtype="bfloat16"`, `dropout_rate`).
   """
+  if fs.is_url(hf_dir):  # safetensors reads local files: a temporary download
+    with fs.local_dir_to_read(hf_dir) as local:
+      return load(local, mesh=mesh, rules=rules, **overrides)
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(hf_dir, "config.json")) as f:
@@ -422,10 +426,10 @@ def export(model, out_dir: str) -> None:
         for old, new in T5_V1_0_ALIASES.items():
           key = key.replace(new, old)
       tensors[key] = np.ascontiguousarray(_to_hf(w, layout))
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(config_to_hf(model.cfg), f, indent=2)
+  with fs.local_dir_to_write(out_dir) as local:  # a URL: written here, then uploaded
+    save_file(tensors, os.path.join(local, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(local, "config.json"), "w") as f:
+      json.dump(config_to_hf(model.cfg), f, indent=2)
 
 
 def num_params(model) -> int:

@@ -62,12 +62,10 @@ def architecture(model_config):
   a checkpoint), without loading any weights."""
   hf_dir = getattr(model_config, "hf_checkpoint", "")
   if hf_dir:
-    import json  # pylint: disable=g-import-not-at-top
-    import os  # pylint: disable=g-import-not-at-top
-
+    from mtjax import fs  # pylint: disable=g-import-not-at-top
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(hf_dir, "config.json")) as f:
-      return hf.config_from_hf(json.load(f), **_overrides(model_config))[1]
+    return hf.config_from_hf(fs.read_json(fs.join(hf_dir, "config.json")),
+                             **_overrides(model_config))[1]
   return config(model_config.preset, **_overrides(model_config))
 
 

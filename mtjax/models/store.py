@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mtjax import fs
 from mtjax.models import decoder, registry, t5
 
 MODEL_FILE = "model.json"
@@ -30,11 +31,10 @@ def _family_name(cfg) -> str:
 
 def save(model, out_dir: str) -> None:
   """Writes `model.json` and `params/` for `model`."""
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, MODEL_FILE), "w") as f:
-    json.dump({"family": _family_name(model.cfg), "config": dataclasses.asdict(model.cfg)}, f,
-              indent=1)
+  out_dir = fs.abspath(out_dir)  # a URL: Orbax writes it directly
+  fs.makedirs(out_dir)
+  fs.write_text(os.path.join(out_dir, MODEL_FILE), json.dumps(
+      {"family": _family_name(model.cfg), "config": dataclasses.asdict(model.cfg)}, indent=1))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(out_dir, "params"), nnx.state(model).to_pure_dict(), force=True)
   checkpointer.wait_until_finished()
@@ -63,18 +63,17 @@ def _restore(cfg, params_dir: str, partial: bool = False):
 
 def load(model_dir: str):
   """The module saved by `save`."""
-  with open(os.path.join(model_dir, MODEL_FILE)) as f:
-    cfg = _config_from_json(json.load(f))
+  cfg = _config_from_json(fs.read_json(os.path.join(model_dir, MODEL_FILE)))
   return _restore(cfg, os.path.join(model_dir, "params"))
 
 
 def load_any(path: str):
   """A model directory (`save`), or a training run's checkpoint (latest step unless a step
   dir is given), rebuilt with the run's `model` config."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, MODEL_FILE)):
+  path = fs.abspath(path)
+  if fs.exists(os.path.join(path, MODEL_FILE)):
     return load(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if fs.isdir(os.path.join(path, "checkpoints")):
     run_dir, ckpt_dir, step = path, os.path.join(path, "checkpoints"), None
   elif os.path.basename(path).isdigit():
     run_dir, ckpt_dir, step = os.path.dirname(os.path.dirname(path)), os.path.dirname(path), \
@@ -82,14 +81,13 @@ def load_any(path: str):
   else:
     run_dir, ckpt_dir, step = os.path.dirname(path), path, None
   config_path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(config_path):
+  if not fs.exists(config_path):
     raise FileNotFoundError(f"{path}: neither a model directory ({MODEL_FILE}) nor a run "
                             f"checkpoint ({config_path} not found)")
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
-  with open(config_path) as f:
-    run_cfg = schema.from_dict(json.load(f))
+  run_cfg = schema.from_dict(fs.read_json(config_path))
   if step is None:
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+    steps = [int(d) for d in fs.listdir(ckpt_dir) if d.isdigit()] if fs.isdir(ckpt_dir) else []
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     step = max(steps)

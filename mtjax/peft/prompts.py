@@ -21,7 +21,7 @@ pair, a few KB) load onto any copy of the base model (`merge`).
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from mtjax import fs
 
 PLACEMENTS = ("prefix", "after_bos")
 INITS = ("uniform", "vocab", "class_labels")
@@ -276,29 +278,33 @@ def select(graphdef, params, row: int):
 
 def save(directory: str, prompt_table, meta: Mapping[str, Any] | None = None) -> str:
   """Writes `prompt.npy` (float32 table) and `prompt.json` (shape, tasks, provenance)."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = fs.abspath(directory)
+  fs.makedirs(directory)
   arr = np.asarray(jax.device_get(prompt_table), np.float32)
-  tmp = os.path.join(directory, f"{TABLE_FILE}.tmp{os.getpid()}")  # one per writer
-  with open(tmp, "wb") as f:
-    np.save(f, arr)
-  os.replace(tmp, os.path.join(directory, TABLE_FILE))
+  buffer = io.BytesIO()
+  np.save(buffer, arr)
+  if fs.is_url(directory):  # one object upload: never seen half-written
+    with fs.open(os.path.join(directory, TABLE_FILE), "wb") as f:
+      f.write(buffer.getvalue())
+  else:
+    tmp = os.path.join(directory, f"{TABLE_FILE}.tmp{os.getpid()}")  # one per writer
+    with open(tmp, "wb") as f:
+      f.write(buffer.getvalue())
+    os.replace(tmp, os.path.join(directory, TABLE_FILE))
   info = dict(meta or {}, num_prompts=arr.shape[0], length=arr.shape[1], d_model=arr.shape[2])
-  with open(os.path.join(directory, META_FILE), "w") as f:
-    json.dump(info, f, indent=1)
+  fs.write_json(os.path.join(directory, META_FILE), info, indent=1)
   return directory
 
 
 def load(path: str) -> tuple[np.ndarray, dict]:
   """(table, meta) from a prompt directory (`save`), or the prompt inside a run checkpoint (a run
   dir, its `checkpoints/` dir or a step dir: the newest step unless named)."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, TABLE_FILE)):
+  path = fs.abspath(path)
+  if fs.exists(os.path.join(path, TABLE_FILE)):
     meta = {}
-    if os.path.exists(os.path.join(path, META_FILE)):
-      with open(os.path.join(path, META_FILE)) as f:
-        meta = json.load(f)
-    return np.load(os.path.join(path, TABLE_FILE)), meta
+    if fs.exists(os.path.join(path, META_FILE)):
+      meta = fs.read_json(os.path.join(path, META_FILE))
+    return np.load(io.BytesIO(fs.read_bytes(os.path.join(path, TABLE_FILE)))), meta
   return _from_checkpoint(path)
 
 

@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mtjax import fs
+
 log = logging.getLogger(__name__)
 
 # Config keys a run may not change when it resumes from its own checkpoints (everything else,
@@ -41,7 +43,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True,
                best_metric: str = "", best_mode: str = "min"):
-    self.directory = os.path.abspath(directory)
+    self.directory = fs.abspath(directory)  # a URL stays one: Orbax writes gs:// itself
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.save_every = max(save_every, 1)
@@ -171,12 +173,12 @@ def _norm(value):
 
 def find_step_dir(path: str) -> str:
   """A run dir, its `checkpoints` dir, or one step dir -> the newest complete step dir."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "params")):
+  path = fs.abspath(path)
+  if fs.isdir(os.path.join(path, "params")):
     return path
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if fs.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+  steps = sorted(int(d) for d in fs.listdir(path) if d.isdigit()) if fs.isdir(path) else []
   if not steps:
     raise FileNotFoundError(f"train.init_from: no checkpoint under {path}")
   return os.path.join(path, str(steps[-1]))

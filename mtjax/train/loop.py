@@ -27,7 +27,8 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mtjax.config import schema
+from mtjax import fs
+from mtjax.config import schema, storage
 from mtjax.data import cache, pipeline
 from mtjax.eval import evaluate as eval_lib
 from mtjax.models import registry
@@ -182,11 +183,10 @@ def data_iterator(setup: Setup):
 def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
   """The resolved config and a model summary (count, shape, dtype, logical axes, sharding of
   each parameter, and whether it trains) in the run dir."""
-  os.makedirs(cfg.run_dir, exist_ok=True)
+  fs.makedirs(cfg.run_dir)
   if jax.process_index() != 0:
     return
-  with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
-    json.dump(schema.to_dict(cfg), f, indent=1)
+  fs.write_text(fs.join(cfg.run_dir, "config.json"), json.dumps(schema.to_dict(cfg), indent=1))
   leaves = jax.tree_util.tree_flatten_with_path(setup.params)[0]
   trains = lambda p: setup.trainable is None or tuple(
       getattr(k, "key", getattr(k, "idx", k)) for k in p) in setup.trainable
@@ -202,8 +202,7 @@ def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
       "mesh": dict(setup.mesh.shape),
       "tasks": list(setup.spec.task_names),
   }
-  with open(os.path.join(cfg.run_dir, "model_summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  fs.write_text(fs.join(cfg.run_dir, "model_summary.json"), json.dumps(summary, indent=1))
 
 
 # Testing hook: "STEP:KIND" with KIND in SIGKILL | SIGTERM (sent to this process after STEP
@@ -220,8 +219,8 @@ def _fault():
 
 
 def _is_hf_dir(path: str) -> bool:
-  return (os.path.exists(os.path.join(path, "config.json"))
-          and any(f.endswith(".safetensors") for f in os.listdir(path)))
+  return (fs.exists(fs.join(path, "config.json"))
+          and any(f.endswith(".safetensors") for f in fs.listdir(path)))
 
 
 def init_from(setup: Setup, params, source: str):
@@ -299,6 +298,7 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   step, after in-flight saves of earlier (finite) states complete.
   """
   t_start = time.perf_counter()
+  storage.check(cfg)  # a bad bucket is one line now, not a traceback after compiling
   distributed.initialize()
   setup = build(cfg)
   k = max(cfg.train.microbatches, 1)
@@ -397,6 +397,7 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
                             metrics={**last, **last_eval})
+          writer.sync()  # a remote run dir gets its logs up to the saved step
         bar.update(1)
         if stop["signal"]:
           log.warning("%s: saved a checkpoint at step %d in %s; exiting", stop["signal"], done,

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 
 import numpy as np
+
+from mtjax import fs
+
+# A remote run dir receives the growing files (metrics.jsonl, TensorBoard events) by upload at
+# most this often, and at every checkpoint save and at close.
+SYNC_SECONDS = 30.0
 
 
 class MetricWriter:
@@ -16,12 +23,17 @@ class MetricWriter:
                enabled: bool = True):
     """`resume_step`: rows after it (written by a run that died before its next checkpoint) are
     dropped, so the file holds each step once and matches an uninterrupted run. `enabled=False`
-    (hosts other than process 0) writes nothing."""
+    (hosts other than process 0) writes nothing. A URL run dir is written through a local
+    working copy (fs.WorkingCopy) that is uploaded every SYNC_SECONDS, on `sync()` and on
+    `close()`; a killed process loses at most the rows since the last sync, which the resumed run
+    rewrites from its checkpoint anyway."""
     self.enabled = enabled
     if not enabled:
       return
-    os.makedirs(run_dir, exist_ok=True)
-    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._copy = fs.WorkingCopy(run_dir)
+    self._last_sync = time.monotonic()
+    self.path = self._copy.path("metrics.jsonl")
+    self._copy.pull("metrics.jsonl")
     if resume_step is not None and os.path.exists(self.path):
       with open(self.path) as f:
         rows = [line for line in f if _step(line) is not None and _step(line) <= resume_step]
@@ -32,7 +44,7 @@ class MetricWriter:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+      self._tb = SummaryWriter(self._copy.path("tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -43,6 +55,18 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
+    if self._copy.remote and time.monotonic() - self._last_sync > SYNC_SECONDS:
+      self.sync()
+
+  def sync(self) -> None:
+    """Flushes and, for a remote run dir, uploads what changed."""
+    if not self.enabled:
+      return
+    self._file.flush()
+    if self._tb is not None:
+      self._tb.flush()
+    self._copy.sync()
+    self._last_sync = time.monotonic()
 
   def close(self) -> None:
     if not self.enabled:
@@ -50,6 +74,7 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+    self._copy.close()
 
 
 def _step(line: str) -> int | None:
