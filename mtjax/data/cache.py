@@ -12,6 +12,9 @@ Layout::
   <cache_dir>/<task>/<split>/manifest.json
   <cache_dir>/<task>/<split>/data.array_record-00000-of-0000N
   <cache_dir>/mixtures/<mixture>.json       (flattened rates; lets training run without TF)
+
+`cache_dir` may be a URL (`gs://...`): a split is then built in a local mirror and uploaded with
+its manifest last, and read from a local staging copy (`staging.py`); `split_dir` names that copy.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from mtjax.data import mixing, records
+from mtjax import fs
+from mtjax.data import mixing, records, staging
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # bump when the record format or manifest changes: old caches rebuild
@@ -117,15 +121,38 @@ def fingerprint(task, split: str) -> str:
 
 
 def split_dir(cache_dir: str, task_name: str, split: str) -> str:
+  """The local folder holding a split's files: for a remote cache dir, its staging copy (current
+  once `read_manifest` has returned a manifest for it)."""
+  if fs.is_url(cache_dir):
+    return staging.local_split_dir(cache_dir, task_name, split)
   return os.path.join(cache_dir, task_name, split)
 
 
 def read_manifest(cache_dir: str, task_name: str, split: str) -> dict | None:
+  """The split's manifest, None if it is not cached. For a remote cache dir this is the gate
+  every reader passes: the split is staged (downloaded once per host) before it returns."""
+  if fs.is_url(cache_dir):
+    return staging.stage(cache_dir, task_name, split)
   path = os.path.join(split_dir(cache_dir, task_name, split), MANIFEST)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def cached_splits(cache_dir: str) -> list[str]:
+  """`task/split` of every split with a manifest under `cache_dir` (local or URL; for a URL this
+  lists the store, a call per task: for error messages, not for hot paths)."""
+  if not fs.isdir(cache_dir):
+    return []
+  out = []
+  for t in fs.listdir(cache_dir):
+    task_dir = fs.join(cache_dir, t)
+    if t == "mixtures" or not fs.isdir(task_dir):
+      continue
+    out += [f"{t}/{sp}" for sp in fs.listdir(task_dir)
+            if fs.exists(fs.join(task_dir, sp, MANIFEST))]
+  return sorted(out)
 
 
 def check_vocabularies(task) -> None:
@@ -255,6 +282,13 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
     raise ValueError(f"task {task.name!r} has no split {split!r} (it has {list(task.splits)})")
   check_vocabularies(task)
   fp = fingerprint(task, split)
+  if fs.is_url(cache_dir):  # built in the local mirror, then uploaded (unless already there)
+    existing = staging.remote_manifest(cache_dir, task.name, split)
+    if existing and existing.get("fingerprint") == fp:
+      return existing
+    cache_task_split(task, split, staging.mirror_root(cache_dir), num_shards=num_shards,
+                     seed=seed, num_workers=num_workers, block_size=block_size)
+    return staging.publish(split_dir(cache_dir, task.name, split), cache_dir, task.name, split)
   existing = read_manifest(cache_dir, task.name, split)
   if existing and existing.get("fingerprint") == fp:
     return existing

@@ -14,6 +14,8 @@ import os
 import tempfile
 from typing import Mapping
 
+from mtjax import fs
+
 # Staged rate schedule: ((start_step, {task: rate}), ...), increasing start steps. From each
 # start step on, the mixture samples with those rates (tasks left out get 0); before the first,
 # with the mixture's own. Consumed by `pipeline.PipelineOptions.rate_stages`.
@@ -66,18 +68,25 @@ def from_seqio(name: str) -> MixtureSpec:
 
 
 def _path(name: str, cache_dir: str) -> str:
-  return os.path.join(cache_dir, "mixtures", f"{name}.json")
+  return fs.join(cache_dir, "mixtures", f"{name}.json")
+
+
+def _to_json(spec: MixtureSpec) -> dict:
+  return {"name": spec.name, "tasks": [dataclasses.asdict(t) for t in spec.tasks]}
 
 
 def write_spec(spec: MixtureSpec, cache_dir: str) -> None:
-  """Atomic, and safe when several runs share a cache dir: each writer has its own temp file."""
+  """Atomic, and safe when several runs share a cache dir: each writer has its own temp file
+  (a URL: one object upload, which appears whole)."""
   path = _path(spec.name, cache_dir)
+  if fs.is_url(path):
+    fs.write_json(path, _to_json(spec), indent=1)
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".tmp", dir=os.path.dirname(path))
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump({"name": spec.name, "tasks": [dataclasses.asdict(t) for t in spec.tasks]}, f,
-                indent=1)
+      json.dump(_to_json(spec), f, indent=1)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -87,8 +96,15 @@ def write_spec(spec: MixtureSpec, cache_dir: str) -> None:
 
 def read_spec(name: str, cache_dir: str) -> MixtureSpec | None:
   path = _path(name, cache_dir)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    raw = json.load(f)
+  if fs.is_url(path):
+    fs.forget_listings(fs.join(cache_dir, "mixtures"))
+    try:
+      raw = fs.read_json(path)
+    except FileNotFoundError:
+      return None
+  else:
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      raw = json.load(f)
   return MixtureSpec(raw["name"], tuple(TaskRate(**t) for t in raw["tasks"]))

@@ -57,11 +57,8 @@ def require_manifest(cache_dir: str, task: str, split: str) -> dict:
   if manifest is None:
     import difflib  # pylint: disable=g-import-not-at-top
 
-    cached = sorted(f"{t}/{sp}" for t in (os.listdir(cache_dir) if os.path.isdir(cache_dir) else [])
-                    if os.path.isdir(os.path.join(cache_dir, t))
-                    for sp in os.listdir(os.path.join(cache_dir, t))
-                    if os.path.exists(os.path.join(cache_dir, t, sp, cache.MANIFEST)))
-    close = difflib.get_close_matches(f"{task}/{split}", cached, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(f"{task}/{split}", cache.cached_splits(cache_dir), n=3,
+                                      cutoff=0.6)
     hint = f" Cached close matches: {', '.join(close)}." if close else ""
     raise FileNotFoundError(f"no cache for task {task!r} split {split!r} under {cache_dir}; run "
                             f"`mtjax cache`.{hint}")
