@@ -80,11 +80,20 @@ def _csv_rows(text: str) -> dict:
   return {(r["variant"], r["task"], r["metric"]): r for r in csv.DictReader(io.StringIO(text))}
 
 
-# Files whose names depend on the host, the process or the clock (TensorBoard events, Orbax's
-# per-process metadata) are compared by their folder only.
 def _stable(names: set[str]) -> set[str]:
-  return {n.rsplit("/", 1)[0] + "/*" if "events.out.tfevents" in n or ".tmp" in n else n
-          for n in names}
+  """The names, with those that depend on the host, the clock or the bytes written reduced to
+  their folder: TensorBoard event files, and the files inside a checkpoint's items (TensorStore
+  names its data files by content hash; Orbax's layout differs between file systems)."""
+  out = set()
+  for n in names:
+    parts = n.split("/")
+    if "checkpoints" in parts:
+      i = parts.index("checkpoints")
+      n = "/".join(parts[:i + 3]) + "/*" if len(parts) > i + 3 else n
+    elif "events.out.tfevents" in parts[-1]:
+      n = "/".join(parts[:-1] + ["events.out.tfevents.*"])
+    out.add(n)
+  return out
 
 
 def test_ablate_sweep_on_gcs_writes_what_a_local_sweep_writes(tmp_path, synthetic_cache,
@@ -116,7 +125,8 @@ def test_ablate_sweep_on_gcs_writes_what_a_local_sweep_writes(tmp_path, syntheti
                "members/all-seed0/member.json", "members/no_sort-seed0/ablate_result.json",
                "members/all-seed0/eval_results.json"):
     assert name in remote, sorted(remote)
-  assert _stable(remote) == _stable(local)
+  assert _stable(remote) == _stable(local), (sorted(_stable(remote) - _stable(local)),
+                                            sorted(_stable(local) - _stable(remote)))
 
   # The same table: same rows, same numbers (same config, seeds and device count).
   rows_local = _csv_rows((tmp_path / "sweep" / "results.csv").read_text())
@@ -162,7 +172,8 @@ def test_promot_on_gcs_writes_what_a_local_promot_writes(tmp_path, synthetic_cac
     assert name in remote, sorted(remote)
   assert any(n.startswith("prompt_tuning/best_prompt/") for n in remote), sorted(remote)
   assert any(n.startswith("promot/report/") for n in remote), sorted(remote)  # predictions
-  assert _stable(remote) == _stable(local)
+  assert _stable(remote) == _stable(local), (sorted(_stable(remote) - _stable(local)),
+                                            sorted(_stable(local) - _stable(remote)))
 
   got = fs.read_json(f"{gcs_dir}/report.json")
   with open(os.path.join(local_dir, "report.json")) as f:
