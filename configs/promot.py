@@ -23,7 +23,7 @@ from mtjax.config.schema import (
 def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/promot",
-      data=DataConfig(mixture="synthetic_compare", modules=("mixtures.synthetic",),
+      data=DataConfig(mixture="synthetic_compare", modules=("mtjax.mixtures.synthetic",),
                       inputs_length=64, targets_length=16, batch_size=32, pack=False),
       model=ModelConfig(preset="t5_quickstart"),
       train=TrainConfig(init_from="runs/quickstart", log_every=50),

@@ -10,7 +10,7 @@ from mtjax.config.schema import (DataConfig, EvalConfig, ModelConfig, OptimizerC
 def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/quickstart",
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=64,
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",), inputs_length=64,
                       targets_length=16, batch_size=32, pack=True, packer="window"),
       model=ModelConfig(preset="t5_quickstart"),
       # T5X's finetuning optimizer; a tiny model takes a larger constant rate.

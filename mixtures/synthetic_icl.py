@@ -5,10 +5,10 @@ only guess the task; with k demonstrations it can tell which one it is. Pretrain
 k-shot variants (`icl_pretrain`) teaches a small model k-shot in-context learning from scratch,
 and the families' outputs have different formats (letters, numbers), so a finetuned model that
 answers them with a classification label ("yes"/"no") shows format specialisation. Used by
-`scripts/repro_promot.py`; the target task there is `synthetic_compare` (mixtures.synthetic).
+`scripts/repro_promot.py`; the target task there is `synthetic_compare` (mtjax.mixtures.synthetic).
 
 Families: `letters` ("abcde ->": copy or reverse) and `numbers` ("23 41 ->": the larger or
-the smaller number). Needs no files; deterministic like mixtures.synthetic.
+the smaller number). Needs no files; deterministic like mtjax.mixtures.synthetic.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import seqio
 
-import mixtures.synthetic  # noqa: F401  (the target task synthetic_compare)
+from mtjax.mixtures import synthetic  # noqa: F401  (the target task synthetic_compare)
 from mtjax.data.templates import Template, apply_templates
 from mtjax.eval import metrics
 

@@ -25,8 +25,12 @@ COMMANDS = {
 CONFIG_HELP = """configuration (exactly one front end):
   --gin_file=FILE          gin file (repeatable); --gin.MACRO=VALUE or --gin.Class.param=VALUE
                            override bindings, as in T5X
+  --gin_search_paths=DIRS  comma-separated folders for gin files and includes (the packaged
+                           configs are searched last)
   --config=FILE            python file defining get_config() -> RunConfig
   --set KEY=VALUE          override a field of the python config, e.g. --set train.steps=50
+A file may be a path, a URL (gs://...) or the name of a config shipped with mtjax, e.g.
+--config=quickstart, --config=experiments/t0, --gin_file=quickstart.gin.
 """
 
 
@@ -34,7 +38,10 @@ def _config_parser(name: str, description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=f"mtjax {name}", description=description, epilog=CONFIG_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--gin_file", action="append", default=[], help="gin config file (repeatable)")
-  p.add_argument("--config", help="python config file with get_config()")
+  p.add_argument("--gin_search_paths", default="",
+                 help="comma-separated folders where gin files and includes are looked up")
+  p.add_argument("--config", help="python config file with get_config(), or a packaged "
+                 "config's name (quickstart, experiments/t0, ...)")
   p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                  help="override a python-config field (repeatable)")
   return p
@@ -49,13 +56,16 @@ def resolve_config(args, gin_bindings):
   if args.gin_file:
     if args.set:
       raise SystemExit("error: --set applies to --config; with gin use --gin.KEY=VALUE")
-    return gin_config.load(args.gin_file, gin_bindings)
+    search = [d.strip() for d in getattr(args, "gin_search_paths", "").split(",") if d.strip()]
+    return gin_config.load(args.gin_file, gin_bindings, search)
   if gin_bindings:
     raise SystemExit("error: --gin.KEY=VALUE needs --gin_file")
+  if getattr(args, "gin_search_paths", ""):
+    raise SystemExit("error: --gin_search_paths applies to --gin_file")
   if args.config:
     return python_config.load(args.config, args.set)
   raise SystemExit("error: give a config: --gin_file=FILE or --config=FILE "
-                   "(e.g. --config=configs/quickstart.py)")
+                   "(e.g. --config=quickstart, a config shipped with mtjax)")
 
 
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -162,7 +172,7 @@ def _cmd_cache(argv):
   parser = argparse.ArgumentParser(prog="mtjax cache", description=COMMANDS["cache"])
   parser.add_argument("--mixture_or_task", required=True)
   parser.add_argument("--module", action="append", default=[],
-                      help="module registering it (repeatable; default mixtures.synthetic)")
+                      help="module registering it (repeatable; default mtjax.mixtures.synthetic)")
   parser.add_argument("--cache_dir", default=".cache/mtjax", help="local folder or URL (gs://...)")
   parser.add_argument("--splits", default="train,validation")
   parser.add_argument("--num_shards", type=int, default=1)
@@ -178,7 +188,7 @@ def _cmd_cache(argv):
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
   from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
 
-  import_modules(args.module or ["mixtures.synthetic"])
+  import_modules(args.module or ["mtjax.mixtures.synthetic"])
   try:
     spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
                                splits=tuple(args.splits.split(",")), num_shards=args.num_shards,

@@ -44,7 +44,7 @@ def _measure(batches, n: int) -> dict:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--mixture", default="synthetic")
-  p.add_argument("--module", default="mixtures.synthetic")
+  p.add_argument("--module", default="mtjax.mixtures.synthetic")
   p.add_argument("--inputs_length", type=int, default=256)
   p.add_argument("--targets_length", type=int, default=64)
   p.add_argument("--batch_size", type=int, default=32)

@@ -1,7 +1,7 @@
 """Reproduces ProMoT's qualitative finding at small scale, from scratch, on a CPU.
 
 1. Pretrain a small decoder (`decoder_small`, prefix-LM, byte vocabulary) on `icl_pretrain`
-   (mixtures/synthetic_icl.py): 1-, 2- and 3-shot episodes of tasks that are only knowable from
+   (mtjax.mixtures.synthetic_icl): 1-, 2- and 3-shot episodes of tasks that are only knowable from
    their demonstrations, in two families with different output formats (letters: copy or
    reverse; numbers: the larger or the smaller of two). The model learns k-shot in-context
    learning.
@@ -41,7 +41,7 @@ SHOTS = 2
 def pretrain_config(args) -> schema.RunConfig:
   return schema.RunConfig(
       run_dir=os.path.join(args.workdir, "pretrain"),
-      data=schema.DataConfig(mixture="icl_pretrain", modules=("mixtures.synthetic_icl",),
+      data=schema.DataConfig(mixture="icl_pretrain", modules=("mtjax.mixtures.synthetic_icl",),
                              cache_dir=args.cache_dir, inputs_length=64, targets_length=8,
                              batch_size=32, feature_converter="prefix_lm"),
       model=schema.ModelConfig(preset=args.preset),
@@ -57,7 +57,7 @@ def promot_config(args) -> schema.RunConfig:
   tasks = tuple(t for family in FAMILIES.values() for t in family)
   return schema.RunConfig(
       run_dir=os.path.join(args.workdir, "promot"),
-      data=schema.DataConfig(mixture=TARGET, modules=("mixtures.synthetic_icl",),
+      data=schema.DataConfig(mixture=TARGET, modules=("mtjax.mixtures.synthetic_icl",),
                              cache_dir=args.cache_dir, inputs_length=56, targets_length=8,
                              batch_size=32, feature_converter="prefix_lm"),
       model=schema.ModelConfig(preset=args.preset),

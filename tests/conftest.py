@@ -22,7 +22,7 @@ if ROOT not in sys.path:
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
   """The built-in synthetic mixture materialised once per test session; returns the cache dir."""
-  import mixtures.synthetic  # noqa: F401  (registers the tasks)
+  import mtjax.mixtures.synthetic  # noqa: F401  (registers the tasks)
   from mtjax.data import cache
 
   cache_dir = str(tmp_path_factory.mktemp("cache"))

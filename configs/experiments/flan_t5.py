@@ -22,8 +22,8 @@ def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/flan_t5",
       # Replace with your Flan mixture; the synthetic suite keeps the file runnable.
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=2048,
-                      targets_length=512, batch_size=64, pack=True),
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",),
+                      inputs_length=2048, targets_length=512, batch_size=64, pack=True),
       model=ModelConfig(preset="t5_1_1_xl", dropout_rate=0.05, dtype="bfloat16"),
       optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-3, schedule="constant"),
       train=TrainConfig(steps=38_000, log_every=100, checkpoint_every=2_000),

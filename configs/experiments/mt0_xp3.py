@@ -20,8 +20,8 @@ def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/mt0_xp3",
       # Replace with your xP3 mixture; the synthetic suite keeps the file runnable.
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=1024,
-                      targets_length=256, batch_size=2048, pack=True),
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",),
+                      inputs_length=1024, targets_length=256, batch_size=2048, pack=True),
       model=ModelConfig(preset="mt5_xxl", dtype="bfloat16"),
       optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-3, schedule="constant"),
       train=TrainConfig(steps=7_000, log_every=100, checkpoint_every=500,

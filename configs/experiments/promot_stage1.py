@@ -24,7 +24,7 @@ def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/promot_stage1",
       # Replace with your target task (ProMoT: e.g. RTE); the synthetic suite keeps it runnable.
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=512,
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",), inputs_length=512,
                       targets_length=64, batch_size=32, pack=False),
       model=ModelConfig(preset="mt5_xxl", dtype="bfloat16", prompt_length=100),
       optimizer=OptimizerConfig(name="adafactor", learning_rate=0.3, schedule="constant",

@@ -21,7 +21,7 @@ from mtjax.config.schema import DataConfig, ModelConfig, OptimizerConfig, RunCon
 def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/promot_stage2",
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=512,
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",), inputs_length=512,
                       targets_length=64, batch_size=32, pack=False),
       model=ModelConfig(preset="mt5_xxl", dtype="bfloat16", prompt_length=100,
                         dropout_rate=0.1),

@@ -24,8 +24,8 @@ def get_config() -> RunConfig:
   return RunConfig(
       run_dir="runs/t0",
       # Replace with the P3 (T0 train) mixture; the synthetic suite keeps the file runnable.
-      data=DataConfig(mixture="synthetic", modules=("mixtures.synthetic",), inputs_length=1024,
-                      targets_length=256, batch_size=1024, pack=True),
+      data=DataConfig(mixture="synthetic", modules=("mtjax.mixtures.synthetic",),
+                      inputs_length=1024, targets_length=256, batch_size=1024, pack=True),
       model=ModelConfig(preset="t5_1_1_xxl", dropout_rate=0.1, dtype="bfloat16"),
       optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-3, schedule="constant"),
       train=TrainConfig(steps=12_200, log_every=100, checkpoint_every=1_000),

@@ -3,37 +3,83 @@
 `--gin.X=Y` becomes the binding `X = Y`. Gin itself rejects unknown configurables and
 parameters (naming them); an override of a macro that no gin file uses is rejected here, since
 gin would otherwise ignore it silently.
+
+Gin files (and their `include`s) are looked up as gin does, in search paths: the working
+directory, `--gin_search_paths` (comma-separated, as in T5X), the folders of the given files, and
+last the packaged configs (`mtjax/config/packaged.py`), so `--gin_file=quickstart.gin` and
+`include 'experiments/t0.gin'` work from a plain `pip install`. A file may be a URL (`gs://...`),
+read through `mtjax.fs`.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 
 import gin
 
-from mtjax.config import schema
+from mtjax import fs
+from mtjax.config import packaged, schema
 
 _MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1""", re.MULTILINE)
 
 
-def _read(path: str, search_dirs: list[str]) -> str:
-  for folder in [""] + search_dirs:
-    candidate = os.path.join(folder, path)
-    if os.path.exists(candidate):
-      with open(candidate) as f:
-        return f.read()
-  raise FileNotFoundError(f"gin file {path!r} not found (searched {['.'] + search_dirs})")
+def _gin_reads_urls() -> None:
+  """Lets gin open `scheme://` files (and includes) through mtjax.fs (idempotent)."""
+  gin.config.register_file_reader(fs.open, lambda p: fs.is_url(p) and fs.isfile(p))
+
+
+def _locate(path: str, search_dirs: list[str]) -> str:
+  if fs.is_url(path) or os.path.isabs(path):
+    if fs.exists(path):
+      return path
+  else:
+    for folder in [""] + search_dirs:
+      candidate = fs.join(folder, path) if folder else path
+      if fs.exists(candidate):
+        return candidate
+  raise FileNotFoundError(f"gin file {path!r} not found (searched {['.'] + search_dirs}; "
+                          f"packaged: {', '.join(packaged.gin_names())})")
+
+
+def _read(path: str, search_dirs: list[str], seen: set[str] | None = None) -> str:
+  """The text of a gin file and of everything it includes (to find the macros they use)."""
+  seen = set() if seen is None else seen
+  where = _locate(path, search_dirs)
+  if where in seen:
+    return ""
+  seen.add(where)
+  text = fs.read_text(where)
+  included = [_read(m.group(2), search_dirs, seen) for m in _INCLUDE.finditer(text)]
+  return "\n".join([text] + included)
+
+
+def search_paths(gin_files: list[str], search_dirs: list[str] = ()) -> list[str]:
+  """The gin search path: the given folders, each file's folder, then the packaged configs."""
+  paths = [d for d in search_dirs if d]
+  for f in gin_files:
+    if fs.is_url(f):
+      d = posixpath.dirname(f)
+    elif os.path.exists(f):
+      d = os.path.dirname(os.path.abspath(f))
+    else:
+      continue
+    if d not in paths:
+      paths.append(d)
+  if packaged.config_dir() not in paths:
+    paths.append(packaged.config_dir())
+  return paths
 
 
 def load(gin_files: list[str], bindings: list[str] = (),
          search_dirs: list[str] = ()) -> schema.RunConfig:
   """Parses gin files and `X=Y` bindings, and builds the RunConfig they describe."""
-  search_dirs = list(search_dirs)
-  for f in gin_files:
-    d = os.path.dirname(os.path.abspath(f))
-    if d not in search_dirs:
-      search_dirs.append(d)
+  # A name that is no file here may be a packaged one (`quickstart.gin`, `experiments/t0`).
+  gin_files = [f if fs.is_url(f) or os.path.exists(f) else packaged.resolve_gin(f) or f
+               for f in gin_files]
+  search_dirs = search_paths(gin_files, list(search_dirs))
   texts = [_read(f, search_dirs) for f in gin_files]
   used = {m for t in texts for m in _MACRO_REF.findall(t)}
   lines = []
@@ -46,6 +92,11 @@ def load(gin_files: list[str], bindings: list[str] = (),
                      f"(macros used: {', '.join(sorted(used)) or 'none'})")
     lines.append(f"{name} = {value}")
   gin.clear_config()
+  _gin_reads_urls()
+  # Gin keeps its search path in a module-level list that only grows; this call's folders are
+  # removed again afterwards, so a later load cannot find files through an earlier one's.
+  prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+  saved = list(prefixes) if prefixes is not None else None
   for path in search_dirs:
     gin.add_config_file_search_path(path)
   try:
@@ -55,3 +106,5 @@ def load(gin_files: list[str], bindings: list[str] = (),
     # The RunConfig is the product; bindings left behind would silently change the defaults
     # of every config section built later in this process.
     gin.clear_config()
+    if saved is not None:
+      prefixes[:] = saved

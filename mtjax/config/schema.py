@@ -15,7 +15,7 @@ import gin
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   mixture: str = "synthetic"  # a registered SeqIO mixture or task
-  modules: tuple[str, ...] = ("mixtures.synthetic",)  # imported to register tasks
+  modules: tuple[str, ...] = ("mtjax.mixtures.synthetic",)  # imported to register tasks
   cache_dir: str = ".cache/mtjax"
   inputs_length: int = 64
   targets_length: int = 16

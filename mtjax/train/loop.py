@@ -49,11 +49,22 @@ def import_modules(modules) -> None:
   """Imports the modules that register the config's SeqIO tasks and mixtures.
 
   The working directory is importable, as with `python -m`, so `data.modules=my_tasks` finds a
-  `my_tasks.py` next to where `mtjax` runs.
+  `my_tasks.py` next to where `mtjax` runs. The built-in mixtures are `mtjax.mixtures.*`; the
+  name they had before they moved into the package, `mixtures.X` (in older run dirs and
+  configs), still means the built-in `mtjax.mixtures.X`, so a user folder named `mixtures/`
+  cannot shadow them (a module of the user's own in such a folder still imports).
   """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   for name in modules:
+    if name.startswith("mixtures."):
+      try:
+        if importlib.util.find_spec("mtjax." + name) is not None:
+          name = "mtjax." + name
+      except ImportError:  # no such built-in package: the user's own
+        pass
     try:
       importlib.import_module(name)
     except ImportError as e:

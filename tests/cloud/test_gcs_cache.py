@@ -50,7 +50,7 @@ def _batches(spec, cache_dir, n=3):
 
 def test_cache_mixture_on_gcs_is_uploaded_once_and_reads_like_a_local_cache(
     gcs_bucket, synthetic_cache, staging_dir, monkeypatch):
-  import mixtures.synthetic  # noqa: F401  (registers the tasks)
+  import mtjax.mixtures.synthetic  # noqa: F401  (registers the tasks)
 
   url = f"{gcs_bucket}/cache"
   spec = cache.cache_mixture("synthetic", url)
@@ -102,7 +102,7 @@ def copy_task():
 
 
 def test_changed_remote_manifest_is_downloaded_again(gcs_bucket, copy_task, monkeypatch):
-  import mixtures.synthetic  # noqa: F401
+  import mtjax.mixtures.synthetic  # noqa: F401
 
   url = f"{gcs_bucket}/cache"
   cache.cache_task_split(copy_task, "validation", url)
@@ -129,7 +129,7 @@ def test_changed_remote_manifest_is_downloaded_again(gcs_bucket, copy_task, monk
 
 def test_split_without_manifest_is_neither_read_nor_reused(gcs_bucket, copy_task, tmp_path,
                                                            monkeypatch):
-  import mixtures.synthetic  # noqa: F401
+  import mtjax.mixtures.synthetic  # noqa: F401
 
   url = f"{gcs_bucket}/cache"
   local = str(tmp_path / "local")

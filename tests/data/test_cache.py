@@ -34,7 +34,7 @@ def test_manifest_records_post_cache_ops_and_counts(synthetic_cache):
 
 
 def _one_template_task(name, inputs_template):
-  import mixtures.synthetic as synthetic
+  import mtjax.mixtures.synthetic as synthetic
   from mtjax.data.templates import apply_templates
   import functools
 
@@ -64,7 +64,7 @@ def test_changed_task_definition_rebuilds_the_cache(tmp_path):
 
 
 def test_unsupported_post_cache_preprocessor_is_named(tmp_path):
-  import mixtures.synthetic as synthetic
+  import mtjax.mixtures.synthetic as synthetic
   import functools
   import pytest
 

@@ -20,7 +20,7 @@ def _cache_contents(cache_dir, task, split):
 
 
 def test_one_and_two_worker_processes_write_the_same_cache(tmp_path):
-  import mixtures.synthetic  # noqa: F401  (registers the task)
+  import mtjax.mixtures.synthetic  # noqa: F401  (registers the task)
 
   task = seqio.get_mixture_or_task("synthetic_copy")
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
@@ -96,7 +96,7 @@ def test_missing_vocabulary_is_named(tmp_path):
 
 
 def test_unknown_task_suggests_close_names(synthetic_cache):
-  import mixtures.synthetic  # noqa: F401
+  import mtjax.mixtures.synthetic  # noqa: F401
 
   with pytest.raises(ValueError, match=r"Did you mean 'synthetic_sort'"):
     mixing.from_seqio("synthetic_srot")

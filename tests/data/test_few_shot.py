@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import mixtures.synthetic as synthetic
+import mtjax.mixtures.synthetic as synthetic
 from mtjax.data import cache, few_shot, file_tasks, pipeline
 from mtjax.data.templates import Template
 

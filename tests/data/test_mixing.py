@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-import mixtures.synthetic as synthetic
+import mtjax.mixtures.synthetic as synthetic
 from mtjax.data import mixing, pipeline
 
 

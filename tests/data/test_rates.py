@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-import mixtures.synthetic as synthetic
+import mtjax.mixtures.synthetic as synthetic
 from mtjax.data import mixing, pipeline, rates
 
 SIZES = {f"synthetic_{k}": v[1] for k, v in synthetic.TASKS.items()}  # train examples per task
