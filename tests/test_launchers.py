@@ -58,6 +58,31 @@ def test_tpu_runs_the_command_on_every_worker(tmp_path):
   assert out.stdout.splitlines() == [f"[{a}]" for a in ARGS]
 
 
+def test_tpu_install_brings_the_tpu_extra(tmp_path):
+  out = _run(TPU, ["--dry_run", "--install", "--", *ARGS], TPU_NAME="t", ZONE="z",
+             REPO_DIR="/srv/mtjax")
+  assert out.returncode == 0, out.stderr
+  remote = next(a for a in shlex.split(out.stdout) if a.startswith("--command="))
+  assert shlex.split(remote[len("--command="):]) == [
+      "cd", "/srv/mtjax", "&&", "python3", "-m", "venv", ".venv", "&&",
+      ".venv/bin/pip", "install", "-q", "-e", ".[tpu]", "&&", ".venv/bin/mtjax", *ARGS]
+
+  # What a worker runs, with stand-ins: PYTHON makes a venv whose pip and mtjax print their args.
+  python = _exe(tmp_path / "python3.11", (
+      'venv="$3"; mkdir -p "$venv/bin"\n'
+      'printf \'#!/usr/bin/env bash\\nprintf "pip[%%s]\\\\n" "$@"\\n\' > "$venv/bin/pip"\n'
+      'printf \'#!/usr/bin/env bash\\nprintf "[%%s]\\\\n" "$@"\\n\' > "$venv/bin/mtjax"\n'
+      'chmod +x "$venv/bin/pip" "$venv/bin/mtjax"\n'))
+  gcloud = _exe(tmp_path / "gcloud", 'for a in "$@"; do case "$a" in --command=*) '
+                'bash -c "${a#--command=}";; esac; done\n')
+  out = _run(TPU, ["--install", "--", *ARGS], TPU_NAME="t", ZONE="z", GCLOUD=gcloud,
+             REPO_DIR=str(tmp_path), VENV=str(tmp_path / "venv"), PYTHON=python,
+             INSTALL="mtjax[tpu]")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == ["pip[install]", "pip[-q]", "pip[mtjax[tpu]]",
+                                     *[f"[{a}]" for a in ARGS]]
+
+
 def test_tpu_errors_name_the_missing_setting():
   out = _run(TPU, ["--dry_run", "--", *ARGS], ZONE="z")
   assert out.returncode != 0 and "TPU_NAME" in out.stderr
