@@ -17,10 +17,7 @@ ROOT = wheel_env.ROOT
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-  base = tmp_path_factory.getbasetemp()
-  # xdist workers' temp folders share the session's parent: one build for all of them.
-  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-  return wheel_env.build_wheel(str(shared / "mtjax_wheel"))
+  return wheel_env.session_wheel(tmp_path_factory)
 
 
 def test_wheel_holds_every_package_the_configs_and_the_extras(wheel):

@@ -50,6 +50,13 @@ def build_wheel(shared_dir: str) -> str:
     return glob.glob(os.path.join(dist, "mtjax-*.whl"))[0]
 
 
+def session_wheel(tmp_path_factory) -> str:
+  """`build_wheel` in a folder all xdist workers of this test session share."""
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  return build_wheel(str(shared / "mtjax_wheel"))
+
+
 def _is_mtjax(entry: str) -> bool:
   return entry.startswith(("mtjax", "__editable__")) or entry == "__pycache__"
 
