@@ -59,8 +59,8 @@ def running():
          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "EPATH_USE_TF": "false"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  # The emulator logs every request (and clients' dropped keep-alive sockets) at INFO.
-  logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+  # The emulator logs every request at INFO and every probe for a missing object at ERROR.
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
   _send_generation_headers()
   server = create_server("127.0.0.1", port, in_memory=True)
   server.start()
