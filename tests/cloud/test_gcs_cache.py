@@ -26,6 +26,17 @@ def staging_dir(tmp_path, monkeypatch):
   staging.forget()
 
 
+@pytest.fixture
+def synthetic_tasks():
+  """Registers the built-in synthetic tasks (their module is moving from mixtures/ into mtjax/)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  try:
+    importlib.import_module("mtjax.mixtures.synthetic")
+  except ImportError:
+    importlib.import_module("mixtures.synthetic")
+
+
 def _objects(url):
   import gcsfs  # pylint: disable=g-import-not-at-top
 
@@ -49,9 +60,7 @@ def _batches(spec, cache_dir, n=3):
 
 
 def test_cache_mixture_on_gcs_is_uploaded_once_and_reads_like_a_local_cache(
-    gcs_bucket, synthetic_cache, staging_dir, monkeypatch):
-  import mtjax.mixtures.synthetic  # noqa: F401  (registers the tasks)
-
+    gcs_bucket, synthetic_cache, synthetic_tasks, staging_dir, monkeypatch):
   url = f"{gcs_bucket}/cache"
   spec = cache.cache_mixture("synthetic", url)
   objects = _objects(url)
@@ -97,13 +106,11 @@ def test_cache_mixture_on_gcs_is_uploaded_once_and_reads_like_a_local_cache(
 
 
 @pytest.fixture
-def copy_task():
+def copy_task(synthetic_tasks):
   return seqio.get_mixture_or_task("synthetic_copy")
 
 
 def test_changed_remote_manifest_is_downloaded_again(gcs_bucket, copy_task, monkeypatch):
-  import mtjax.mixtures.synthetic  # noqa: F401
-
   url = f"{gcs_bucket}/cache"
   cache.cache_task_split(copy_task, "validation", url)
   monkeypatch.setenv("MTJAX_STAGING_DIR", os.environ["MTJAX_STAGING_DIR"] + "-reader")
@@ -129,8 +136,6 @@ def test_changed_remote_manifest_is_downloaded_again(gcs_bucket, copy_task, monk
 
 def test_split_without_manifest_is_neither_read_nor_reused(gcs_bucket, copy_task, tmp_path,
                                                            monkeypatch):
-  import mtjax.mixtures.synthetic  # noqa: F401
-
   url = f"{gcs_bucket}/cache"
   local = str(tmp_path / "local")
   cache.cache_task_split(copy_task, "validation", local)
@@ -164,3 +169,27 @@ def test_cache_command_names_a_missing_bucket_in_one_line(gcs_server, tmp_path):
   assert len(lines) == 1, proc.stderr[-2000:]
   assert "gs://nosuchbucket-x/c" in lines[0] and "data.cache_dir" in lines[0]
   assert "Traceback" not in proc.stderr
+
+
+def test_concurrent_stagers_on_one_host_leave_one_complete_copy(gcs_bucket, copy_task):
+  import threading
+  url = f"{gcs_bucket}/cache"
+  remote = cache.cache_task_split(copy_task, "validation", url)
+  final = os.path.join(os.environ["MTJAX_STAGING_DIR"] + "-host", "synthetic_copy", "validation")
+  results, errors = [], []
+
+  def stage():
+    try:
+      results.append(staging._download(f"{url}/synthetic_copy/validation", final, remote))  # pylint: disable=protected-access
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=stage) for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert len(results) == 4 and all(r == remote for r in results)
+  assert os.listdir(os.path.dirname(final)) == ["validation"]
+  assert sorted(os.listdir(final)) == sorted(_objects(f"{url}/synthetic_copy/validation"))
