@@ -13,6 +13,7 @@ read through `mtjax.fs`.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
@@ -29,6 +30,13 @@ _INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1""", re.MULTILINE)
 def _gin_reads_urls() -> None:
   """Lets gin open `scheme://` files (and includes) through mtjax.fs (idempotent)."""
   gin.config.register_file_reader(fs.open, lambda p: fs.is_url(p) and fs.isfile(p))
+
+
+def _not_a_missed_lookup(record) -> bool:
+  """Root-logger filter: drops the lines gin's package-resource reader logs for every search path
+  it tries (an error 'Path not found' even when a later search path has the file)."""
+  return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+              and record.msg in ("Path not found: %s", "system_path_file_exists:%s"))
 
 
 def _locate(path: str, search_dirs: list[str]) -> str:
@@ -99,10 +107,12 @@ def load(gin_files: list[str], bindings: list[str] = (),
   saved = list(prefixes) if prefixes is not None else None
   for path in search_dirs:
     gin.add_config_file_search_path(path)
+  logging.getLogger().addFilter(_not_a_missed_lookup)
   try:
     gin.parse_config_files_and_bindings(gin_files, lines, finalize_config=False)
     return schema.RunConfig()
   finally:
+    logging.getLogger().removeFilter(_not_a_missed_lookup)
     # The RunConfig is the product; bindings left behind would silently change the defaults
     # of every config section built later in this process.
     gin.clear_config()
