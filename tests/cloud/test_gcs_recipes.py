@@ -110,11 +110,14 @@ def test_ablate_sweep_on_gcs_writes_what_a_local_sweep_writes(tmp_path, syntheti
             "--compilation_cache_dir", worker_env["JAX_COMPILATION_CACHE_DIR"]]
   runs = _phases(tmp_path, [
       ["local", ["ablate", "--sweep", str(local_sweep), "--out", local_out] + common],
-      ["gcs", ["ablate", "--sweep", sweep_url, "--out", gcs_out] + common],
+      # Members as worker processes (`--parallel`): each reads its member.json from the bucket;
+      # their logs are written locally and appended to <member>/ablate.log when they exit.
+      ["gcs", ["ablate", "--sweep", sweep_url, "--out", gcs_out, "--parallel", "2"] + common],
       # Rerun on gs://: the members' results in the bucket mark them finished.
       ["gcs again", ["ablate", "--sweep", sweep_url, "--out", gcs_out, "--no_plots"] + common],
   ], worker_env)
-  assert _trained(runs["local"]) == _trained(runs["gcs"]) == ["all-seed0", "no_sort-seed0"]
+  assert _trained(runs["local"]) == ["all-seed0", "no_sort-seed0"]
+  assert "finished all-seed0" in runs["gcs"] and "finished no_sort-seed0" in runs["gcs"]
   assert _trained(runs["gcs again"]) == []
   assert "2 member(s) already finished: skipped" in runs["gcs again"]
 
@@ -125,6 +128,9 @@ def test_ablate_sweep_on_gcs_writes_what_a_local_sweep_writes(tmp_path, syntheti
                "members/all-seed0/member.json", "members/no_sort-seed0/ablate_result.json",
                "members/all-seed0/eval_results.json"):
     assert name in remote, sorted(remote)
+  assert {"members/all-seed0/ablate.log", "members/no_sort-seed0/ablate.log"} <= remote
+  assert "INFO" in fs.read_text(f"{gcs_out}/members/all-seed0/ablate.log")
+  remote -= {"members/all-seed0/ablate.log", "members/no_sort-seed0/ablate.log"}
   assert _stable(remote) == _stable(local), (sorted(_stable(remote) - _stable(local)),
                                             sorted(_stable(local) - _stable(remote)))
 
@@ -186,6 +192,13 @@ def test_promot_on_gcs_writes_what_a_local_promot_writes(tmp_path, synthetic_cac
   for method, row in want["summary"].items():
     assert got["summary"][method] == pytest.approx(row, abs=1e-4), method
   assert fs.read_text(f"{gcs_dir}/report.md") == (tmp_path / "promot" / "report.md").read_text()
+  # The same training: stage 2 started from the prompt exported into the bucket, so its losses
+  # equal the local run's only if that prompt (and stage 1) came out the same.
+  for stage in ("prompt_tuning", "promot"):
+    losses = [[json.loads(line)["loss"] for line in text.splitlines()] for text in (
+        fs.read_text(f"{gcs_dir}/{stage}/metrics.jsonl"),
+        (tmp_path / "promot" / stage / "metrics.jsonl").read_text())]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0], stage
 
 
 def test_sweep_files_are_read_from_the_bucket(tmp_path, gcs_bucket, monkeypatch):
