@@ -93,8 +93,9 @@ def _status(member) -> str:
     return "done"
   if members_lib.read_result(member.run_dir) is not None:
     return "stale (config changed)"
-  ckpts = os.path.join(member.run_dir, "checkpoints")
-  steps = sorted(int(d) for d in fs.listdir(ckpts) if d.isdigit()) if fs.isdir(ckpts) else []
+  from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
+
+  steps = promot.saved_steps(member.run_dir)
   return f"resumes at step {steps[-1]}" if steps else "pending"
 
 

@@ -193,10 +193,19 @@ def plan(cfg: schema.RunConfig) -> dict[str, Stage]:
 
 # --- running ----------------------------------------------------------------------------------
 
-def _steps_done(run_dir: str) -> int:
+def saved_steps(run_dir: str) -> list[int]:
+  """The run's complete checkpoint steps, ascending. Locally Orbax renames a finished step into
+  place; in a bucket the step folder exists while it is written and counts only once Orbax's
+  `commit_success.txt` is in it (a kill during an upload leaves a step without it)."""
   folder = os.path.join(run_dir, "checkpoints")
-  steps = [int(d) for d in fs.listdir(folder) if d.isdigit()] if fs.isdir(folder) else []
-  return max(steps, default=0)
+  steps = sorted(int(d) for d in fs.listdir(folder) if d.isdigit()) if fs.isdir(folder) else []
+  if fs.is_url(folder):
+    steps = [s for s in steps if fs.exists(os.path.join(folder, str(s), "commit_success.txt"))]
+  return steps
+
+
+def _steps_done(run_dir: str) -> int:
+  return max(saved_steps(run_dir), default=0)
 
 
 def best_step(cfg: schema.RunConfig) -> int:

@@ -224,3 +224,16 @@ def test_sweep_files_are_read_from_the_bucket(tmp_path, gcs_bucket, monkeypatch)
   assert ablate.compilation_cache_dir("None", f"{gcs_bucket}/out") is None
   with pytest.raises(ValueError, match="must be a local folder"):
     ablate.compilation_cache_dir(f"{gcs_bucket}/cc", "runs/x")
+
+
+def test_a_step_without_orbax_commit_file_is_not_done(gcs_bucket):
+  """In a bucket Orbax writes a step in place and marks it with commit_success.txt last: a step
+  folder without it (a kill mid-upload) is not a finished stage."""
+  from mtjax.recipes import promot
+
+  run = f"{gcs_bucket}/runs/stage"
+  assert promot.saved_steps(run) == []
+  fs.write_text(f"{run}/checkpoints/2/params/manifest.ocdbt", "x")
+  fs.write_text(f"{run}/checkpoints/2/commit_success.txt", "x")
+  fs.write_text(f"{run}/checkpoints/4/params/manifest.ocdbt", "x")
+  assert promot.saved_steps(run) == [2] and promot._steps_done(run) == 2  # pylint: disable=protected-access
