@@ -68,26 +68,11 @@ def member_name(variant: str, seed: int) -> str:
   return f"{variant}-seed{seed}"
 
 
-def _call_remote_python(path: str) -> Any:
-  """`get_sweep()` of a Python sweep file at a URL: its text, executed as a module named after
-  the file (a local file goes through `python_config.call_file`, which imports it)."""
-  import types  # pylint: disable=g-import-not-at-top
-
-  text = fs.read_text(path)
-  module = types.ModuleType(f"mtjax_sweep_{abs(hash(path))}")
-  module.__file__ = path
-  exec(compile(text, path, "exec"), module.__dict__)  # pylint: disable=exec-used
-  if not callable(module.__dict__.get("get_sweep")):
-    raise AttributeError(f"sweep file {path!r} must define get_sweep() -> dict")
-  return module.get_sweep()
-
-
 def _read_raw(path: str) -> dict:
   if not fs.exists(path):
     raise FileNotFoundError(f"sweep file {path!r} does not exist")
   if path.endswith(".py"):
-    raw = (_call_remote_python(path) if fs.is_url(path) else
-           python_config.call_file(path, "get_sweep", "sweep", "dict"))
+    raw = python_config.call_file(path, "get_sweep", "sweep", "dict")  # local or URL
   elif path.endswith((".yaml", ".yml")):
     import yaml  # pylint: disable=g-import-not-at-top
 
