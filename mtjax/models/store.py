@@ -88,6 +88,8 @@ def load_any(path: str):
   run_cfg = schema.from_dict(fs.read_json(config_path))
   if step is None:
     steps = [int(d) for d in fs.listdir(ckpt_dir) if d.isdigit()] if fs.isdir(ckpt_dir) else []
+    if fs.is_url(ckpt_dir):  # a bucket step folder exists while it uploads: committed ones only
+      steps = [s for s in steps if fs.exists(os.path.join(ckpt_dir, str(s), "commit_success.txt"))]
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
     step = max(steps)

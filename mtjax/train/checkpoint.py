@@ -179,6 +179,8 @@ def find_step_dir(path: str) -> str:
   if fs.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   steps = sorted(int(d) for d in fs.listdir(path) if d.isdigit()) if fs.isdir(path) else []
+  if fs.is_url(path):  # in a bucket a step folder exists while it uploads; done once committed
+    steps = [s for s in steps if fs.exists(os.path.join(path, str(s), "commit_success.txt"))]
   if not steps:
     raise FileNotFoundError(f"train.init_from: no checkpoint under {path}")
   return os.path.join(path, str(steps[-1]))
