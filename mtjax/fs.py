@@ -164,6 +164,24 @@ def remove(path: str) -> None:
   fs.rm_file(p)
 
 
+def rename(src: str, dst: str) -> None:
+  """Moves a file or folder. Local: one atomic rename. A bucket has no rename: every object
+  is copied, then the originals are deleted (a crash in between leaves both, never neither)."""
+  if not is_url(src):
+    os.rename(_local(src), _local(dst))
+    return
+  fs, p = _fs(src)
+  _, q = _fs(dst)
+  if fs.isdir(p):
+    fs.copy(p.rstrip("/") + "/", q, recursive=True)
+    fs.rm(p, recursive=True)
+  else:
+    fs.copy(p, q)
+    fs.rm_file(p)
+  fs.invalidate_cache(p)
+  fs.invalidate_cache(q)
+
+
 def rmtree(path: str) -> None:
   if not is_url(path):
     shutil.rmtree(_local(path), ignore_errors=True)

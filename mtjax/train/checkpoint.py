@@ -4,14 +4,24 @@ One `CheckpointManager` per run directory. Saves are asynchronous and atomic (Or
 temporary folder and commits it), so a crash during a save leaves the previous checkpoint as the
 latest complete one. Restoring takes abstract targets carrying shardings, so a checkpoint can be
 restored onto whatever mesh the new run uses. Retention: the newest `keep`, plus (with a
-`best_metric`) the best one by that metric. A checkpoint that fails to restore (truncated,
-corrupted) is skipped with a warning in favour of the previous one.
+`best_metric`) the best one by that metric.
+
+Resuming (`Checkpointer.resume`) first decides whether the checkpoints can continue under the
+current config (`resume_differences`, one table of what may not change, plus a parameter-shape
+check); only then restores. A checkpoint that fails to restore while an older one restores
+(truncated, missing or garbled files) is set aside as `<step>.corrupt-<time>` — kept, never
+deleted — so the run continues from the older one and can save that step number again. A full
+disk is one errors.DiskFullError, checked before a local save starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import grain
@@ -19,16 +29,34 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mtjax import fs
+from mtjax import errors, fs
+from mtjax.parallel import distributed
 
 log = logging.getLogger(__name__)
 
-# Config keys a run may not change when it resumes from its own checkpoints (everything else,
-# e.g. train.steps, logging, eval, may change).
-RESUME_KEYS = (("model", "preset"), ("data", "mixture"), ("data", "inputs_length"),
-               ("data", "targets_length"), ("data", "batch_size"), ("data", "pack"),
-               ("data", "packer"), ("data", "seed"), ("optimizer", "name"),
-               ("train", "trainable"), ("train", "seed"))
+# What a run may not change when it resumes from its own checkpoints: everything that shapes the
+# parameters (model structure, LoRA, soft prompt), the optimizer state, or the data stream. Listed
+# per section: `"*"` means every field except those in RESUMABLE_CHANGES. The rest may change on
+# resume (documented in docs/DESIGN.md, "The run directory"): train.steps (the learning-rate
+# schedule is recomputed for the new length), logging, checkpointing, eval, the mesh shape and the
+# number of processes (checkpoints re-shard on restore), data.cache_dir (a moved cache).
+FIXED_ON_RESUME = {
+    "model": "*",
+    "optimizer": "*",
+    "data": ("mixture", "inputs_length", "targets_length", "batch_size", "pack", "packer",
+             "packing_bins", "seed", "feature_converter", "rate_stages", "worker_count"),
+    "train": ("trainable", "seed"),
+}
+# Fields of a "*" section that may change: compute-only model options and prompt *init* options
+# (they only matter for a fresh start), the learning rate and its warmup.
+RESUMABLE_CHANGES = {
+    "model": ("dtype", "remat", "attention", "dropout_rate", "prompt_init", "prompt_init_range",
+              "prompt_init_vocab", "prompt_labels"),
+    "optimizer": ("learning_rate", "warmup_steps"),
+}
+# The keys compared before this table existed (kept for callers that import the name).
+RESUME_KEYS = tuple((section, k) for section, keys in FIXED_ON_RESUME.items()
+                    if keys != "*" for k in keys)
 
 
 def abstract(tree: Any) -> Any:
@@ -90,9 +118,48 @@ class Checkpointer:
              "meta": ocp.args.JsonSave(meta)}
     if jax.tree.leaves(opt_state):  # stateless optimizers (plain SGD) have nothing to save
       items["opt_state"] = ocp.args.StandardSave(opt_state)
-    return self.manager.save(step, args=ocp.args.Composite(**items),
-                             metrics=metrics if self.best_metric else None,
-                             force=True)  # when to save is decided here and by the loop
+    self._check_space(step, (params, opt_state))
+    with self._disk_errors(step):
+      return self.manager.save(step, args=ocp.args.Composite(**items),
+                               metrics=metrics if self.best_metric else None,
+                               force=True)  # when to save is decided here and by the loop
+
+  def _check_space(self, step: int, trees) -> None:
+    """A local checkpoint needs about the bytes of its arrays (this process's shards) plus
+    slack; refuse before writing anything if the file system has less, so a full disk is one
+    line and no half-written step (earlier checkpoints are untouched)."""
+    if fs.is_url(self.directory):
+      return
+    need = sum(_local_bytes(x) for x in jax.tree.leaves(trees)) + (1 << 20)
+    probe = self.directory
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+      probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if free < need:
+      raise errors.DiskFullError(
+          f"no space left for checkpoint step {step} in {self.directory}: it needs about "
+          f"{_size(need)}, the file system has {_size(free)} free; earlier checkpoints are "
+          "intact", hint="free some space (or set train.keep_checkpoints lower) and rerun: the "
+                         "run resumes from its newest checkpoint")
+
+  @contextlib.contextmanager
+  def _disk_errors(self, step: int | None):
+    """An ENOSPC from Orbax/TensorStore (surfacing at a save, a wait or close) becomes one
+    errors.DiskFullError naming the directory and the free space."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not _disk_full(e):
+        raise
+      free = "unknown"
+      if not fs.is_url(self.directory) and os.path.exists(self.directory):
+        free = _size(shutil.disk_usage(self.directory).free)
+      at = f"checkpoint step {step}" if step is not None else "a checkpoint"
+      raise errors.DiskFullError(
+          f"no space left on the device writing {at} to {self.directory} ({free} free); "
+          "earlier checkpoints are intact (a half-written step is never committed)",
+          hint="free some space and rerun: the run resumes from its newest checkpoint"
+      ) from None
 
   def restore(self, step: int, params_like, opt_state_like, data_iter):
     """Restores onto the shardings of `*_like`; sets `data_iter`'s state in place."""
@@ -127,15 +194,99 @@ class Checkpointer:
   def restore_latest(self, params_like, opt_state_like, data_iter):
     """(step, params, opt_state, meta) of the newest checkpoint that restores, or None.
 
-    A checkpoint that fails (a truncated or corrupted file) is skipped with a warning.
+    A checkpoint that fails (a truncated or corrupted file) while an older one restores is set
+    aside (renamed `<step>.corrupt-<time>`, never deleted) with one warning, so the run can save
+    that step number again. If none restores, nothing is moved: errors.RunDirError. A user error
+    raised while restoring (e.g. the data stream cannot continue on this many processes) is
+    raised as is: it is not corruption.
     """
+    failed = []
     for step in reversed(self.all_steps()):
       try:
-        return (step,) + self.restore(step, params_like, opt_state_like, data_iter)
+        with _quiet_closed_loop_noise():
+          restored = self.restore(step, params_like, opt_state_like, data_iter)
       except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
-        log.warning("checkpoint %s/%d cannot be restored (%s: %s); trying the previous one",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        user = _user_error(e)
+        if user is not None:
+          raise user from None
+        failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"))
+        continue
+      self._set_aside(failed)
+      return (step,) + restored
+    if failed:
+      raise errors.RunDirError(
+          f"no checkpoint in {self.directory} can be restored (" +
+          "; ".join(f"step {s}: {why}" for s, why in failed) + "); they are left in place",
+          hint="if they are damaged, move them out of the way and restart (or use a new "
+               "run_dir); if the config changed, restore it")
     return None
+
+  def resume(self, params_like, opt_state_like, data_iter, config: dict):
+    """Restores the newest good checkpoint for a run with `config` (a schema.to_dict dict), or
+    returns None when there is none. First decides, before anything is restored or written,
+    whether the checkpoints can continue under `config` (resume_differences over the newest
+    checkpoint whose metadata reads, and the parameter shapes against the newest readable
+    parameter metadata); a difference is errors.ConfigError listing each one."""
+    steps = self.all_steps()
+    if not steps:
+      return None
+    diffs = []
+    for step in reversed(steps):
+      saved = self.meta(step)
+      if saved is not None:
+        diffs += resume_differences(saved.get("config") or {}, config)
+        break
+    if not diffs:
+      diffs += self._shape_differences(steps, params_like)
+    if diffs:
+      raise errors.ConfigError(
+          f"{self.directory} holds checkpoints of another config, which this run cannot "
+          "continue: " + "; ".join(diffs[:20]) + (f"; and {len(diffs) - 20} more"
+                                                  if len(diffs) > 20 else ""),
+          hint="restore those settings, or use a new run_dir (train.init_from=<this run> starts "
+               "a new run from its weights)")
+    return self.restore_latest(params_like, opt_state_like, data_iter)
+
+  def _shape_differences(self, steps, params_like) -> list[str]:
+    """Parameter paths whose shape or dtype differ from the newest readable checkpoint's (a
+    safety net under resume_differences: a structural option it does not list)."""
+    key = lambda path: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    ours = {key(p): v for p, v in jax.tree_util.tree_flatten_with_path(params_like)[0]}
+    for step in reversed(steps):
+      try:
+        tree = _to_dict(self.manager.item_metadata(step)["params"])
+      except Exception:  # noqa: BLE001  # pylint: disable=broad-except  (unreadable: older one)
+        continue
+      if tree is None:
+        continue
+      saved = {key(p): m for p, m in jax.tree_util.tree_flatten_with_path(
+          tree, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+      diffs = [f"parameter {k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+               for k, v in ours.items() if k in saved and tuple(saved[k].shape) != v.shape]
+      diffs += [f"parameter {k}: in the model, not in the checkpoint"
+                for k in sorted(set(ours) - set(saved))]
+      diffs += [f"parameter {k}: in the checkpoint, not in the model"
+                for k in sorted(set(saved) - set(ours))]
+      return diffs
+    return []
+
+  def _set_aside(self, failed: list[tuple[int, str]]) -> None:
+    """Renames the step folders of `failed` to `<step>.corrupt-<UTC time>` (process 0; the
+    others wait), so their step numbers can be saved again; Orbax ignores such names."""
+    if not failed:
+      return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if jax.process_index() == 0:
+      for step, why in failed:
+        src = fs.join(self.directory, str(step))
+        dst = f"{src}.corrupt-{stamp}"
+        fs.rename(src, dst)
+        log.warning("checkpoint %s/%d cannot be restored (%s); moved it aside to %s and "
+                    "resuming from the previous one", self.directory, step, why, dst)
+    distributed.barrier("checkpoint-set-aside")
+    if fs.is_url(self.directory):
+      fs.forget_listings(self.directory)
+    self.manager.reload()
 
   def restore_params(self, step: int, params_like):
     restored = self.manager.restore(
@@ -143,32 +294,69 @@ class Checkpointer:
     return restored["params"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._disk_errors(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with self._disk_errors(None):
+        self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+  """Each setting (FIXED_ON_RESUME) that differs between the config a checkpoint was written with
+  and the current one, as `key: checkpoint X, config Y`. Empty: the run may resume."""
+  diffs = []
+  for section, keys in FIXED_ON_RESUME.items():
+    a, b = (saved or {}).get(section) or {}, (current or {}).get(section) or {}
+    if keys == "*":
+      keys = sorted((set(a) | set(b)) - set(RESUMABLE_CHANGES.get(section, ())))
+      keys = [k for k in keys if k in a]  # a field added to mtjax after the checkpoint: new
+    for k in keys:
+      if k in a and _norm(a.get(k)) != _norm(b.get(k)):
+        diffs.append(f"{section}.{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}")
+  return diffs
 
 
 def check_resumable(saved: dict, current: dict) -> None:
-  """Raises if the run's config changed in a way its checkpoints cannot continue."""
-  diffs = []
-  for key in RESUME_KEYS:
-    a, b = saved, current
-    for k in key:
-      a, b = (a or {}).get(k), (b or {}).get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      diffs += [f"{'.'.join(key)}.{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}"
-                for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))]
-    elif _norm(a) != _norm(b):
-      diffs.append(f"{'.'.join(key)}: checkpoint {a!r}, config {b!r}")
+  """Raises errors.ConfigError listing every setting the checkpoints cannot continue with."""
+  diffs = resume_differences(saved, current)
   if diffs:
-    raise ValueError("the run directory's checkpoints were written with a different config; "
-                     "use a new run_dir or restore the setting. Mismatch: " + "; ".join(diffs))
+    raise errors.ConfigError(
+        "the run directory's checkpoints were written with another config: " + "; ".join(diffs),
+        hint="restore those settings, or use a new run_dir (train.init_from=<this run> starts "
+             "a new run from its weights)")
 
 
 def _norm(value):
-  return list(value) if isinstance(value, tuple) else value
+  if isinstance(value, (tuple, list)):
+    return [_norm(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _norm(v) for k, v in value.items()}
+  return value
+
+
+def _user_error(e: BaseException) -> BaseException | None:
+  """The errors.UserError in `e`'s chain (Orbax wraps handler errors), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, errors.UserError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _disk_full(e: BaseException) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e):
+      return True
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return False
 
 
 def find_step_dir(path: str) -> str:
@@ -227,3 +415,76 @@ def _to_dict(tree):
   if isinstance(tree, dict) or hasattr(tree, "items"):
     return {k: _to_dict(v) for k, v in tree.items()}
   return tree
+
+
+@contextlib.contextmanager
+def _quiet_closed_loop_noise():
+  """When one array of a checkpoint fails to read, Orbax's restore returns at once and closes its
+  event loop while TensorStore still completes the other reads; each completion then prints a
+  `RuntimeError: Event loop is closed` traceback straight to stderr (from C++, past Python's
+  hooks): dozens of tracebacks for one damaged file. This sends fd 2 to a temporary file while
+  a restore runs and, after a failure, replays everything but those tracebacks."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner): no filtering
+    yield
+    return
+  with tempfile.TemporaryFile(mode="w+b") as tmp:
+    os.dup2(tmp.fileno(), 2)
+    failed = False
+    try:
+      yield
+    except BaseException:
+      failed = True
+      raise
+    finally:
+      if failed:
+        time.sleep(0.3)  # the straggling reads finish (and print) now
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      text = tmp.read().decode(errors="replace")
+      if text:
+        sys.stderr.write(_drop_closed_loop_tracebacks(text))
+        sys.stderr.flush()
+
+
+def _drop_closed_loop_tracebacks(text: str) -> str:
+  out, block = [], []
+  for line in text.splitlines(keepends=True):
+    if line.startswith("Traceback (most recent call last)") or block:
+      block.append(line)
+      if not line.startswith((" ", "Traceback")):  # the exception line ends the block
+        if "Event loop is closed" not in line:
+          out.extend(block)
+        block = []
+      continue
+    out.append(line)
+  return "".join(out + block)
+
+
+def _local_bytes(x) -> int:
+  """Bytes of the shards of `x` this process writes (replicas are written once)."""
+  shards = getattr(x, "addressable_shards", None)
+  if shards is None:
+    return int(getattr(x, "nbytes", 0))
+  seen, total = set(), 0
+  for shard in shards:
+    key = str(shard.index)
+    if key not in seen:
+      seen.add(key)
+      total += int(shard.data.nbytes)
+  return total
+
+
+def _size(n: int) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if n < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n} B"

@@ -317,32 +317,18 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
       setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]):
     raise ValueError(f"data.batch_size={cfg.data.batch_size} must split into "
                      f"train.microbatches={k} microbatches that divide over the data x fsdp mesh")
-  _save_config(cfg, setup)
   data = data_iterator(setup)
   distributed.barrier("setup")  # before Orbax's first cross-process collective
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(cfg.run_dir, "checkpoints"), save_every=cfg.train.checkpoint_every,
       keep=cfg.train.keep_checkpoints, best_metric=cfg.train.best_metric,
       best_mode=cfg.train.best_mode)
-  params, opt_state, start = setup.params, setup.opt_state, 0
-  if checkpointer.all_steps():
-    saved_meta = checkpointer.meta(checkpointer.all_steps()[-1])
-    if saved_meta is not None:
-      ckpt_lib.check_resumable(saved_meta.get("config", {}), schema.to_dict(cfg))
-    restored = checkpointer.restore_latest(params, opt_state, data)
-    if restored is None:
-      raise RuntimeError(f"no checkpoint in {checkpointer.directory} can be restored (see the "
-                         "warnings above); move them away to start over")
-    _, params, opt_state, saved_meta = restored
-    start = int(saved_meta["step"])
-    log.info("resumed %s from step %d", cfg.run_dir, start)
-  else:
-    if cfg.train.init_from:
-      params = init_from(setup, params, cfg.train.init_from)
-    if cfg.train.init_prompt_from:
-      with jax.set_mesh(setup.mesh):
-        params = prompts.merge(params, cfg.train.init_prompt_from)
-      log.info("soft prompt from %s", cfg.train.init_prompt_from)
+  try:
+    params, opt_state, start = _start_state(setup, checkpointer, data)
+    _save_config(cfg, setup)  # only once the run dir's checkpoints accept this config
+  except BaseException:
+    checkpointer.close()
+    raise
   num_tasks = len(setup.spec.task_names)
   step_fn = step_lib.make_train_step(
       setup.graphdef, setup.tx, num_tasks=num_tasks, dropout_seed=cfg.train.seed,
@@ -431,6 +417,27 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
                        else evaluate(setup, params))
     log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   return summary
+
+
+def _start_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, data):
+  """(params, opt_state, first step): the newest good checkpoint of the run dir (its config
+  checked first: Checkpointer.resume), else the fresh init plus `train.init_from` /
+  `train.init_prompt_from`."""
+  cfg = setup.cfg
+  params, opt_state = setup.params, setup.opt_state
+  restored = checkpointer.resume(params, opt_state, data, schema.to_dict(cfg))
+  if restored is not None:
+    _, params, opt_state, saved_meta = restored
+    start = int(saved_meta["step"])
+    log.info("resumed %s from step %d", cfg.run_dir, start)
+    return params, opt_state, start
+  if cfg.train.init_from:
+    params = init_from(setup, params, cfg.train.init_from)
+  if cfg.train.init_prompt_from:
+    with jax.set_mesh(setup.mesh):
+      params = prompts.merge(params, cfg.train.init_prompt_from)
+    log.info("soft prompt from %s", cfg.train.init_prompt_from)
+  return params, opt_state, 0
 
 
 def _catch_sigterm(stop: dict):

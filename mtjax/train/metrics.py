@@ -44,7 +44,11 @@ class MetricWriter:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(self._copy.path("tensorboard"))
+      # A resumed run starts a new event file whose first record tells TensorBoard to drop the
+      # points after the checkpoint that an earlier (killed) process wrote; those steps are
+      # written again. Every row is flushed (below), so a kill loses no point on disk.
+      purge = resume_step + 1 if resume_step else None
+      self._tb = SummaryWriter(self._copy.path("tensorboard"), purge_step=purge)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -55,6 +59,7 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
+      self._tb.flush()  # tensorboardX queues events and writes them every 2 minutes otherwise
     if self._copy.remote and time.monotonic() - self._last_sync > SYNC_SECONDS:
       self.sync()
 
