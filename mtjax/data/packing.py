@@ -11,7 +11,10 @@ target-heavy examples, which is what fills both features of a row.
 
 Because the plan is global and cheap, every host computes the same rows and reads tokens only
 for its own slots of each global batch: global batches do not depend on the number of hosts.
-The iterator state is `(window, row, rows_before)`; restoring recomputes one window's plan.
+The iterator state is the scan position `(window, row, rows_before)` plus the layout that wrote
+it (`global_batch`, `num_shards`, `shard_index`); restoring recomputes one window's plan. A state
+written by another host (or host count) restores too, at its batch boundary: the number of global
+batches it had delivered follows from its position and layout (see `_WindowPackIterator.set_state`).
 Rows look like Grain's packer output: `<feature>`, `<feature>_segment_ids`,
 `<feature>_positions` for inputs and targets, and per-token `task_ids` aligned with `targets`.
 Decoder-only streams pack one concatenated sequence per example: inputs capacity 0, and
@@ -179,9 +182,62 @@ class _WindowPackIterator(grain.DatasetIterator):
         return _assemble(parts, ds.lengths["inputs"], ds.lengths["targets"])
 
   def get_state(self) -> dict[str, Any]:
-    return {"window": self._window, "row": self._row, "rows_before": self._rows_before}
+    ds = self._ds
+    return {"window": self._window, "row": self._row, "rows_before": self._rows_before,
+            "global_batch": ds.global_batch, "num_shards": ds.num_shards,
+            "shard_index": ds.shard_index}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    """Restores a scan position. A state written by another host or host count (its layout keys
+    differ) moves to the first row of the next global batch that host had not delivered;
+    states without layout keys (older checkpoints) restore on the same host only."""
+    ds = self._ds
     self._window, self._row = int(state["window"]), int(state["row"])
     self._rows_before = int(state["rows_before"])
     self._plan = None
+    layout = (state.get("num_shards", ds.num_shards), state.get("shard_index", ds.shard_index))
+    if layout != (ds.num_shards, ds.shard_index):
+      self._seek(batches_done(state, ds.global_batch) * ds.global_batch)
+
+  def _seek(self, target: int) -> None:
+    """Moves the scan position to global row `target` (in this or a later window)."""
+    ds = self._ds
+    if ds.batch_slice != slice(0, None, 1):
+      raise ValueError("a window packer state restores onto another host count only without "
+                       "worker processes (data.worker_count=0)")
+    if target < self._rows_before:
+      raise ValueError(f"window packer state: row {target} lies before its window "
+                       f"(rows from {self._rows_before})")
+    self._row = 0
+    while True:
+      if self._plan is None:
+        self._load()
+      if target < self._rows_before + len(self._plan):
+        self._row = target - self._rows_before
+        return
+      self._rows_before += len(self._plan)
+      self._window, self._plan = self._window + 1, None
+
+
+def batches_done(state: Mapping[str, Any], global_batch: int | None = None) -> int:
+  """Global batches a host had delivered in full at a window packer `state` (with layout keys).
+
+  A host's scan position sits right after its last delivered row, so rows before it in its own
+  slots (`[h * per_host, (h + 1) * per_host)` of each global batch) were delivered. A position
+  inside the host's slots of a batch (a state taken mid-batch) has no host-independent meaning
+  and is an error; so is a state written under another global batch size.
+  """
+  if "num_shards" not in state:
+    raise ValueError("this window packer state predates host-count-independent states (no "
+                     "layout keys); restore it on the same number of processes")
+  g, n, h = int(state["global_batch"]), int(state["num_shards"]), int(state["shard_index"])
+  if global_batch is not None and g != global_batch:
+    raise ValueError(f"window packer state of global batch {g}, this stream has {global_batch}")
+  per_host = g // n
+  done, into = divmod(int(state["rows_before"]) + int(state["row"]), g)
+  mine = min(max(into - h * per_host, 0), per_host)
+  if 0 < mine < per_host:
+    raise ValueError(f"window packer state is inside global batch {done} (host {h} of {n} had "
+                     f"delivered {mine} of its {per_host} rows); only batch boundaries restore "
+                     "onto another host count")
+  return done + (mine == per_host)

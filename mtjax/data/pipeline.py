@@ -255,6 +255,13 @@ def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOp
   return _mix(lambda i, t: task_dataset(cache_dir, t, i, split, options), spec, weights)
 
 
+def global_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
+                    split: str = "train", weights=None) -> grain.MapDataset:
+  """The global (all hosts) examples of the mixture: `mixed_examples` of one host."""
+  return mixed_examples(spec, cache_dir, dataclasses.replace(options, shard_index=0, num_shards=1),
+                        split, weights)
+
+
 def mixed_plan(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
                split: str = "train", weights=None) -> grain.MapDataset:
   """The global (all hosts) mixed stream as (task, index, lengths): reads no tokens.
@@ -332,6 +339,74 @@ class WindowPlan:
       for name in ("inputs", "targets"):
         out[f"{name}_len"][where] = source.lengths[name][index[where]]
     return out
+
+
+class HostSlotsIterDataset(grain.IterDataset):
+  """This host's slots of every global batch of a global, random-access example stream.
+
+  Global example `g` is slot `g % global_batch` of global batch `g // global_batch`; host `h`
+  keeps the slots `[h * per_host, (h + 1) * per_host)`, so its `j`-th example is global example
+  `(j // per_host) * global_batch + h * per_host + j % per_host` (one host: the stream itself).
+  The global batches thus do not depend on the number of hosts. The state is `next_index` (this
+  host's examples handed out) plus the layout that wrote it; a state of another layout restores
+  at its batch boundary (`next_index // its per_host` global batches done).
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, global_batch: int, shard_index: int,
+               num_shards: int):
+    super().__init__()
+    if global_batch % num_shards:
+      raise ValueError(f"global batch {global_batch} is not divisible by {num_shards} hosts")
+    self.parent = parent
+    self.global_batch, self.shard_index, self.num_shards = global_batch, shard_index, num_shards
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _HostSlotsIterator(self)
+
+
+class _HostSlotsIterator(grain.DatasetIterator):
+
+  def __init__(self, ds: HostSlotsIterDataset):
+    super().__init__()
+    self._ds = ds
+    self._per_host = ds.global_batch // ds.num_shards
+    self._next = 0
+
+  def __next__(self) -> Any:
+    ds, p = self._ds, self._per_host
+    batch, slot = divmod(self._next, p)
+    example = ds.parent[batch * ds.global_batch + ds.shard_index * p + slot]
+    self._next += 1
+    return example
+
+  def get_state(self) -> dict[str, Any]:
+    ds = self._ds
+    return {"next_index": self._next, "global_batch": ds.global_batch,
+            "num_shards": ds.num_shards, "shard_index": ds.shard_index}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    ds = self._ds
+    position = int(state["next_index"])
+    if "num_shards" not in state:  # written before this stream was host-count independent
+      if ds.num_shards > 1:
+        log.warning("data.pack=False: this checkpoint's data state predates host-count "
+                    "independent unpacked streams; continuing after %d examples of this "
+                    "host's new stream (not the batches the old stream would have given)",
+                    position)
+      self._next = position
+      return
+    g, n = int(state["global_batch"]), int(state["num_shards"])
+    if (n, int(state["shard_index"])) == (ds.num_shards, ds.shard_index):
+      self._next = position
+      return
+    if g != ds.global_batch:
+      raise ValueError(f"unpacked stream state of global batch {g}, this stream has "
+                       f"{ds.global_batch}")
+    batches, within = divmod(position, g // n)
+    if within:
+      raise ValueError(f"unpacked stream state is inside global batch {batches}; only batch "
+                       "boundaries restore onto another host count")
+    self._next = batches * self._per_host
 
 
 def report_trimming(spec: mixing.MixtureSpec, cache_dir: str, lengths: Mapping[str, int],
@@ -414,33 +489,39 @@ def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None
     if options.pack:
       raise ValueError("batch slices need the window packer or pack=False")
     lengths = dict(options.lengths)
-    ds = mixed_examples(spec, cache_dir, options, split, weights).map(
+    ds = global_examples(spec, cache_dir, options, split, weights).map(
         lambda ex: feature_converters.convert(
             feature_converters.pad_example(ex, kind, lengths), kind, packed=False))
-    ds = ds.batch(options.batch_size, drop_remainder=True)[batch_slice]
+    # Global batch b's slots of host h are the global examples' group b * num_shards + h.
+    ds = ds.batch(options.batch_size, drop_remainder=True)
+    ds = ds[options.shard_index::options.num_shards][batch_slice]
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if not options.pack:
+    ds = HostSlotsIterDataset(global_examples(spec, cache_dir, options, split, weights),
+                              global_batch=options.batch_size * options.num_shards,
+                              shard_index=options.shard_index, num_shards=options.num_shards)
+    lengths = dict(options.lengths)
+    return _convert_and_batch(
+        ds.map(lambda ex: feature_converters.pad_example(ex, kind, lengths)), options)
+  # Grain's packers: each host mixes and packs its own shard of every task.
+  packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
+             "best_fit": grain.experimental.BestFitPackIterDataset}
+  if options.packer not in packers:
+    raise ValueError(f"data.packer must be one of {sorted(packers) + ['window']}, "
+                     f"got {options.packer!r}")
   ds = mixed_examples(spec, cache_dir, options, split, weights).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  if options.pack:
-    packers = {"first_fit": grain.experimental.FirstFitPackIterDataset,
-               "best_fit": grain.experimental.BestFitPackIterDataset}
-    if options.packer not in packers:
-      raise ValueError(f"data.packer must be one of {sorted(packers) + ['window']}, "
-                       f"got {options.packer!r}")
-    aligned = ("task_ids", "inputs_mask") if feature_converters.concatenates(kind) else \
-        ("task_ids",)
-    length_struct = {k: v for k, v in model.items() if v > 0}
-    length_struct.update({k: model["targets"] for k in aligned})
-    ds = packers[options.packer](
-        ds,
-        length_struct=length_struct,
-        num_packing_bins=options.packing_bins or options.batch_size,
-        seed=options.seed,
-        shuffle_bins=True,
-    )
-  else:
-    lengths = dict(options.lengths)
-    ds = ds.map(lambda ex: feature_converters.pad_example(ex, kind, lengths))
+  aligned = ("task_ids", "inputs_mask") if feature_converters.concatenates(kind) else \
+      ("task_ids",)
+  length_struct = {k: v for k, v in model.items() if v > 0}
+  length_struct.update({k: model["targets"] for k in aligned})
+  ds = packers[options.packer](
+      ds,
+      length_struct=length_struct,
+      num_packing_bins=options.packing_bins or options.batch_size,
+      seed=options.seed,
+      shuffle_bins=True,
+  )
   return _convert_and_batch(ds, options)
 
 
