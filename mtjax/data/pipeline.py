@@ -1,10 +1,13 @@
 """The training input pipeline: cached ArrayRecord -> Grain -> packed model batches. TF-free.
 
-Per task: random-access source over the cache, this host's shard, a seeded shuffle, endless
-repeat, decode and the post-cache ops in numpy. The tasks are then interleaved by
-`MapDataset.mix` with the mixture's normalised rates (deterministic by construction), packed
-(first-fit) or padded, converted to model features, and batched. Every step is a Grain dataset,
-so the iterator's state is a few integers and restoring it replays the exact stream.
+Per task: random-access source over the cache, a seeded shuffle, endless repeat, decode and the
+post-cache ops in numpy. The tasks are then interleaved by `MapDataset.mix` with the mixture's
+normalised rates (deterministic by construction), packed or padded, converted to model features,
+and batched. Every step is a Grain dataset, so the iterator's state is a few integers and
+restoring it replays the exact stream. The default window packer (packing.py) and the unpacked
+stream (`HostSlotsIterDataset`) work on the global stream, each host taking its slots of every
+global batch, so their batches and (converted) states do not depend on the number of hosts;
+Grain's packers mix and pack each host's own shard of every task.
 
 Options: the feature converter (`enc_dec`, or `decoder_only` / `prefix_lm`, which pack one
 `inputs + targets` sequence per example), staged rates (`StagedBatches`: another mixing from a
@@ -47,7 +50,7 @@ class PipelineOptions:
   rate_stages: mixing.StagedRates = ()  # other rates from given steps on (`StagedBatches`)
   # Processes preparing batches (Grain's mp_prefetch; 0: a thread). Worker w makes batches
   # w, w + N, ... and Grain interleaves them back in order, so batches do not change. A
-  # checkpoint restores only with the same worker count.
+  # checkpoint restores only with the same worker count and number of processes.
   worker_count: int = 0
 
 
@@ -251,7 +254,8 @@ def _mix(make_part, spec: mixing.MixtureSpec, weights=None) -> grain.MapDataset:
 
 def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
                    split: str = "train", weights=None) -> grain.MapDataset:
-  """This host's examples of the mixture, interleaved deterministically by the rates."""
+  """This host's examples of the mixture (its shard of every task), interleaved
+  deterministically by the rates: the input of Grain's packers."""
   return _mix(lambda i, t: task_dataset(cache_dir, t, i, split, options), spec, weights)
 
 
@@ -446,8 +450,8 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
                   split: str = "train") -> grain.IterDataset:
   """This host's batches of model features (a checkpointable iterator).
 
-  With the `window` packer the global batches do not depend on the number of hosts; with
-  Grain's packers each host mixes and packs its own shard of every task. With `rate_stages`,
+  With the `window` packer or unpacked (pack=False) the global batches do not depend on the
+  number of hosts; with Grain's packers each host mixes and packs its own shard of every task. With `rate_stages`,
   the stream switches rates at each stage's start step (see `StagedBatches`).
   """
   feature_converters.check_converter(options.feature_converter)

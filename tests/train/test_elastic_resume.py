@@ -1,10 +1,10 @@
 """Resuming on another number of processes: the data state converts, the run continues exactly.
 
-In process (fast): data iterator states written by 2 hosts restore on 1 and 4 hosts (and 4 on 1)
-through `DataIterHandler`, the process count faked by patching `data_state._process`, and the
-global batches continue as the uninterrupted single-host stream's, for the window packer (with
-staged rates and a prefetch thread) and the unpacked stream; streams that depend on the host
-count fail with one line naming the option.
+In process (fast): data iterator states written by 2 hosts restore on 1 and 4 hosts (then 1 on
+2, 4 on 1) through `DataIterHandler`, the process count faked by patching `data_state._process`,
+and the global batches continue as the uninterrupted single-host stream's, for the window packer
+(with staged rates and a prefetch thread) and the unpacked stream; streams that depend on the
+host count fail with one line naming the option.
 
 End to end (`mtjax.cli train` subprocesses): steps 0-2 on 2 processes x 1 fake device, 2-4 on 1
 process x 2 devices, 4-6 on 2 processes x 1 device; losses and final parameters equal an
@@ -81,29 +81,29 @@ def test_data_state_restores_on_another_host_count(synthetic_cache, tmp_path, mo
   spec = mixing.read_spec("synthetic", synthetic_cache)
   kw = CASES[case]
   one = _streams(spec, synthetic_cache, 1, **kw)[0]
-  want = [next(one) for _ in range(8)]
+  want = [next(one) for _ in range(9)]
+  at = lambda name: epath.Path(tmp_path / name / "data_iter")
 
   two = _streams(spec, synthetic_cache, 2, **kw)
   for b in range(3):
     _same(_next_global(two), want[b])  # the global batches do not depend on the host count
-  _save(monkeypatch, epath.Path(tmp_path / "3" / "data_iter"), two)
-  assert sorted(os.listdir(tmp_path / "3" / "data_iter")) == ["process_0-of-2.json",
-                                                              "process_1-of-2.json"]
-  restored_one = _streams(spec, synthetic_cache, 1, **kw)
-  _restore(monkeypatch, epath.Path(tmp_path / "3" / "data_iter"), restored_one)
-  for b in range(3, 6):
-    _same(_next_global(restored_one), want[b])
-
-  four = _streams(spec, synthetic_cache, 4, **kw)
-  _restore(monkeypatch, epath.Path(tmp_path / "3" / "data_iter"), four)
-  for b in range(3, 6):  # with staged rates: across the stage boundary at step 4
-    _same(_next_global(four), want[b])
-  _save(monkeypatch, epath.Path(tmp_path / "6" / "data_iter"), four)
-  again = _streams(spec, synthetic_cache, 1, **kw)
-  _restore(monkeypatch, epath.Path(tmp_path / "6" / "data_iter"), again)
-  for b in range(6, 8):
-    _same(_next_global(again), want[b])
-  for it in restored_one + four + again + [one] + two:
+  _save(monkeypatch, at("3"), two)
+  assert sorted(os.listdir(at("3"))) == ["process_0-of-2.json", "process_1-of-2.json"]
+  opened = [one] + two
+  # 2 -> 1 and 2 -> 4 processes (with staged rates: across the stage boundary at step 4), then
+  # those 1 -> 2 and 4 -> 1.
+  for hosts, then in ((1, 2), (4, 1)):
+    its = _streams(spec, synthetic_cache, hosts, **kw)
+    _restore(monkeypatch, at("3"), its)
+    for b in range(3, 6):
+      _same(_next_global(its), want[b])
+    _save(monkeypatch, at(f"6-{hosts}"), its)
+    again = _streams(spec, synthetic_cache, then, **kw)
+    _restore(monkeypatch, at(f"6-{hosts}"), again)
+    for b in range(6, 9):
+      _same(_next_global(again), want[b])
+    opened += its + again
+  for it in opened:
     it.close()
 
 
