@@ -2,6 +2,11 @@
 
 Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a python config
 (`--config=configs/x.py --set a.b=VALUE`). Unknown keys are errors that name the key.
+
+A mistake of the user's (`mtjax.errors.UserError`, a storage path that cannot be used, a bad
+config) is one `error: ...` line on stderr (plus a `hint: ...` line when there is one) and exit
+status 2. Anything else is a bug and keeps its traceback. `--debug` (anywhere on the command
+line) or `MTJAX_DEBUG=1` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -11,6 +16,11 @@ import json
 import logging
 import os
 import sys
+
+from mtjax import errors
+
+USER_ERROR_STATUS = 2  # as argparse uses for bad arguments
+_DEBUG = False  # set by main(): --debug or MTJAX_DEBUG=1
 
 COMMANDS = {
     "train": "train (or resume) a run from a config; evaluates every task at the end",
@@ -34,6 +44,34 @@ A file may be a path, a URL (gs://...) or the name of a config shipped with mtja
 """
 
 
+def _debug_from_env() -> bool:
+  return os.environ.get("MTJAX_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def fail(message, hint: str = "") -> None:
+  """Prints `error: <message>` (and `hint: <hint>`) to stderr and exits with status 2."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr)
+  if hint:
+    print(f"hint: {hint}", file=sys.stderr)
+  sys.stderr.flush()
+  raise SystemExit(USER_ERROR_STATUS)
+
+
+def _message(e: BaseException) -> str:
+  """One line for an exception: a KeyError's text without the quotes repr() gives it."""
+  if isinstance(e, KeyError) and len(e.args) == 1:
+    return str(e.args[0])
+  return str(e) or type(e).__name__
+
+
+def fail_on(e: BaseException) -> None:
+  """Exits with `e`'s one-line message (status 2), or re-raises it under --debug."""
+  if _DEBUG:
+    raise e
+  fail(_message(e), getattr(e, "hint", ""))
+
+
 def _config_parser(name: str, description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=f"mtjax {name}", description=description, epilog=CONFIG_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,19 +90,19 @@ def resolve_config(args, gin_bindings):
   from mtjax.config import gin_config, python_config  # pylint: disable=g-import-not-at-top
 
   if args.gin_file and args.config:
-    raise SystemExit("error: use either --gin_file or --config, not both")
+    fail("use either --gin_file or --config, not both")
   if args.gin_file:
     if args.set:
-      raise SystemExit("error: --set applies to --config; with gin use --gin.KEY=VALUE")
+      fail("--set applies to --config; with gin use --gin.KEY=VALUE")
     search = [d.strip() for d in getattr(args, "gin_search_paths", "").split(",") if d.strip()]
     return gin_config.load(args.gin_file, gin_bindings, search)
   if gin_bindings:
-    raise SystemExit("error: --gin.KEY=VALUE needs --gin_file")
+    fail("--gin.KEY=VALUE needs --gin_file")
   if getattr(args, "gin_search_paths", ""):
-    raise SystemExit("error: --gin_search_paths applies to --gin_file")
+    fail("--gin_search_paths applies to --gin_file")
   if args.config:
     return python_config.load(args.config, args.set)
-  raise SystemExit("error: give a config: --gin_file=FILE or --config=FILE "
+  fail("give a config: --gin_file=FILE or --config=FILE "
                    "(e.g. --config=quickstart, a config shipped with mtjax)")
 
 
@@ -77,7 +115,7 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
       body = arg[len("--gin."):]
       if "=" not in body:
         if i + 1 >= len(argv):
-          raise SystemExit(f"error: {arg} needs a value")
+          fail(f"{arg} needs a value")
         body, i = f"{body}={argv[i + 1]}", i + 1
       bindings.append(body)
     else:
@@ -107,7 +145,7 @@ def _cmd_train(argv):
   try:
     summary = loop.train(cfg, progress=not args.no_progress)
   except (FloatingPointError, fs.StorageError) as e:
-    raise SystemExit(f"error: {e}") from None
+    fail_on(e)
   print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
                     "preempted": summary.get("preempted", False),
                     "final_metrics": {k: round(v, 4) for k, v in summary["final_metrics"].items()
@@ -153,19 +191,19 @@ def _cmd_eval(argv):
                  if getattr(args, f.name) is not None}
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
+  flag = "--checkpoint" if args.checkpoint else "--run_dir"
   try:
-    fs.check_usable(args.checkpoint or args.run_dir,
-                    "--checkpoint" if args.checkpoint else "--run_dir")
+    fs.check_usable(args.checkpoint or args.run_dir, flag)
     if args.output_dir:
       fs.check_usable(args.output_dir, "--output_dir")
-    ref = run.locate(args.checkpoint or args.run_dir)
+    ref = run.locate(args.checkpoint or args.run_dir, flag)
     cfg = (_load_or_exit(args, bindings) if args.gin_file or args.config
            else run.run_config(ref))
     cfg = run.with_overrides(cfg, mixture_or_task=args.mixture_or_task,
                              modules=tuple(args.module), eval_fields=eval_fields)
     run.evaluate_checkpoint(cfg, ref, args.output_dir)
   except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
-    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    fail_on(e)
 
 
 def _cmd_cache(argv):
@@ -184,7 +222,7 @@ def _cmd_cache(argv):
   try:  # a typo'd bucket or missing credentials: one line, before any work
     fs.check_usable(args.cache_dir, "data.cache_dir")
   except fs.StorageError as e:
-    raise SystemExit(f"error: {e}") from None
+    fail_on(e)
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
   from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
 
@@ -194,7 +232,7 @@ def _cmd_cache(argv):
                                splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
                                num_workers=args.num_workers)
   except fs.StorageError as e:
-    raise SystemExit(f"error: {e}") from None
+    fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):
     print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
 
@@ -212,7 +250,7 @@ def _cmd_convert(argv):
     fs.check_usable(args.out, "--out")
     model = hf.load(args.hf_dir)
   except (FileNotFoundError, KeyError, ValueError, NotImplementedError, fs.StorageError) as e:
-    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    fail_on(e)
   store.save(model, args.out)
   print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model),
                     "num_params": hf.num_params(model)}))
@@ -232,7 +270,7 @@ def _cmd_export(argv):
     fs.check_usable(args.out, "--out")
     model = store.load_any(args.checkpoint)
   except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
-    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    fail_on(e)
   hf.export(model, args.out)
   print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model)}))
 
@@ -248,7 +286,7 @@ def _cmd_ablate(argv):
   try:
     code = ablate.run(cfg, args)
   except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError, OSError) as e:
-    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    fail_on(e)
   if code:
     raise SystemExit(code)
 
@@ -271,7 +309,7 @@ def _cmd_promot(argv):
   try:
     report = promot.run(cfg, progress=not args.no_progress)
   except (FileNotFoundError, KeyError, ValueError, FloatingPointError, OSError) as e:
-    raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    fail_on(e)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
   print(json.dumps({"report": fs.join(fs.abspath(cfg.run_dir), promot.REPORT_MD),
@@ -282,12 +320,16 @@ def _load_or_exit(args, bindings):
   try:
     return resolve_config(args, bindings)
   except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise SystemExit(f"error: {message}") from None
+    fail_on(e)
 
 
 def main(argv: list[str] | None = None) -> None:
+  """Runs `mtjax <command> ...`. A user error exits with status 2 and one `error:` line (see the
+  module docstring); `--debug` / `MTJAX_DEBUG=1` raise it with its traceback instead."""
+  global _DEBUG
   argv = list(sys.argv[1:] if argv is None else argv)
+  _DEBUG = "--debug" in argv or _debug_from_env()
+  argv = [a for a in argv if a != "--debug"]
   # TensorFlow (imported by SeqIO for caching) logs C++ noise such as failed CUDA probes.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -307,8 +349,13 @@ def main(argv: list[str] | None = None) -> None:
               "convert": _cmd_convert, "export": _cmd_export, "ablate": _cmd_ablate,
               "promot": _cmd_promot}
   if command not in handlers:
-    raise SystemExit(f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
-  handlers[command](rest)
+    fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
+  try:
+    handlers[command](rest)
+  except (errors.UserError, fs.StorageError) as e:
+    fail_on(e)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import re
 
 import gin
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.config import packaged, schema
 
 _MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
@@ -48,8 +48,8 @@ def _locate(path: str, search_dirs: list[str]) -> str:
       candidate = fs.join(folder, path) if folder else path
       if fs.exists(candidate):
         return candidate
-  raise FileNotFoundError(f"gin file {path!r} not found (searched {['.'] + search_dirs}; "
-                          f"packaged: {', '.join(packaged.gin_names())})")
+  raise errors.MissingError(f"gin file {path!r} not found (searched {['.'] + search_dirs}; "
+                            f"packaged: {', '.join(packaged.gin_names())})")
 
 
 def _read(path: str, search_dirs: list[str], seen: set[str] | None = None) -> str:
@@ -93,11 +93,12 @@ def load(gin_files: list[str], bindings: list[str] = (),
   lines = []
   for binding in bindings:
     if "=" not in binding:
-      raise ValueError(f"--gin.{binding}: expected --gin.NAME=VALUE")
+      raise errors.ConfigError(f"--gin.{binding}: expected --gin.NAME=VALUE")
     name, value = (s.strip() for s in binding.split("=", 1))
     if "." not in name and "/" not in name and name not in used:
-      raise KeyError(f"unknown gin macro {name!r} in --gin.{name}: no gin file uses %{name} "
-                     f"(macros used: {', '.join(sorted(used)) or 'none'})")
+      raise errors.ConfigKeyError(f"unknown gin macro {name!r} in --gin.{name}: no gin file "
+                                  f"uses %{name} (macros used: "
+                                  f"{', '.join(sorted(used)) or 'none'})")
     lines.append(f"{name} = {value}")
   gin.clear_config()
   _gin_reads_urls()

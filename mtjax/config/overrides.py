@@ -7,6 +7,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from mtjax import errors
 from mtjax.config import schema
 
 
@@ -38,8 +39,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
       return tuple(v for v in value.split(",") if v)
   else:
     return value
-  raise ValueError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, "
-                   f"got {value!r}")
+  raise errors.ConfigError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, "
+                           f"got {value!r}")
 
 
 def apply(cfg: schema.RunConfig, key: str, raw_value: str) -> schema.RunConfig:
@@ -54,22 +55,24 @@ def _apply(obj, parts, full_key, value):
   head = parts[0]
   if head not in fields:
     prefix = full_key[: len(full_key) - len(".".join(parts))]
-    raise KeyError(f"unknown config key {full_key!r}: {type(obj).__name__} has no field "
-                   f"{head!r} (valid: {', '.join(prefix + f for f in sorted(fields))})")
+    raise errors.ConfigKeyError(f"unknown config key {full_key!r}: {type(obj).__name__} has no "
+                                f"field {head!r} (valid: "
+                                f"{', '.join(prefix + f for f in sorted(fields))})")
   current = getattr(obj, head)
   if len(parts) == 1:
     if dataclasses.is_dataclass(current):
-      raise KeyError(f"config key {full_key!r} is a section; set one of its fields")
+      raise errors.ConfigKeyError(f"config key {full_key!r} is a section; set one of its "
+                                  "fields")
     return dataclasses.replace(obj, **{head: _coerce(full_key, value, hints[head])})
   if not dataclasses.is_dataclass(current):
-    raise KeyError(f"unknown config key {full_key!r}: {head!r} is not a section")
+    raise errors.ConfigKeyError(f"unknown config key {full_key!r}: {head!r} is not a section")
   return dataclasses.replace(obj, **{head: _apply(current, parts[1:], full_key, value)})
 
 
 def apply_all(cfg: schema.RunConfig, assignments: list[str]) -> schema.RunConfig:
   for item in assignments:
     if "=" not in item:
-      raise ValueError(f"--set expects key=value, got {item!r}")
+      raise errors.ConfigError(f"--set expects key=value, got {item!r}")
     key, value = item.split("=", 1)
     cfg = apply(cfg, key.strip(), value.strip())
   return cfg

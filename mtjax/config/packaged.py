@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import os
 
-from mtjax import fs
+from mtjax import errors, fs
 
 
 @functools.cache
@@ -67,8 +67,8 @@ def resolve_python(name: str) -> str:
     for candidate in _candidates(name, ".py"):
       if os.path.isfile(candidate):
         return candidate
-  raise FileNotFoundError(f"config file {name!r} does not exist, nor is it a packaged config "
-                          f"(packaged: {', '.join(python_names())})")
+  raise errors.MissingError(f"config file {name!r} does not exist, nor is it a packaged "
+                            f"config (packaged: {', '.join(python_names())})")
 
 
 def resolve_gin(name: str) -> str | None:

@@ -12,7 +12,7 @@ import types
 
 import gin
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.config import overrides, packaged, schema
 
 
@@ -22,13 +22,13 @@ def call_file(path: str, function: str, what: str, returns: str):
   name = f"mtjax_{what}_{abs(hash(path))}"
   if fs.is_url(path):
     if not fs.exists(path):
-      raise FileNotFoundError(f"{what} file {path!r} does not exist")
+      raise errors.MissingError(f"{what} file {path!r} does not exist")
     module = types.ModuleType(name)
     module.__file__ = path
     exec(compile(fs.read_text(path), path, "exec"), module.__dict__)  # pylint: disable=exec-used
   else:
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{what} file {path!r} does not exist")
+      raise errors.MissingError(f"{what} file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

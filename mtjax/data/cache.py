@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.data import mixing, records, staging
 
 MANIFEST = "manifest.json"
@@ -82,7 +82,7 @@ def split_preprocessors(task) -> tuple[list, list[str]]:
   for p in post:
     name = getattr(p, "__name__", type(p).__name__)
     if name not in NUMPY_POST_CACHE_OPS:
-      raise ValueError(
+      raise errors.DataError(
           f"task {task.name!r}: post-cache preprocessor {name!r} has no numpy implementation "
           f"(supported: {NUMPY_POST_CACHE_OPS}). Move it before seqio.CacheDatasetPlaceholder().")
     names.append(name)
@@ -164,8 +164,8 @@ def check_vocabularies(task) -> None:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local, gs://, ...)
 
     if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f"task {task.name!r}, feature {name!r}: vocabulary file {path!r} "
-                              "does not exist")
+      raise errors.MissingError(f"task {task.name!r}, feature {name!r}: vocabulary file "
+                                f"{path!r} does not exist")
 
 
 def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | None = None):
@@ -279,7 +279,8 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   if split not in task.splits:
-    raise ValueError(f"task {task.name!r} has no split {split!r} (it has {list(task.splits)})")
+    raise errors.DataError(f"task {task.name!r} has no split {split!r} (it has "
+                           f"{list(task.splits)})")
   check_vocabularies(task)
   fp = fingerprint(task, split)
   if fs.is_url(cache_dir):  # built in the local mirror, then uploaded (unless already there)
@@ -323,9 +324,9 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
       w.close()
     token_arrays = _write_token_arrays(tmp, tokens)
     if sum(counts) == 0:
-      raise ValueError(f"task {task.name!r} split {split!r} is empty: its source and pre-cache "
-                       f"preprocessors produced no examples (source count: "
-                       f"{task.num_input_examples(split)})")
+      raise errors.DataError(f"task {task.name!r} split {split!r} is empty: its source and "
+                             "pre-cache preprocessors produced no examples (source count: "
+                             f"{task.num_input_examples(split)})")
     skipped = getattr(getattr(task.source, "_dataset_fn", None), "skipped", {}).get(split, [])
     manifest = {
         "format_version": FORMAT_VERSION,

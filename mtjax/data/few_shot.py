@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mtjax import errors
 from mtjax.data import file_tasks
 
 SEPARATOR = "\n\n"  # between demonstrations, and before the example
@@ -37,7 +38,7 @@ def draw_demonstrations(index: int, pool_size: int, k: int, seed: int = 0,
   """k distinct positions in a pool of `pool_size`, never `exclude`, fixed by (seed, index)."""
   available = pool_size - (exclude is not None and 0 <= exclude < pool_size)
   if k > available:
-    raise ValueError(f"cannot draw {k} demonstrations from {available} train examples")
+    raise errors.DataError(f"cannot draw {k} demonstrations from {available} train examples")
   picks = np.random.default_rng([seed, index, 0]).choice(available, size=k, replace=False)
   if exclude is not None:
     picks = np.where(picks >= exclude, picks + 1, picks)  # skip the example itself
@@ -109,8 +110,8 @@ def raw_split(task, split: str) -> tuple[list[dict], tuple, list]:
     return records, tuple(keywords["templates"]), list(task.preprocessors)
   preps = list(task.preprocessors)
   if not preps or not hasattr(preps[0], "templates"):
-    raise ValueError(f"task {task.name!r}: few-shot variants need templates visible in Python "
-                     "(a file task, or apply_templates as the first preprocessor)")
+    raise errors.DataError(f"task {task.name!r}: few-shot variants need templates visible in "
+                           "Python (a file task, or apply_templates as the first preprocessor)")
   dataset = task.source.get_dataset(split=split, shuffle=False)
   records = [{k: _python(v) for k, v in ex.items()} for ex in dataset.as_numpy_iterator()]
   return records, tuple(preps[0].templates), preps[1:]
@@ -156,12 +157,13 @@ def register_few_shot_task(task_name: str, k: int, *, name: str | None = None, s
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top  (imports seqio)
 
   if k < 1:
-    raise ValueError(f"k must be at least 1, got {k}")
+    raise errors.ConfigError(f"k must be at least 1, got {k}")
   if not 0.0 <= zero_shot_prob < 1.0:
-    raise ValueError(f"zero_shot_prob must be in [0, 1), got {zero_shot_prob}")
+    raise errors.ConfigError(f"zero_shot_prob must be in [0, 1), got {zero_shot_prob}")
   base = seqio.get_mixture_or_task(task_name)
   if "train" not in base.splits:
-    raise ValueError(f"task {task_name!r} has no train split to draw demonstrations from")
+    raise errors.DataError(f"task {task_name!r} has no train split to draw demonstrations "
+                           "from")
   name = name or f"{task_name}_{k}shot" + ("_mixed" if zero_shot_prob > 0 else "")
   fn = functools.partial(
       _dataset_fn, base=task_name, k=k, draw_seed=seed, separator=separator,

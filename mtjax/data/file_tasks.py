@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from mtjax import errors
 from mtjax.data.promptsource import PromptTemplate
 from mtjax.data.templates import Template
 
@@ -31,7 +32,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
 def _format(path: str) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in FORMATS:
-    raise ValueError(f"{path}: unknown file type {ext!r}; use one of {sorted(FORMATS)}")
+    raise errors.DataError(f"{path}: unknown file type {ext!r}; use one of {sorted(FORMATS)}")
   return FORMATS[ext]
 
 
@@ -44,11 +45,11 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
 
   def bad(message: str):
     if skipped is None:
-      raise ValueError(message)
+      raise errors.DataError(message) from None  # (the parser's own exception adds nothing)
     skipped.append(message)
 
   if not os.path.exists(path):
-    raise FileNotFoundError(f"data file {path!r} does not exist")
+    raise errors.MissingError(f"data file {path!r} does not exist")
   kind = _format(path)
   if kind == "parquet":
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -56,7 +57,7 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
     try:
       parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
-      raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+      raise errors.DataError(f"{path}: not a readable Parquet file ({e})") from None
     row = 0
     for batch in parquet.iter_batches():
       for record in batch.to_pylist():
@@ -81,7 +82,7 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
       reader = csv.reader(f, delimiter="," if kind == "csv" else "\t")
       header = next(reader, None)
       if not header:
-        raise ValueError(f"{path}: empty file (a header row is required)")
+        raise errors.DataError(f"{path}: empty file (a header row is required)")
       for row in reader:
         lineno = reader.line_num
         if not row:
@@ -114,13 +115,15 @@ def rendered_examples(paths: Sequence[str], templates: Sequence,
       try:
         example = render(template, record)
       except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}:{lineno}: template {template.name!r}: "
-                         f"{e.args[0] if e.args else e}") from None
+        reason = str(e.args[0] if e.args else e)
+        if f"template {template.name!r}" not in reason:
+          reason = f"template {template.name!r}: {reason}"
+        raise errors.DataError(f"{path}:{lineno}: {reason}") from None
       example.update(idx=i, template_id=i % len(templates),
                      example_json=json.dumps(record, sort_keys=True, ensure_ascii=False))
       out.append(example)
   if not out:
-    raise ValueError(f"no records in {list(paths)}")
+    raise errors.DataError(f"no records in {list(paths)}")
   return out
 
 
@@ -158,13 +161,14 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
   import seqio  # pylint: disable=g-import-not-at-top
 
   if not templates:
-    raise ValueError(f"task {name!r}: give at least one template")
+    raise errors.DataError(f"task {name!r}: give at least one template")
   split_files = {split: [p] if isinstance(p, str) else list(p) for split, p in files.items()}
   for split, paths in split_files.items():
     for p in paths:
       _format(p)
       if not os.path.exists(p):
-        raise FileNotFoundError(f"task {name!r} split {split!r}: {p!r} does not exist")
+        raise errors.MissingError(f"task {name!r} split {split!r}: data file {p!r} does not "
+                                  "exist")
   vocabulary = vocabulary or seqio.ByteVocabulary()
   features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=add_eos)
               for k in ("inputs", "targets")}
@@ -177,7 +181,7 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
             for s, p in split_files.items()}
   for split, n in counts.items():
     if n == 0:
-      raise ValueError(f"task {name!r} split {split!r} is empty: no records in "
+      raise errors.DataError(f"task {name!r} split {split!r} is empty: no records in "
                        f"{split_files[split]}" + (f" ({len(skipped[split])} malformed lines "
                                                    "skipped)" if skipped[split] else ""))
   dataset_fn.skipped = skipped  # reported in the cache manifest

@@ -14,7 +14,7 @@ import os
 import tempfile
 from typing import Mapping
 
-from mtjax import fs
+from mtjax import errors, fs
 
 # Staged rate schedule: ((start_step, {task: rate}), ...), increasing start steps. From each
 # start step on, the mixture samples with those rates (tasks left out get 0); before the first,
@@ -50,20 +50,26 @@ def from_seqio(name: str) -> MixtureSpec:
 
   try:
     provider = seqio.get_mixture_or_task(name)
-  except ValueError as e:
+  except ValueError:
     import difflib  # pylint: disable=g-import-not-at-top
 
-    known = list(seqio.MixtureRegistry.names()) + list(seqio.TaskRegistry.names())
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown SeqIO mixture or task {name!r}.{hint} If it is yours, list the "
-                     "module that registers it in data.modules.") from e
+    mixtures, tasks = sorted(seqio.MixtureRegistry.names()), sorted(seqio.TaskRegistry.names())
+    close = difflib.get_close_matches(name, mixtures + tasks, n=3, cutoff=0.6)
+    if close:
+      hint = f" Did you mean {', '.join(map(repr, close))}?"
+    else:  # no near miss: name a few that exist
+      some = mixtures or tasks
+      more = f" and {len(some) - 8} more" if len(some) > 8 else ""
+      hint = (f" Registered {'mixtures' if mixtures else 'tasks'}: {', '.join(some[:8])}{more}."
+              if some else " No mixture or task is registered.")
+    raise errors.ConfigError(f"unknown SeqIO mixture or task {name!r}.{hint} If it is yours, "
+                             "list the module that registers it in data.modules.") from None
   if isinstance(provider, seqio.Task):
     return MixtureSpec(name, (TaskRate(provider.name, 1.0),))
   entries = tuple(TaskRate(t.name, float(provider.get_rate(t))) for t in provider.tasks)
   entries = tuple(e for e in entries if e.rate > 0)
   if not entries:
-    raise ValueError(f"mixture {name!r} has no task with a positive rate")
+    raise errors.ConfigError(f"mixture {name!r} has no task with a positive rate")
   return MixtureSpec(name, entries)
 
 

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
+from mtjax import errors
+
 SEPARATOR = "|||"
 
 
@@ -35,7 +37,10 @@ class PromptTemplate:
     """The rendered answer choices (empty if the template has none)."""
     if not self.answer_choices:
       return []
-    text = _environment(example).from_string(self.answer_choices).render(**example)
+    try:
+      text = _environment(example).from_string(self.answer_choices).render(**example)
+    except jinja2.TemplateError as e:
+      raise errors.DataError(f"PromptSource template {self.name!r}, answer_choices: {e}") from e
     return [c.strip() for c in text.split(SEPARATOR)]
 
   def render(self, example: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,10 +49,10 @@ class PromptTemplate:
     try:
       text = _environment(example).from_string(self.jinja).render(**context)
     except jinja2.TemplateError as e:
-      raise ValueError(f"PromptSource template {self.name!r}: {e}") from e
+      raise errors.DataError(f"PromptSource template {self.name!r}: {e}") from e
     parts = [p.strip() for p in text.split(SEPARATOR)]
     if len(parts) > 2:
-      raise ValueError(f"PromptSource template {self.name!r} rendered {len(parts)} parts; "
+      raise errors.DataError(f"PromptSource template {self.name!r} rendered {len(parts)} parts; "
                        f"expected input {SEPARATOR} target")
     return {"inputs": parts[0], "targets": parts[1] if len(parts) == 2 else "",
             "answer_choices": choices}
@@ -71,17 +76,22 @@ for _tag in ("!Template", "!TemplateMetadata"):
 
 def load(path: str) -> list[PromptTemplate]:
   """All templates of a PromptSource `templates.yaml`, in file order."""
-  with open(path) as f:
+  try:
+    f = open(path)  # pylint: disable=consider-using-with
+  except FileNotFoundError:
+    raise errors.MissingError(f"PromptSource template file {path!r} does not exist") from None
+  with f:
     try:
       raw = yaml.load(f, Loader=_Loader)  # noqa: S506  (SafeLoader subclass)
     except yaml.YAMLError as e:
-      raise ValueError(f"{path}: not a PromptSource template file: {e}") from e
+      reason = " ".join(str(e).split())  # PyYAML's message spans lines
+      raise errors.DataError(f"{path}: not a PromptSource template file: {reason}") from e
   if not isinstance(raw, dict) or "templates" not in raw:
-    raise ValueError(f"{path}: no 'templates' mapping (is it a PromptSource templates.yaml?)")
+    raise errors.DataError(f"{path}: no 'templates' mapping (is it a PromptSource templates.yaml?)")
   out = []
   for key, t in raw["templates"].items():
     if "jinja" not in t:
-      raise ValueError(f"{path}: template {key} has no 'jinja' field")
+      raise errors.DataError(f"{path}: template {key} has no 'jinja' field")
     out.append(PromptTemplate(name=t.get("name", str(key)), jinja=t["jinja"],
                               answer_choices=t.get("answer_choices"), id=t.get("id", str(key)),
                               metadata=dict(t.get("metadata") or {})))

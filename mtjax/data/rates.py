@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, Mapping, Sequence
 
+from mtjax import errors
+
 
 def _num_examples(task, split: str) -> int:
   n = task.num_input_examples(split)
@@ -28,8 +30,8 @@ def _num_examples(task, split: str) -> int:
   except (ValueError, AssertionError, KeyError, AttributeError):
     pass
   if n is None:
-    raise ValueError(f"task {task.name!r}: number of {split!r} examples is unknown; give the "
-                     "source num_input_examples or use an explicit rate")
+    raise errors.DataError(f"task {task.name!r}: number of {split!r} examples is unknown; give "
+                           "the source num_input_examples or use an explicit rate")
   return int(n)
 
 
@@ -37,7 +39,7 @@ def t5_examples_proportional(maximum: int, temperature: float = 1.0,
                              split: str = "train") -> Callable:
   """`min(n, maximum) ** (1 / temperature)` (T5's examples-proportional / temperature mixing)."""
   if maximum <= 0 or temperature <= 0:
-    raise ValueError("maximum and temperature must be positive")
+    raise errors.ConfigError("maximum and temperature must be positive")
 
   def rate(task) -> float:
     return float(min(_num_examples(task, split), maximum)) ** (1.0 / temperature)
@@ -49,7 +51,7 @@ def t0_examples_proportional(num_templates: int, cap: int = 500_000,
                              split: str = "train") -> Callable:
   """`n` if `n <= cap`, else `cap / num_templates` (T0's rule for very large datasets)."""
   if num_templates <= 0:
-    raise ValueError("num_templates must be positive")
+    raise errors.ConfigError("num_templates must be positive")
 
   def rate(task) -> float:
     n = _num_examples(task, split)
@@ -75,17 +77,18 @@ def opt_iml_examples_proportional(groups: Mapping[str, Sequence[str]],
   exact values), so both are required arguments.
   """
   if maximum <= 0:
-    raise ValueError("maximum must be positive")
+    raise errors.ConfigError("maximum must be positive")
   missing = sorted(set(groups) - set(proportions))
   if missing:
-    raise ValueError(f"no proportion for groups {missing}")
+    raise errors.ConfigError(f"no proportion for groups {missing}")
   if any(p < 0 for p in proportions.values()):
-    raise ValueError("proportions must be non-negative")
+    raise errors.ConfigError("proportions must be non-negative")
   group_of = {}
   for group, tasks in groups.items():
     for t in tasks:
       if t in group_of:
-        raise ValueError(f"task {t!r} is in groups {group_of[t]!r} and {group!r}")
+        raise errors.ConfigError(f"task {t!r} is in groups {group_of[t]!r} and "
+                                 f"{group!r}")
       group_of[t] = group
   totals: dict[str, float] = {}
 
@@ -96,7 +99,8 @@ def opt_iml_examples_proportional(groups: Mapping[str, Sequence[str]],
 
   def rate(task) -> float:
     if task.name not in group_of:
-      raise ValueError(f"task {task.name!r} is in no OPT-IML group ({sorted(groups)})")
+      raise errors.ConfigError(f"task {task.name!r} is in no OPT-IML group "
+                               f"({sorted(groups)})")
     group = group_of[task.name]
     if group not in totals:
       totals[group] = sum(capped(t) for t in groups[group])

@@ -12,15 +12,19 @@ import dataclasses
 import string
 from typing import Any, Callable, Mapping, Sequence
 
+from mtjax import errors
+
 
 def _parse(fmt: str) -> list[tuple[str, str | None]]:
   """Splits a format string into (literal, field-or-None) parts; rejects format specs."""
   parts = []
   for literal, field, spec, conversion in string.Formatter().parse(fmt):
     if spec or conversion:
-      raise ValueError(f"template {fmt!r}: format specs/conversions are not supported ({field})")
+      raise errors.DataError(f"template {fmt!r}: format specs/conversions are not supported "
+                             f"({field})")
     if field is not None and not field.isidentifier():
-      raise ValueError(f"template {fmt!r}: placeholder {{{field}}} must be a plain field name")
+      raise errors.DataError(f"template {fmt!r}: placeholder {{{field}}} must be a plain field "
+                             "name")
     parts.append((literal, field))
   return parts
 
@@ -73,11 +77,22 @@ def apply_templates(templates: Sequence[Template], index_field: str = "idx") -> 
   Adds `inputs`, `targets` (strings) and `template_id` (int32); keeps the raw fields.
   """
   if not templates:
-    raise ValueError("apply_templates needs at least one template")
+    raise errors.DataError("apply_templates needs at least one template")
   templates = tuple(templates)
 
   def preprocess(dataset):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    # Checked here, not inside the traced map (tf.data would turn the error into a staging error).
+    have = sorted(dataset.element_spec) if isinstance(dataset.element_spec, Mapping) else []
+    for t in templates:
+      missing = [f for f in t.fields if f not in have]
+      if missing:
+        raise errors.DataError(f"template {t.name!r} needs fields {missing}; the examples have "
+                               f"{have}")
+    if index_field not in have:
+      raise errors.DataError(f"apply_templates picks a template by the field {index_field!r}; "
+                             f"the examples have {have}")
 
     def fn(ex):
       rendered = [t.render_tf(ex) for t in templates]

@@ -15,10 +15,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.config import schema
-from mtjax.eval import evaluate, few_shot
-from mtjax.peft import prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,27 +26,44 @@ class CheckpointRef:
   step: int | None  # None: the latest
 
 
-def locate(path: str) -> CheckpointRef:
-  """Resolves a run dir, a `checkpoints/` dir or a step dir to (run dir, checkpoints dir, step)."""
+def locate(path: str, flag: str = "--checkpoint") -> CheckpointRef:
+  """Resolves a run dir, a `checkpoints/` dir or a step dir to (run dir, checkpoints dir, step).
+
+  `flag` names the option the path came from in errors; with `--run_dir` the path must be a run
+  directory (or, as before, a checkpoints/ or step directory of one).
+  """
   path = fs.abspath(path)
   if not fs.isdir(path):
-    raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-  if fs.isdir(os.path.join(path, "checkpoints")):
-    return CheckpointRef(path, os.path.join(path, "checkpoints"), None)
+    raise errors.MissingError(f"{flag} {path} does not exist")
   name, parent = os.path.basename(path), os.path.dirname(path)
-  if name.isdigit():
+  if fs.isdir(os.path.join(path, "checkpoints")):
+    ref = CheckpointRef(path, os.path.join(path, "checkpoints"), None)
+  elif name == "checkpoints":
+    ref = CheckpointRef(parent, path, None)
+  elif name.isdigit() and (os.path.basename(parent) == "checkpoints"
+                           or fs.isdir(os.path.join(path, "params"))):
     return CheckpointRef(os.path.dirname(parent), parent, int(name))
-  if name == "checkpoints":
-    return CheckpointRef(parent, path, None)
-  raise FileNotFoundError(f"{path} holds no checkpoints: give a run directory written by "
-                          "mtjax train, its checkpoints/ directory or one step's directory")
+  elif flag == "--run_dir":
+    raise errors.MissingError(
+        f"--run_dir {path} has no checkpoints ({os.path.join(path, 'checkpoints')} does not "
+        "exist): give the directory of a run that mtjax train has checkpointed, or a step's "
+        "directory with --checkpoint")
+  else:
+    raise errors.MissingError(
+        f"{flag} {path} holds no checkpoints: give a run directory written by mtjax train, its "
+        "checkpoints/ directory or one step's directory")
+  if not any(n.isdigit() for n in fs.listdir(ref.checkpoints_dir)):
+    raise errors.MissingError(f"{flag} {path}: {ref.checkpoints_dir} holds no checkpoint yet "
+                              "(mtjax train saves one every train.checkpoint_every steps)")
+  return ref
 
 
 def run_config(ref: CheckpointRef) -> schema.RunConfig:
   path = os.path.join(ref.run_dir, "config.json")
   if not fs.exists(path):
-    raise FileNotFoundError(f"{path} not found: give the run's config with --config or "
-                            "--gin_file, or point at a run directory written by mtjax train")
+    raise errors.MissingError(
+        f"{path} not found (the run directory of {ref.checkpoints_dir}): give the run's config "
+        "with --config or --gin_file, or point at a run directory written by mtjax train")
   return schema.from_dict(fs.read_json(path))
 
 
@@ -76,6 +91,10 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
   With a soft prompt attached, each mixture task is evaluated with its own prompt row (tasks
   without one, and every other task, with the prompt removed), as ProMoT's inference does.
   """
+  # (imported here: finding a checkpoint, and the errors of a wrong path, need no JAX)
+  from mtjax.eval import evaluate, few_shot  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import prompts  # pylint: disable=g-import-not-at-top
+
   kwargs = evaluate.config_kwargs(cfg)
   rows = prompts.task_rows(cfg.model.prompt_tasks, task_names)
   groups: dict[int, list[str]] = {}  # prompt row (-1: none) -> its tasks, in mixture order
@@ -112,7 +131,7 @@ def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
                                        keep=cfg.train.keep_checkpoints)
   step = checkpointer.latest_step() if ref.step is None else ref.step
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ref.checkpoints_dir}")
+    raise errors.MissingError(f"no checkpoint in {ref.checkpoints_dir}")
   params = checkpointer.restore_params(step, setup.params)
   checkpointer.close()
   output_dir = output_dir or ref.run_dir

@@ -13,6 +13,7 @@ from types import ModuleType
 
 from flax import nnx
 
+from mtjax import errors
 from mtjax.models import decoder, t5
 
 PRESETS = {**t5.PRESETS, **decoder.PRESETS}
@@ -33,7 +34,8 @@ def config(name: str, **overrides):
     import difflib  # pylint: disable=g-import-not-at-top
     close = difflib.get_close_matches(name, PRESETS, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model preset {name!r}{hint} (known: {', '.join(sorted(PRESETS))})")
+    raise errors.ConfigError(f"model.preset: unknown model preset {name!r}{hint} "
+                             f"(known: {', '.join(sorted(PRESETS))})")
   return dataclasses.replace(PRESETS[name], **overrides)
 
 

@@ -7,6 +7,8 @@ import math
 import jax
 import numpy as np
 
+from mtjax import errors
+
 AXES = ("data", "fsdp", "tensor")
 
 
@@ -17,16 +19,17 @@ def resolve_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
   sizes = [data, fsdp, tensor]
   unknown = [i for i, s in enumerate(sizes) if s == -1]
   if len(unknown) > 1:
-    raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} "
-                     f"tensor={tensor}")
+    raise errors.ConfigError(f"mesh: at most one axis may be -1, got mesh.data={data} "
+                             f"mesh.fsdp={fsdp} mesh.tensor={tensor}")
   known = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes) or n % known:
-    raise ValueError(f"mesh data={data} fsdp={fsdp} tensor={tensor} does not fit {n} devices")
+    raise errors.ConfigError(f"mesh.data={data} mesh.fsdp={fsdp} mesh.tensor={tensor} does not "
+                             f"fit {n} devices")
   if unknown:
     sizes[unknown[0]] = n // known
   if math.prod(sizes) != n:
-    raise ValueError(f"mesh {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices, "
-                     f"but {n} are available (use -1 on one axis to fill)")
+    raise errors.ConfigError(f"mesh {dict(zip(AXES, sizes))} uses {math.prod(sizes)} devices, "
+                             f"but {n} are available (use -1 on one mesh.* axis to fill)")
   return tuple(sizes)
 
 
