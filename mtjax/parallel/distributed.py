@@ -84,3 +84,20 @@ def barrier(name: str, timeout_s: int = 900) -> None:
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(f"mtjax_{name}", timeout_in_ms=timeout_s * 1000)
+
+
+def share_error(name: str, message: str | None, timeout_s: int = 900) -> str | None:
+  """Process 0's outcome of a step only it performs (e.g. taking the run-dir lock), told to every
+  process through the coordinator's key-value store: None if it went well, else its error
+  message (each process then raises, instead of the others waiting at the next barrier until
+  they time out). Single process: returns `message`."""
+  if jax.process_count() == 1:
+    return message
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  key = f"mtjax_outcome_{name}"
+  if jax.process_index() == 0:
+    client.key_value_set(key, "ok" if message is None else "error:" + message)
+    return message
+  value = client.blocking_key_value_get(key, timeout_s * 1000)
+  return None if value == "ok" else value[len("error:"):]

@@ -65,7 +65,7 @@ def run_member_dir(run_dir: str, progress: bool = False) -> dict | None:
   member = fs.read_json(os.path.join(run_dir, MEMBER_FILE))
   cfg = schema.from_dict(member["config"])
   t0 = time.perf_counter()
-  summary = loop.train(cfg, progress=progress)
+  summary = loop.train(cfg, progress=progress, command="mtjax ablate member")
   if summary.get("preempted"):
     return None
   seconds = time.perf_counter() - t0

@@ -233,7 +233,7 @@ def run_stage(stage: Stage, *, progress: bool = True) -> int:
   cfg = stage.cfg
   if _steps_done(cfg.run_dir) < cfg.train.steps:
     log.info("promot: training %s (%d steps)", stage.name, cfg.train.steps)
-    summary = loop.train(cfg, progress=progress)
+    summary = loop.train(cfg, progress=progress, command=f"mtjax promot ({stage.name})")
     if summary.get("preempted"):
       raise SystemExit(f"promot: {stage.name} was preempted at step {summary['steps']}; "
                        "rerun the command to resume")
@@ -435,6 +435,17 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
 
   fs.check_usable(cfg.run_dir, "run_dir")
   distributed.initialize()
+  lock = loop.hold_run_dir(cfg.run_dir, "mtjax promot")  # one ProMoT per run dir (its report)
+  try:
+    return _run(cfg, progress)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(cfg: schema.RunConfig, progress: bool) -> dict:
+  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+
   loop.import_modules(cfg.data.modules)
   if not cfg.train.init_from:
     log.warning("promot: train.init_from is empty, so the 'pretrained' model is %s's fresh "

@@ -31,6 +31,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from mtjax import errors, fs
 from mtjax.parallel import distributed
+from mtjax.train import data_state
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True,
                best_metric: str = "", best_mode: str = "min"):
     self.directory = fs.abspath(directory)  # a URL stays one: Orbax writes gs:// itself
+    _drop_callbacks_into_closed_loops()  # before any read of a possibly damaged checkpoint
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.save_every = max(save_every, 1)
@@ -91,7 +93,7 @@ class Checkpointer:
         item_handlers={
             "params": ocp.StandardCheckpointHandler(),
             "opt_state": ocp.StandardCheckpointHandler(),
-            "data_iter": grain.checkpoint.CheckpointHandler(),
+            "data_iter": data_state.DataIterHandler(),  # Grain's files; any process count
             "meta": ocp.JsonCheckpointHandler(),
         },
     )
@@ -114,7 +116,7 @@ class Checkpointer:
     if metrics:  # kept in the metadata too, so `best_step` works after the run
       meta = dict(meta, metrics={k: float(v) for k, v in metrics.items()})
     items = {"params": ocp.args.StandardSave(params),
-             "data_iter": grain.checkpoint.CheckpointSave(data_iter),
+             "data_iter": data_state.DataIterSave(data_iter),
              "meta": ocp.args.JsonSave(meta)}
     if jax.tree.leaves(opt_state):  # stateless optimizers (plain SGD) have nothing to save
       items["opt_state"] = ocp.args.StandardSave(opt_state)
@@ -164,7 +166,7 @@ class Checkpointer:
   def restore(self, step: int, params_like, opt_state_like, data_iter):
     """Restores onto the shardings of `*_like`; sets `data_iter`'s state in place."""
     items = {"params": ocp.args.StandardRestore(abstract(params_like)),
-             "data_iter": grain.checkpoint.CheckpointRestore(data_iter),
+             "data_iter": data_state.DataIterRestore(data_iter),
              "meta": ocp.args.JsonRestore()}
     if jax.tree.leaves(opt_state_like):
       items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state_like))
@@ -203,8 +205,7 @@ class Checkpointer:
     failed = []
     for step in reversed(self.all_steps()):
       try:
-        with _quiet_closed_loop_noise():
-          restored = self.restore(step, params_like, opt_state_like, data_iter)
+        restored = self.restore(step, params_like, opt_state_like, data_iter)
       except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
         user = _user_error(e)
         if user is not None:
@@ -417,55 +418,27 @@ def _to_dict(tree):
   return tree
 
 
-@contextlib.contextmanager
-def _quiet_closed_loop_noise():
+def _drop_callbacks_into_closed_loops() -> None:
   """When one array of a checkpoint fails to read, Orbax's restore returns at once and closes its
-  event loop while TensorStore still completes the other reads; each completion then prints a
-  `RuntimeError: Event loop is closed` traceback straight to stderr (from C++, past Python's
-  hooks): dozens of tracebacks for one damaged file. This sends fd 2 to a temporary file while
-  a restore runs and, after a failure, replays everything but those tracebacks."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  event loop while TensorStore still completes the other reads; each completion then calls
+  `loop.call_soon_threadsafe` on the closed loop, and TensorStore prints the RuntimeError as a
+  traceback (from C++, past Python's hooks): dozens of tracebacks for one damaged file. Such a
+  callback has nowhere to go, so it is dropped: this makes `call_soon_threadsafe` on a closed
+  loop return None instead of raising (on an open loop nothing changes). Installed once, when
+  the first Checkpointer is made (before any read of a possibly damaged checkpoint)."""
+  import asyncio  # pylint: disable=g-import-not-at-top
 
-  try:
-    sys.stderr.flush()
-    saved = os.dup(2)
-  except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner): no filtering
-    yield
+  original = asyncio.BaseEventLoop.call_soon_threadsafe
+  if getattr(original, "mtjax_patched", False):
     return
-  with tempfile.TemporaryFile(mode="w+b") as tmp:
-    os.dup2(tmp.fileno(), 2)
-    failed = False
-    try:
-      yield
-    except BaseException:
-      failed = True
-      raise
-    finally:
-      if failed:
-        time.sleep(0.3)  # the straggling reads finish (and print) now
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      tmp.seek(0)
-      text = tmp.read().decode(errors="replace")
-      if text:
-        sys.stderr.write(_drop_closed_loop_tracebacks(text))
-        sys.stderr.flush()
 
+  def call_soon_threadsafe(self, callback, *args, **kwargs):
+    if self.is_closed():
+      return None
+    return original(self, callback, *args, **kwargs)
 
-def _drop_closed_loop_tracebacks(text: str) -> str:
-  out, block = [], []
-  for line in text.splitlines(keepends=True):
-    if line.startswith("Traceback (most recent call last)") or block:
-      block.append(line)
-      if not line.startswith((" ", "Traceback")):  # the exception line ends the block
-        if "Event loop is closed" not in line:
-          out.extend(block)
-        block = []
-      continue
-    out.append(line)
-  return "".join(out + block)
+  call_soon_threadsafe.mtjax_patched = True
+  asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
 
 
 def _local_bytes(x) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.config import schema, storage
 from mtjax.data import cache, pipeline
 from mtjax.eval import evaluate as eval_lib
@@ -40,6 +40,7 @@ from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import flops as flops_lib
 from mtjax.train import metrics as metrics_lib
 from mtjax.train import optimizers
+from mtjax.train import runlock
 from mtjax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -301,8 +302,11 @@ def eval_loss(setup: Setup, params, batches, eval_step) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in row.items()}
 
 
-def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
+def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax train") -> dict:
   """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict.
+
+  One writer per run dir: a second `train` on the same run dir while this one runs raises
+  errors.RunDirError naming this one (`command`, pid, host), before it writes anything.
 
   SIGTERM (preemption) saves a checkpoint at the current step and returns with
   `summary["preempted"] = True`; a NaN/Inf loss or gradient raises `FloatingPointError` naming the
@@ -311,6 +315,31 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   t_start = time.perf_counter()
   storage.check(cfg)  # a bad bucket is one line now, not a traceback after compiling
   distributed.initialize()
+  lock = hold_run_dir(cfg.run_dir, command)
+  try:
+    return _train(cfg, progress, lock, t_start)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def hold_run_dir(run_dir: str, command: str):
+  """Takes the run dir's writer lock (mtjax.train.runlock) on process 0, before anything is
+  written there; every process raises the refusal (errors.RunDirError). Returns the lock (None on
+  other processes)."""
+  lock, message = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = runlock.acquire(run_dir, command)
+    except errors.RunDirError as e:
+      message = str(e)
+  message = distributed.share_error("run_lock", message)
+  if message is not None:
+    raise errors.RunDirError(message)
+  return lock
+
+
+def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
   setup = build(cfg)
   k = max(cfg.train.microbatches, 1)
   if cfg.data.batch_size % k or (cfg.data.batch_size // k) % (
@@ -392,6 +421,8 @@ def train(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
         if (final or stop["signal"] or checkpointer.should_save(done)
             or (full_eval and cfg.train.best_metric)):
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
+          if lock is not None:
+            lock.check()  # another writer took the run dir over (a gs:// lock gone stale)
           checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
                             metrics={**last, **last_eval})
           writer.sync()  # a remote run dir gets its logs up to the saved step
