@@ -6,17 +6,20 @@ and the global batches continue as the uninterrupted single-host stream's, for t
 (with staged rates and a prefetch thread) and the unpacked stream; streams that depend on the
 host count fail with one line naming the option.
 
-End to end (`mtjax.cli train` subprocesses): steps 0-2 on 2 processes x 1 fake device, 2-4 on 1
-process x 2 devices, 4-6 on 2 processes x 1 device; losses and final parameters equal an
-uninterrupted 1-process run's. Two devices in all rather than 4 (2 x 2 -> 1 x 4 -> 4 x 1): on a
-2-core CI machine four gloo processes compiling at once can fall behind gloo's fixed 30 s
-collective timeout (see tests/parallel/test_distributed.py), and fewer fake devices compile
-faster; the 4-host conversion is covered in process. The reference run shares a phase with the
-1-process resume (no collectives there), so the test has three sequential phases.
+End to end (`mtjax.cli train` subprocesses): an uninterrupted 6-step run on 1 process x 2 fake
+devices is the reference, and its step-2 checkpoint the start of the elastic run (what a
+separate 1-process run of steps 0-2 writes: the same program); steps 2-4 run on 2 processes x 1
+device, 4-6 on 1 process x 2 devices again. Losses and final parameters equal the reference's.
+Two devices in all rather than 4 (e.g. 2 x 2 -> 1 x 4 -> 4 x 1), and four process starts in
+three phases: on a 2-core CI machine four gloo processes compiling at once (or a third process
+next to a gloo pair) can fall behind gloo's fixed 30 s collective timeout (see
+tests/parallel/test_distributed.py), and each process start costs ~30 s of CPU (imports,
+compile); the 4-host conversion and 4 -> 1 are covered in process.
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -215,7 +218,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(run_dir, cache_dir, steps, processes):
+def _start(run_dir, cache_dir, steps, processes, *extra):
   """`processes` processes with 2 // processes fake devices each, training to `steps`."""
   port = _free_port()
   procs = []
@@ -236,7 +239,7 @@ def _start(run_dir, cache_dir, steps, processes):
             "--set", f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", "model.preset=t5_test",
             "data.batch_size=4", "data.inputs_length=32", "data.targets_length=8",
             f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=2",
-            "eval.at_end=False"]
+            "eval.at_end=False", *extra]
     procs.append(subprocess.Popen([sys.executable, "-m", "mtjax.cli", "train", *args], cwd=ROOT,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True))
@@ -269,17 +272,20 @@ def _params(run_dir, step):
 def test_run_resumes_on_other_process_counts_like_an_uninterrupted_run(synthetic_cache,
                                                                         tmp_path):
   elastic, full = str(tmp_path / "elastic"), str(tmp_path / "full")
-  _finish(_start(elastic, synthetic_cache, 2, processes=2))
-  logs = _finish(_start(elastic, synthetic_cache, 4, processes=1) +
-                 _start(full, synthetic_cache, 6, processes=1))
-  assert "from step 2" in logs[0] and "restored on process 0 of 1" in logs[0]
-  logs = _finish(_start(elastic, synthetic_cache, 6, processes=2))
-  assert "from step 4" in logs[0] and "restored on process 0 of 2" in logs[0]
+  _finish(_start(full, synthetic_cache, 6, 1, "train.keep_checkpoints=3"))
+  # Steps 0-2 on 1 process: the uninterrupted run's own checkpoint (same program, same bits).
+  shutil.copytree(os.path.join(full, "checkpoints", "2"), os.path.join(elastic, "checkpoints", "2"))
+  logs = _finish(_start(elastic, synthetic_cache, 4, 2))
+  assert "from step 2" in logs[0] and "restored on process 0 of 2" in logs[0]
   assert "restored on process 1 of 2" in logs[1]
+  assert sorted(f for f in os.listdir(os.path.join(elastic, "checkpoints", "4", "data_iter"))
+                if f.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  logs = _finish(_start(elastic, synthetic_cache, 6, 1))
+  assert "from step 4" in logs[0] and "restored on process 0 of 1" in logs[0]
 
   got, want = _losses(elastic), _losses(full)
-  assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, 7))
-  np.testing.assert_allclose([l for _, l in got], [l for _, l in want], rtol=0, atol=1e-5)
+  assert [s for s, _ in want] == list(range(1, 7)) and [s for s, _ in got] == [3, 4, 5, 6]
+  np.testing.assert_allclose([l for _, l in got], [l for _, l in want[2:]], rtol=0, atol=1e-5)
   # Cross-process reductions (gloo) may sum in another order than one process's: not bitwise.
   for a, b in zip(_params(elastic, 6), _params(full, 6)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
