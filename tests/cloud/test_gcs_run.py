@@ -197,7 +197,7 @@ def test_a_bad_bucket_is_one_line_before_the_model_is_built(gcs_bucket, tmp_path
   proc = _mtjax("train", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
                 "--no_progress", "--set", *[f"{k}={v}" for k, v in sets.items()], env=env)
   code, text = _finish(proc, timeout=300)
-  assert code == 1
+  assert code == 2  # a user error (mtjax.cli)
   last = text.strip().splitlines()[-1]
   assert last == (f"error: {key} {value}: bucket gs://no-such-bucket-x1 does not exist "
                   "(typo?)"), text[-2000:]
@@ -216,6 +216,6 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path):
   proc = _mtjax("train", "--config", os.path.join(ROOT, "configs", "quickstart.py"),
                 "--no_progress", "--set", "run_dir=gs://bkt/run", env=env)
   code, text = _finish(proc, timeout=300)
-  assert code == 1
+  assert code == 2  # a user error (mtjax.cli)
   last = text.strip().splitlines()[-1]
   assert last.startswith("error: run_dir gs://bkt/run: cannot reach gs://bkt"), text[-2000:]
