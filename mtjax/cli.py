@@ -342,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     print("usage: mtjax <command> [options]\n\ncommands:")
     for name, text in COMMANDS.items():
       print(f"  {name:<8}{text}")
-    print("\nRun `mtjax <command> --help` for a command's options.")
+    print("\nRun `mtjax <command> --help` for a command's options. A mistake in the input is "
+          "one `error:` line\n(exit status 2); add --debug (or set MTJAX_DEBUG=1) for its "
+          "traceback.")
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache,
