@@ -72,7 +72,7 @@ def import_modules(modules) -> None:
       if getattr(e, "name", None) in ("seqio", "tensorflow"):
         log.warning("cannot import %s without %s; using the existing cache", name, e.name)
         continue
-      raise ImportError(f"data.modules: cannot import {name!r}: {e}") from e
+      raise errors.ModuleError(f"data.modules: cannot import {name!r}: {e}") from e
 
 
 def _register_few_shot(name: str) -> None:
@@ -112,11 +112,11 @@ def check_prompt_config(cfg: schema.RunConfig) -> None:
   m = cfg.model
   if m.prompt_length <= 0:
     if m.prompt_tasks or cfg.train.init_prompt_from:
-      raise ValueError("model.prompt_tasks / train.init_prompt_from need a soft prompt: set "
+      raise errors.ConfigError("model.prompt_tasks / train.init_prompt_from need a soft prompt: set "
                        "model.prompt_length")
     return
   if cfg.data.pack:
-    raise ValueError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
+    raise errors.ConfigError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
                      "data.pack=False")
 
 
@@ -129,7 +129,7 @@ def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None
     return None
   rows = prompts.task_rows(m.prompt_tasks, task_names)
   if not (rows >= 0).any():
-    raise ValueError(f"model.prompt_tasks={list(m.prompt_tasks)} names no task of the mixture "
+    raise errors.ConfigError(f"model.prompt_tasks={list(m.prompt_tasks)} names no task of the mixture "
                      f"{list(task_names)}")
   vocab = _vocabulary(task_names) if m.prompt_init == "class_labels" else None
   model.embed_hook = prompts.create(model, m, num_prompts=max(len(m.prompt_tasks), 1),
@@ -179,8 +179,9 @@ def data_iterator(setup: Setup):
   cfg = setup.cfg
   n_hosts, parallel = jax.process_count(), (setup.mesh.shape["data"] * setup.mesh.shape["fsdp"])
   if cfg.data.batch_size % parallel or cfg.data.batch_size % n_hosts:
-    raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the "
-                     f"data x fsdp mesh size ({parallel}) and the number of hosts ({n_hosts})")
+    raise errors.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by the "
+                             f"data x fsdp mesh size ({parallel}) and the number of hosts "
+                             f"({n_hosts})")
   options = pipeline.PipelineOptions(
       lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
       batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
@@ -344,8 +345,10 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
   k = max(cfg.train.microbatches, 1)
   if cfg.data.batch_size % k or (cfg.data.batch_size // k) % (
       setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]):
-    raise ValueError(f"data.batch_size={cfg.data.batch_size} must split into "
-                     f"train.microbatches={k} microbatches that divide over the data x fsdp mesh")
+    raise errors.ConfigError(
+        f"data.batch_size={cfg.data.batch_size} must split into train.microbatches={k} "
+        "microbatches that each divide over the data x fsdp mesh "
+        f"({setup.mesh.shape['data'] * setup.mesh.shape['fsdp']} devices)")
   data = data_iterator(setup)
   distributed.barrier("setup")  # before Orbax's first cross-process collective
   checkpointer = ckpt_lib.Checkpointer(
