@@ -451,8 +451,8 @@ def train_batches(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOpt
   """This host's batches of model features (a checkpointable iterator).
 
   With the `window` packer or unpacked (pack=False) the global batches do not depend on the
-  number of hosts; with Grain's packers each host mixes and packs its own shard of every task. With `rate_stages`,
-  the stream switches rates at each stage's start step (see `StagedBatches`).
+  number of hosts; with Grain's packers each host mixes and packs its own shard of every task.
+  With `rate_stages`, the stream switches rates at each stage's start step (`StagedBatches`).
   """
   feature_converters.check_converter(options.feature_converter)
   single = dataclasses.replace(options, prefetch=0, worker_count=0, rate_stages=())

@@ -44,7 +44,7 @@ def host_dependence(state: Any) -> str | None:
     return ("its data state was written before process-count changes were supported (window "
             "packer state without layout)")
   if any(k in state for k in ("iterators_in_use_states", "workers_state", "workers")):
-    return "data.worker_count > 0 streams depend on the number of processes"
+    return "data.worker_count > 0 states (one per worker process) do not convert"
   if {"parent", "next_row"} <= state.keys():
     return "data.packer=best_fit / first_fit streams depend on the number of processes"
   if state.keys() == {"next_index"}:
