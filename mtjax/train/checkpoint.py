@@ -24,7 +24,6 @@ import shutil
 import time
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies

@@ -43,7 +43,7 @@ class MetricWriter:
     self._file = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
       # A resumed run starts a new event file whose first record tells TensorBoard to drop the
       # points after the checkpoint that an earlier (killed) process wrote; those steps are
       # written again. Every row is flushed (below), so a kill loses no point on disk.
@@ -80,6 +80,23 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
     self._copy.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch unless torch is already loaded:
+  tensorboardX imports torch only to accept torch tensors (we log floats), and that import costs
+  ~13 s of CPU at every start where torch is installed."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _step(line: str) -> int | None:
