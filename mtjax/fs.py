@@ -178,8 +178,8 @@ def rename(src: str, dst: str) -> None:
   else:
     fs.copy(p, q)
     fs.rm_file(p)
-  fs.invalidate_cache(p)
-  fs.invalidate_cache(q)
+  forget_listings(src)
+  forget_listings(dst)
 
 
 def rmtree(path: str) -> None:
@@ -366,3 +366,8 @@ def forget_listings(path: str) -> None:
   if is_url(path):
     fs, p = _fs(path)
     fs.invalidate_cache(p)
+    # Orbax reaches the bucket through etils.epath, which may hold its own client of the same
+    # class (other constructor arguments), and a folder's own cached listing (not only its
+    # parents') makes it "exist": those clients forget everything.
+    for other in list(type(fs)._cache.values()):  # pylint: disable=protected-access
+      other.invalidate_cache()

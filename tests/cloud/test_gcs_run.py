@@ -1,8 +1,10 @@
 """A whole run on gs:// against a real GCS API server on 127.0.0.1 (tests/gcs_emulator.py).
 
-Run dir and data cache are both `gs://` URLs. The run is SIGKILLed after step 11 (checkpoints
-every 5 steps) and resumed; its losses and final parameters must be bit-identical to the same
-run, uninterrupted, on local disk. Then `mtjax eval` and `mtjax export` read the gs:// run, the
+Run dir and data cache are both `gs://` URLs. The run is SIGKILLed after step 16 (checkpoints
+every 5 steps), its newest committed checkpoint is then damaged (garbled metadata), and it is
+resumed: the damaged step is set aside in the bucket (copied to `<step>.corrupt-<time>`, then
+deleted) and the run continues from the one before; its losses and final parameters must be
+bit-identical to the same run, uninterrupted, on local disk. Then `mtjax eval` and `mtjax export` read the gs:// run, the
 TensorBoard event files are read back from the bucket, and bad buckets fail with one line before
 any model is built. Nothing here touches a local path that stands in for GCS: every gs:// file
 is listed and read through the GCS API.
@@ -82,6 +84,19 @@ def _events(data: bytes) -> dict[str, list[tuple[int, float]]]:
   return out
 
 
+def _damage_newest(gs_run) -> int:
+  """Garbles the run-metadata item of the newest committed checkpoint in the bucket; its step."""
+  import gcsfs  # pylint: disable=g-import-not-at-top
+
+  gcs = gcsfs.GCSFileSystem()
+  gcs.invalidate_cache()
+  ckpts = gs_run[len("gs://"):] + "/checkpoints"
+  steps = sorted(int(p.rsplit("/", 2)[-2]) for p in gcs.find(ckpts)
+                 if p.endswith("/commit_success.txt") and p.rsplit("/", 2)[-2].isdigit())
+  gcs.pipe(f"{ckpts}/{steps[-1]}/meta/metadata", b"{garbled")
+  return steps[-1]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, gcs_server, synthetic_cache):
   """(bucket, gs:// run dir, local run dir, outputs): a local reference run and a gs:// run
@@ -95,8 +110,9 @@ def runs(tmp_path_factory, gcs_server, synthetic_cache):
   gs_run, gs_cache = f"{bucket}/runs/t0", f"{bucket}/cache"
   out = {}
   procs = {"local": _train(local_run, local_cache, _env(jax_cache)),
-           "killed": _train(gs_run, gs_cache, _env(jax_cache, fault="11:SIGKILL"))}
+           "killed": _train(gs_run, gs_cache, _env(jax_cache, fault="16:SIGKILL"))}
   out.update({name: _finish(p) for name, p in procs.items()})
+  out["damaged"] = _damage_newest(gs_run)
   out["resumed"] = _finish(_train(gs_run, gs_cache, _env(jax_cache)))
   evals = {"eval_gs": _mtjax("eval", "--run_dir", gs_run, "--max_examples", "8",
                              "--mixture_or_task", "synthetic_copy", env=_env(jax_cache)),
@@ -112,14 +128,21 @@ def test_run_on_gcs_resumes_bit_identical_to_a_local_run(runs):
   bucket, gs_run, local_run, out = runs
   assert out["local"][0] == 0, out["local"][1][-3000:]
   assert out["killed"][0] == -9, out["killed"][1][-3000:]  # SIGKILL
-  assert out["resumed"][0] == 0, out["resumed"][1][-3000:]
-  # From step 10, or 5 when the kill came before step 10's asynchronous upload committed (a
-  # step without commit_success.txt is not a checkpoint).
+  assert out["resumed"][0] == 0, out["resumed"][1][-8000:]
+  # Step 15 (or 10 when the kill came before step 15's asynchronous upload committed: a step
+  # without commit_success.txt is not a checkpoint) was damaged: set aside, resumed before it.
+  damaged = out["damaged"]
+  assert damaged in (10, 15)
+  assert f"moved it aside to {gs_run}/checkpoints/{damaged}.corrupt-" in out["resumed"][1]
   resumed_from = re.search(r"resumed \S+ from step (\d+)", out["resumed"][1])
-  assert resumed_from and int(resumed_from.group(1)) in (5, 10), out["resumed"][1][-3000:]
+  assert resumed_from and int(resumed_from.group(1)) == damaged - 5, out["resumed"][1][-3000:]
+  assert "Traceback" not in out["resumed"][1]
   gcs = gcsfs.GCSFileSystem()
+  gcs.invalidate_cache()
   root = gs_run[len("gs://"):]
   names = {p[len(root) + 1:] for p in gcs.find(root)}
+  aside = {n.split("/")[1] for n in names if ".corrupt-" in n}
+  assert len(aside) == 1 and f"checkpoints/{aside.pop()}/meta/metadata" in names  # kept
   assert {"config.json", "model_summary.json", "metrics.jsonl"} <= names
   assert {f"checkpoints/{s}/commit_success.txt" for s in (10, 15, 20)} <= names
   assert not os.path.exists(os.path.join(ROOT, "gs:")), "a local folder named gs: was created"
@@ -139,7 +162,7 @@ def test_cache_is_built_on_and_read_from_gcs(runs):
   import gcsfs  # pylint: disable=g-import-not-at-top
 
   bucket, _, _, out = runs
-  assert out["resumed"][0] == 0, out["resumed"][1][-3000:]
+  assert out["resumed"][0] == 0, out["resumed"][1][-8000:]
   gcs = gcsfs.GCSFileSystem()
   manifests = [p for p in gcs.find(f"{bucket[5:]}/cache") if p.endswith("/manifest.json")]
   tasks = {p.split("/")[-3] for p in manifests}

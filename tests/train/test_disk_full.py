@@ -151,7 +151,7 @@ def test_mtjax_train_on_a_full_disk_prints_one_line(tmp_path, synthetic_cache):
   args = ["--config", os.path.join(ROOT, "configs", "quickstart.py"), "--no_progress", "--set",
           f"run_dir={run}", f"data.cache_dir={synthetic_cache}", "model.preset=t5_test",
           "data.batch_size=4", "data.inputs_length=32", "data.targets_length=8",
-          "train.steps=20", "train.log_every=5", "train.checkpoint_every=5",
+          "train.steps=10", "train.log_every=5", "train.checkpoint_every=5",
           "train.keep_checkpoints=5", "eval.at_end=False"]
   flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
   command = (f"XLA_FLAGS='{flags}' {sys.executable} -m mtjax.cli train {' '.join(args)}; "
