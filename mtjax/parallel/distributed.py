@@ -86,6 +86,9 @@ def barrier(name: str, timeout_s: int = 900) -> None:
   client.wait_at_barrier(f"mtjax_{name}", timeout_in_ms=timeout_s * 1000)
 
 
+_shared_calls: dict[str, int] = {}
+
+
 def share_error(name: str, message: str | None, timeout_s: int = 900) -> str | None:
   """Process 0's outcome of a step only it performs (e.g. taking the run-dir lock), told to every
   process through the coordinator's key-value store: None if it went well, else its error
@@ -95,7 +98,10 @@ def share_error(name: str, message: str | None, timeout_s: int = 900) -> str | N
     return message
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   client = jax_distributed.global_state.client
-  key = f"mtjax_outcome_{name}"
+  # Keys are write-once; every process calls this in the same order, so a count tells the
+  # calls apart (e.g. ProMoT locks its run dir, then each stage's).
+  _shared_calls[name] = _shared_calls.get(name, 0) + 1
+  key = f"mtjax_outcome_{name}_{_shared_calls[name]}"
   if jax.process_index() == 0:
     client.key_value_set(key, "ok" if message is None else "error:" + message)
     return message
