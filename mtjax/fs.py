@@ -234,6 +234,9 @@ def check_usable(path: str, what: str) -> None:
     raise StorageError(f"{what} {path}: no bucket in the URL")
   fs, _ = _fs(path)
   root = f"{scheme}://{bucket}"
+  unreachable = _unreachable(getattr(fs, "_location", ""))
+  if unreachable:  # fail in a second, not after the client's ~35 s of connection retries
+    raise StorageError(f"{what} {path}: cannot reach {root}: {unreachable}")
   try:
     fs.ls(bucket, detail=False)
   except FileNotFoundError:
@@ -245,6 +248,26 @@ def check_usable(path: str, what: str) -> None:
   except Exception as e:  # pylint: disable=broad-except  (network, auth libraries, HTTP errors)
     raise StorageError(f"{what} {path}: cannot reach {root}: {type(e).__name__}: "
                        f"{_first_line(e)}") from None
+
+
+def _unreachable(endpoint: str, timeout: float = 10.0) -> str:
+  """Why a TCP connection to the storage endpoint (an http(s) URL) fails, or "" if it opens (or
+  the endpoint is unknown, or a proxy is configured)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import urllib.parse  # pylint: disable=g-import-not-at-top
+
+  url = urllib.parse.urlparse(endpoint or "")
+  if url.scheme not in ("http", "https") or not url.hostname:
+    return ""
+  if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                     "ALL_PROXY", "all_proxy")):
+    return ""  # through a proxy a direct connection may fail where the client's succeeds
+  port = url.port or (443 if url.scheme == "https" else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=timeout).close()
+  except OSError as e:
+    return f"no connection to {url.hostname}:{port} ({e.strerror or type(e).__name__})"
+  return ""
 
 
 def _first_line(e: BaseException) -> str:
