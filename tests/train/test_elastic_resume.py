@@ -6,12 +6,13 @@ and the global batches continue as the uninterrupted single-host stream's, for t
 (with staged rates and a prefetch thread) and the unpacked stream; streams that depend on the
 host count fail with one line naming the option.
 
-End to end (`mtjax.cli train` subprocesses): an uninterrupted 6-step run on 1 process x 2 fake
+End to end (`mtjax.cli train` subprocesses): an uninterrupted 4-step run on 1 process x 2 fake
 devices is the reference, and its step-2 checkpoint the start of the elastic run (what a
 separate 1-process run of steps 0-2 writes: the same program); steps 2-4 run on 2 processes x 1
-device, 4-6 on 1 process x 2 devices again. Losses and final parameters equal the reference's.
-Two devices in all rather than 4 (e.g. 2 x 2 -> 1 x 4 -> 4 x 1), and four process starts in
-three phases: on a 2-core CI machine four gloo processes compiling at once (or a third process
+device. Losses and final parameters equal the reference's. (The way back, 2 -> 1, and 2 -> 4,
+4 -> 1 are covered in process through the same handler; a third phase cost ~50 s of CI.)
+Two devices in all rather than 4 (e.g. 2 x 2 -> 1 x 4 -> 4 x 1), and three process starts in
+two phases: on a 2-core CI machine four gloo processes compiling at once (or a third process
 next to a gloo pair) can fall behind gloo's fixed 30 s collective timeout (see
 tests/parallel/test_distributed.py), and each process start costs ~30 s of CPU (imports,
 compile); the 4-host conversion and 4 -> 1 are covered in process.
@@ -272,7 +273,7 @@ def _params(run_dir, step):
 def test_run_resumes_on_other_process_counts_like_an_uninterrupted_run(synthetic_cache,
                                                                         tmp_path):
   elastic, full = str(tmp_path / "elastic"), str(tmp_path / "full")
-  _finish(_start(full, synthetic_cache, 6, 1, "train.keep_checkpoints=3"))
+  _finish(_start(full, synthetic_cache, 4, 1, "train.keep_checkpoints=3"))
   # Steps 0-2 on 1 process: the uninterrupted run's own checkpoint (same program, same bits).
   shutil.copytree(os.path.join(full, "checkpoints", "2"), os.path.join(elastic, "checkpoints", "2"))
   logs = _finish(_start(elastic, synthetic_cache, 4, 2))
@@ -280,12 +281,10 @@ def test_run_resumes_on_other_process_counts_like_an_uninterrupted_run(synthetic
   assert "restored on process 1 of 2" in logs[1]
   assert sorted(f for f in os.listdir(os.path.join(elastic, "checkpoints", "4", "data_iter"))
                 if f.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
-  logs = _finish(_start(elastic, synthetic_cache, 6, 1))
-  assert "from step 4" in logs[0] and "restored on process 0 of 1" in logs[0]
 
   got, want = _losses(elastic), _losses(full)
-  assert [s for s, _ in want] == list(range(1, 7)) and [s for s, _ in got] == [3, 4, 5, 6]
+  assert [s for s, _ in want] == list(range(1, 5)) and [s for s, _ in got] == [3, 4]
   np.testing.assert_allclose([l for _, l in got], [l for _, l in want[2:]], rtol=0, atol=1e-5)
   # Cross-process reductions (gloo) may sum in another order than one process's: not bitwise.
-  for a, b in zip(_params(elastic, 6), _params(full, 6)):
+  for a, b in zip(_params(elastic, 4), _params(full, 4)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
