@@ -26,8 +26,10 @@ $(TEST_INSTALLED): pyproject.toml $(INSTALLED)
 quickstart: $(INSTALLED)
 	$(BIN)/mtjax train --config=configs/quickstart.py $(QUICKSTART_ARGS)
 
-# Two workers (pytest-xdist): CI has two cores. `make test PYTEST_ARGS=` runs in one process.
-PYTEST_ARGS ?= -n 2 --durations=15
+# Two workers (pytest-xdist): CI has two cores. `--dist loadscope` keeps a module on one worker, so
+# a module-scoped fixture (a set of training runs) is built once, not once per worker.
+# `make test PYTEST_ARGS=` runs in one process.
+PYTEST_ARGS ?= -n 2 --dist loadscope --durations=15
 
 test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
