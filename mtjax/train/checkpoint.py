@@ -54,9 +54,6 @@ RESUMABLE_CHANGES = {
               "prompt_init_vocab", "prompt_labels"),
     "optimizer": ("learning_rate", "warmup_steps"),
 }
-# The keys compared before this table existed (kept for callers that import the name).
-RESUME_KEYS = tuple((section, k) for section, keys in FIXED_ON_RESUME.items()
-                    if keys != "*" for k in keys)
 
 
 def abstract(tree: Any) -> Any:

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from mtjax import errors, fs
 from mtjax.train import runlock
+from tests.train.test_runlock import race
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -142,22 +142,8 @@ def test_two_racing_takeovers_of_a_dead_holder_exactly_one_wins(gcs_bucket):
   for round_ in range(2):
     run_dir = f"{gcs_bucket}/run{round_}"
     _killed_holder(run_dir)
-    barrier = threading.Barrier(6)
-    won, refused = [], []
-
-    def contend():
-      barrier.wait()
-      try:
-        won.append(runlock.acquire(run_dir))
-      except errors.RunDirError:
-        refused.append(1)
-
-    threads = [threading.Thread(target=contend) for _ in range(6)]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    assert len(won) == 1 and len(refused) == 5, (len(won), len(refused))
+    won, refused = race(run_dir, 6)
+    assert len(won) == 1 and refused == 5, (len(won), refused)
     won[0].release()
 
 

@@ -64,25 +64,30 @@ def test_a_holder_killed_with_sigkill_does_not_block_and_is_named(tmp_path, capl
   assert len(warnings) == 1 and f"pid {child.pid} on host" in warnings[0], warnings
 
 
+def race(run_dir, n):
+  """`n` threads call `runlock.acquire(run_dir)` at once: (locks won, number refused)."""
+  barrier = threading.Barrier(n)
+  won, refused = [], []
+
+  def contend():
+    barrier.wait()
+    try:
+      won.append(runlock.acquire(run_dir))
+    except errors.RunDirError:
+      refused.append(1)
+
+  threads = [threading.Thread(target=contend) for _ in range(n)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return won, len(refused)
+
+
 def test_threads_racing_for_a_fresh_lock_exactly_one_wins(tmp_path):
   for round_ in range(10):
-    run_dir = str(tmp_path / f"run{round_}")
-    barrier = threading.Barrier(8)
-    won, refused = [], []
-
-    def contend():
-      barrier.wait()
-      try:
-        won.append(runlock.acquire(run_dir))
-      except errors.RunDirError:
-        refused.append(1)
-
-    threads = [threading.Thread(target=contend) for _ in range(8)]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    assert len(won) == 1 and len(refused) == 7, (len(won), len(refused))
+    won, refused = race(str(tmp_path / f"run{round_}"), 8)
+    assert len(won) == 1 and refused == 7, (len(won), refused)
     won[0].release()
 
 
