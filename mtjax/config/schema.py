@@ -16,6 +16,10 @@ import gin
 class DataConfig:
   mixture: str = "synthetic"  # a registered SeqIO mixture or task
   modules: tuple[str, ...] = ("mtjax.mixtures.synthetic",)  # imported to register tasks
+  # a local/gs:// dir with an HF tokenizer (tokenizer.json): the default vocabulary of tasks
+  # registered while `modules` import (file tasks without `vocabulary=`); "" = the tokenizer of
+  # model.hf_checkpoint when it has one, else SeqIO's ByteVocabulary (mtjax.data.vocabularies)
+  tokenizer: str = ""
   cache_dir: str = ".cache/mtjax"
   inputs_length: int = 64
   targets_length: int = 16

@@ -115,8 +115,10 @@ def fingerprint(task, split: str) -> str:
   parts += [_describe(p) for p in pre] + post
   for name, feature in sorted(task.output_features.items()):
     vocab = feature.vocabulary
+    # `fingerprint`: a vocabulary's own identity (e.g. a hash of an HF tokenizer's files)
+    ident = getattr(vocab, "fingerprint", None) or getattr(vocab, "sentencepiece_model_file", "")
     parts.append(f"{name}:{type(vocab).__name__}:{vocab.vocab_size}:{feature.add_eos}:"
-                 f"{feature.dtype}:{getattr(vocab, 'sentencepiece_model_file', '')}")
+                 f"{feature.dtype}:{ident}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mtjax import errors
 from mtjax.data.promptsource import PromptTemplate
+from mtjax.data import vocabularies
 from mtjax.data.templates import Template
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -169,7 +170,7 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
       if not os.path.exists(p):
         raise errors.MissingError(f"task {name!r} split {split!r}: data file {p!r} does not "
                                   "exist")
-  vocabulary = vocabulary or seqio.ByteVocabulary()
+  vocabulary = vocabulary or vocabularies.default()  # the run's tokenizer, else bytes
   features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=add_eos)
               for k in ("inputs", "targets")}
   kwargs = {"skip_malformed": True} if skip_malformed else {}  # (keeps old fingerprints)

@@ -33,6 +33,7 @@ import time
 
 from mtjax import fs
 from mtjax.config import schema
+from mtjax.data import vocabularies
 from mtjax.recipes import members as members_lib
 from mtjax.recipes import report
 from mtjax.recipes import sweep as sweep_lib
@@ -76,7 +77,7 @@ def plan(base: schema.RunConfig, sweep_path: str, out: str | None = None):
 
   sweep = sweep_lib.load(sweep_path)
   out = out or os.path.join("runs", "ablate", sweep.name)
-  loop.import_modules(base.data.modules)
+  loop.import_modules(base.data.modules, vocabularies.for_run(base))
   specs = {}
 
   def spec(name: str):

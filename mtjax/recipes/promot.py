@@ -44,6 +44,7 @@ from flax import nnx
 
 from mtjax import fs
 from mtjax.config import overrides, schema
+from mtjax.data import vocabularies
 from mtjax.peft import prompts
 
 log = logging.getLogger(__name__)
@@ -446,7 +447,7 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
 def _run(cfg: schema.RunConfig, progress: bool) -> dict:
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
-  loop.import_modules(cfg.data.modules)
+  loop.import_modules(cfg.data.modules, vocabularies.for_run(cfg))
   if not cfg.train.init_from:
     log.warning("promot: train.init_from is empty, so the 'pretrained' model is %s's fresh "
                 "init (seed %d)", cfg.model.preset, cfg.train.seed)

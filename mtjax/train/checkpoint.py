@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 FIXED_ON_RESUME = {
     "model": "*",
     "optimizer": "*",
-    "data": ("mixture", "inputs_length", "targets_length", "batch_size", "pack", "packer",
-             "packing_bins", "seed", "feature_converter", "rate_stages", "worker_count"),
+    "data": ("mixture", "tokenizer", "inputs_length", "targets_length", "batch_size", "pack",
+             "packer", "packing_bins", "seed", "feature_converter", "rate_stages", "worker_count"),
     "train": ("trainable", "seed"),
 }
 # Fields of a "*" section that may change: compute-only model options and prompt *init* options

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mtjax import errors, fs
 from mtjax.config import schema, storage
-from mtjax.data import cache, pipeline
+from mtjax.data import cache, pipeline, vocabularies
 from mtjax.eval import evaluate as eval_lib
 from mtjax.models import registry
 from mtjax.parallel import arrays, distributed
@@ -46,8 +46,11 @@ from mtjax.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-def import_modules(modules) -> None:
+def import_modules(modules, vocabulary=None) -> None:
   """Imports the modules that register the config's SeqIO tasks and mixtures.
+
+  `vocabulary` (`mtjax.data.vocabularies.for_run`): the default vocabulary of tasks registered
+  during the imports (None: SeqIO's ByteVocabulary).
 
   The working directory is importable, as with `python -m`, so `data.modules=my_tasks` finds a
   `my_tasks.py` next to where `mtjax` runs. The built-in mixtures are `mtjax.mixtures.*`; the
@@ -67,7 +70,8 @@ def import_modules(modules) -> None:
       except ImportError:  # no such built-in package: the user's own
         pass
     try:
-      importlib.import_module(name)
+      with vocabularies.defaulting_to(vocabulary):
+        importlib.import_module(name)
     except ImportError as e:
       if getattr(e, "name", None) in ("seqio", "tensorflow"):
         log.warning("cannot import %s without %s; using the existing cache", name, e.name)
@@ -139,7 +143,7 @@ def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None
 
 def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
   check_prompt_config(cfg)
-  import_modules(cfg.data.modules)
+  import_modules(cfg.data.modules, vocabularies.for_run(cfg))
   _register_few_shot(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
                              splits=("train", cfg.eval.split))

@@ -1,0 +1,60 @@
+"""The default vocabulary of tasks registered for a run.
+
+A file task (`register_file_task`) or a user's SeqIO task can leave its vocabulary to the run:
+`vocabularies.default()` is the tokenizer of `data.tokenizer`, else of `model.hf_checkpoint`
+when that dir has one, else SeqIO's `ByteVocabulary`. The run makes it the default while it
+imports `data.modules` (`defaulting_to`), so a module registering tasks at import time sees the
+run's tokenizer; the cache fingerprint names the vocabulary, so switching tokenizers rebuilds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+_stack: list[Any] = []
+
+
+def default():
+  """The vocabulary tasks registered now should use when they name none."""
+  if _stack:
+    return _stack[-1]
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  return seqio.ByteVocabulary()
+
+
+@contextlib.contextmanager
+def defaulting_to(vocabulary) -> Iterator[None]:
+  """`default()` is `vocabulary` inside the block (None: leaves the default as it is)."""
+  if vocabulary is None:
+    yield
+    return
+  _stack.append(vocabulary)
+  try:
+    yield
+  finally:
+    _stack.pop()
+
+
+def tokenizer_dir(cfg) -> str:
+  """The HF tokenizer dir a run's tasks default to ("" = none): `data.tokenizer`, else
+  `model.hf_checkpoint` when it holds tokenizer files."""
+  if cfg.data.tokenizer:
+    return cfg.data.tokenizer
+  if cfg.model.hf_checkpoint:
+    from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
+
+    if hf_vocab.has_tokenizer(cfg.model.hf_checkpoint):
+      return cfg.model.hf_checkpoint
+  return ""
+
+
+def for_run(cfg):
+  """The run's default vocabulary object (None: SeqIO's ByteVocabulary stays the default)."""
+  path = tokenizer_dir(cfg)
+  if not path:
+    return None
+  from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
+
+  return hf_vocab.HFVocabulary.from_dir(path)
