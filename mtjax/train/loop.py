@@ -31,7 +31,7 @@ from mtjax import errors, fs
 from mtjax.config import schema, storage
 from mtjax.data import cache, pipeline, vocabularies
 from mtjax.eval import evaluate as eval_lib
-from mtjax.models import registry
+from mtjax.models import hf_meta, registry
 from mtjax.parallel import arrays, distributed
 from mtjax.parallel import mesh as mesh_lib
 from mtjax.parallel import rules as rules_lib
@@ -220,6 +220,7 @@ def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
       "tasks": list(setup.spec.task_names),
   }
   fs.write_text(fs.join(cfg.run_dir, "model_summary.json"), json.dumps(summary, indent=1))
+  hf_meta.record(setup, cfg.run_dir)  # tokenizer + special ids for `mtjax export`
 
 
 # Testing hook: "STEP:KIND" with KIND in SIGKILL | SIGTERM (sent to this process after STEP
