@@ -58,3 +58,23 @@ def for_run(cfg):
   from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
 
   return hf_vocab.HFVocabulary.from_dir(path)
+
+
+def check_fits(spec, cache_dir: str, model_vocab_size: int, model_name: str,
+               split: str = "train") -> None:
+  """Every task's token ids must index the model's embedding table: a task vocabulary larger
+  than the table would gather past its end (NaN or garbage at step 1), so it is refused here,
+  before the model is built. A smaller vocabulary is fine (unused rows stay untrained)."""
+  from mtjax import errors  # pylint: disable=g-import-not-at-top
+  from mtjax.data import cache  # pylint: disable=g-import-not-at-top
+
+  for task in spec.task_names:
+    manifest = cache.read_manifest(cache_dir, task, split) or {}
+    for feature, info in sorted((manifest.get("output_features") or {}).items()):
+      size = int(info.get("vocab_size", 0))
+      if size > model_vocab_size:
+        raise errors.ConfigError(
+            f"task {task!r} feature {feature!r}: its vocabulary has {size} ids, but the model "
+            f"({model_name}) has {model_vocab_size} embedding rows",
+            hint="use the model's own tokenizer (data.tokenizer, or model.hf_checkpoint's), or "
+                 "a model whose vocab_size is at least the tokenizer's")

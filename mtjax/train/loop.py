@@ -147,6 +147,8 @@ def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
   _register_few_shot(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
                              splits=("train", cfg.eval.split))
+  vocabularies.check_fits(spec, cfg.data.cache_dir, registry.architecture(cfg.model).vocab_size,
+                          cfg.model.hf_checkpoint or f"model.preset={cfg.model.preset}")
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = rules_lib.DEFAULT_RULES
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
