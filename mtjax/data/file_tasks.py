@@ -7,10 +7,16 @@
 Files are parsed in Python (no `tf.py_function`), once, when the task is cached. Example `i` gets
 template `i % len(templates)` (FLAN-style template mixing; register one task per template for
 T0-style tasks). Each cached example keeps `inputs_pretokenized`, `targets_pretokenized`,
-`answer_choices` (PromptSource templates), `template_id`, `idx` and the original record as
-`example_json`, so postprocessors, metrics and rank classification can see it. A malformed line
-is an error naming the file and line, or, with `skip_malformed=True`, skipped and counted (the
-count and the first locations go into the cache manifest and the log).
+`answer_choices` (PromptSource templates), `template_id`, `idx` and the record the template saw
+as `example_json`, so postprocessors, metrics and rank classification can see it. A malformed
+line is an error naming the file and line, or, with `skip_malformed=True`, skipped and counted
+(the count and the first locations go into the cache manifest and the log).
+
+Files are read as their formats define them, so the text is the dataset's: CSV with RFC 4180
+quoting; TSV as plain tab-separated lines (as GLUE's loaders read GLUE's TSVs: a `"` is text).
+CSV/TSV values are strings; `label_names` turns string labels into the integer indexes
+PromptSource templates expect (`{{ answer_choices[label] }}`), and `map_record` reshapes a
+record (rename, derive, drop) before its template sees it.
 """
 
 from __future__ import annotations
@@ -37,11 +43,38 @@ def _format(path: str) -> str:
   return FORMATS[ext]
 
 
+def _tsv_rows(f) -> Iterator[tuple[int, list[str]]]:
+  """(line, fields) of a TSV file: plain tab-separated lines, no quote processing.
+
+  GLUE's TSVs (and the loaders of GLUE in HF datasets and TFDS) treat `"` as text: read with
+  CSV rules, a field that starts with a quote loses its quotes. A `\r\n` line end is one line
+  end. An empty line yields no fields.
+  """
+  for lineno, line in enumerate(f, start=1):
+    line = line[:-1] if line.endswith("\n") else line
+    line = line[:-1] if line.endswith("\r") else line
+    yield lineno, line.split("\t") if line else []
+
+
+def _csv_rows(f) -> Iterator[tuple[int, list[str]]]:
+  """(line where the record starts, fields) of a CSV file, RFC 4180 quoting: quoted fields may
+  hold commas, doubled quotes and line breaks."""
+  reader = csv.reader(f)
+  while True:
+    start = reader.line_num + 1
+    row = next(reader, None)
+    if row is None:
+      return
+    yield start, row
+
+
 def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[int, dict]]:
   """Yields (line, record) for each record of a JSONL / CSV / TSV (with header) / Parquet file.
 
-  For Parquet the "line" is the 1-based row number. A malformed line raises, naming file and
-  line; if a `skipped` list is given, it is skipped and its `file:line: reason` appended instead.
+  CSV follows RFC 4180 quoting; TSV is split on tabs only (see `_tsv_rows`); all values of
+  both are strings. For Parquet the "line" is the 1-based row number. A malformed line raises,
+  naming file and line; if a `skipped` list is given, it is skipped and its `file:line: reason`
+  appended instead.
   """
 
   def bad(message: str):
@@ -65,7 +98,10 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
         row += 1
         yield row, record
     return
-  with open(path, newline="", encoding="utf-8") as f:
+  # utf-8-sig: a byte order mark (Excel's exports) is not part of the first column's name.
+  # TSV lines end at "\n" only (a stray "\r" inside a field stays text); the csv module wants
+  # newline="" to see line breaks inside quoted fields itself.
+  with open(path, newline="\n" if kind == "tsv" else "", encoding="utf-8-sig") as f:
     if kind == "jsonl":
       for lineno, line in enumerate(f, start=1):
         if not line.strip():
@@ -80,12 +116,14 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
           continue
         yield lineno, record
     else:
-      reader = csv.reader(f, delimiter="," if kind == "csv" else "\t")
-      header = next(reader, None)
+      rows = _csv_rows(f) if kind == "csv" else _tsv_rows(f)
+      _, header = next(rows, (0, None))
       if not header:
         raise errors.DataError(f"{path}: empty file (a header row is required)")
-      for row in reader:
-        lineno = reader.line_num
+      repeated = sorted({h for h in header if header.count(h) > 1})
+      if repeated:
+        raise errors.DataError(f"{path}:1: the header names {repeated} more than once")
+      for lineno, row in rows:
         if not row:
           continue
         if len(row) != len(header):
@@ -95,8 +133,82 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
         yield lineno, dict(zip(header, row))
 
 
-def count_records(paths: Sequence[str], skipped: list[str] | None = None) -> int:
-  return sum(1 for p in paths for _ in iter_records(p, skipped))
+def label_mapper(label_names: Sequence[str], label_field: str = "label") -> Callable:
+  """`fn(record, where)`: the record with its `label_field` as the integer index PromptSource
+  templates expect (`{{ answer_choices[label] }}`).
+
+  A string equal to one of `label_names` becomes its index; a string of digits (or "-1") and an
+  integer are kept as that integer. -1 is HF datasets' "no label" (test splits); any other
+  value outside 0..len(label_names)-1 is an error naming `where` (file:line), the value and the
+  allowed names. A record without the field is left as it is.
+  """
+  names = tuple(label_names)
+  index = {name: i for i, name in enumerate(names)}
+
+  def convert(record: dict, where: str) -> dict:
+    if label_field not in record:
+      return record
+    value = label = record[label_field]
+    if isinstance(value, str):
+      stripped = value[1:] if value.startswith("-") else value
+      label = index.get(value, int(value) if stripped.isdigit() and value.isascii() else None)
+    elif isinstance(value, bool) or not isinstance(value, int):
+      label = None
+    if label is None or not -1 <= label < len(names):
+      raise errors.DataError(
+          f"{where}: {label_field} {value!r} is not one of the label_names {list(names)} nor "
+          f"an index 0..{len(names) - 1} (or -1 for no label)")
+    return dict(record, **{label_field: label})
+
+  return convert
+
+
+def records(paths: Sequence[str], skipped: list[str] | None = None, *,
+            map_record: Callable | None = None, label_names: Sequence[str] | None = None,
+            label_field: str = "label") -> Iterator[tuple[str, int, dict]]:
+  """Yields (path, line, record) for each record the templates see, in file order.
+
+  Each parsed record goes through `map_record(record)` (if given; a dict replaces the record,
+  None drops it), then through the `label_names` conversion (if given; see `label_mapper`).
+  """
+  convert = label_mapper(label_names, label_field) if label_names else None
+  for path in paths:
+    for lineno, record in iter_records(path, skipped):
+      where = f"{path}:{lineno}"
+      if map_record is not None:
+        try:
+          record = map_record(record)
+        except errors.UserError:
+          raise
+        except Exception as e:  # the user's function: name it and the record it failed on
+          fn = getattr(map_record, "__qualname__", type(map_record).__name__)
+          raise errors.DataError(f"{where}: map_record {fn} failed: {type(e).__name__}: "
+                                 f"{e}") from e
+        if record is None:
+          continue
+        if not isinstance(record, Mapping):
+          raise errors.DataError(f"{where}: map_record returned {type(record).__name__}; "
+                                 "return a dict (the record) or None (drop it)")
+        record = dict(record)
+      if convert is not None:
+        record = convert(record, where)
+      yield path, lineno, record
+
+
+def count_records(paths: Sequence[str], skipped: list[str] | None = None, **options) -> int:
+  """How many records `records(paths, **options)` yields."""
+  return sum(1 for _ in records(paths, skipped, **options))
+
+
+RECORD_OPTIONS = ("map_record", "label_names", "label_field")  # `records` options a task keeps
+
+
+def task_records(keywords: Mapping[str, Any], split: str) -> list[dict]:
+  """The records a file task's split renders, from its dataset function's keywords (so other
+  modules, e.g. few-shot variants, read the files exactly as the task does)."""
+  skipped = [] if keywords.get("skip_malformed") else None
+  options = {k: keywords[k] for k in RECORD_OPTIONS if k in keywords}
+  return [r for _, _, r in records(keywords["files"][split], skipped, **options)]
 
 
 def render(template: Template | PromptTemplate, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,24 +217,32 @@ def render(template: Template | PromptTemplate, record: Mapping[str, Any]) -> di
           "answer_choices": list(out.get("answer_choices", []))}
 
 
-def rendered_examples(paths: Sequence[str], templates: Sequence,
-                      skip_malformed: bool = False) -> list[dict[str, Any]]:
-  """Parses the files and renders each record with its template (in file order)."""
+def rendered_examples(paths: Sequence[str], templates: Sequence, skip_malformed: bool = False,
+                      **options) -> list[dict[str, Any]]:
+  """Parses the files and renders each record with its template (in file order).
+
+  `options`: `map_record`, `label_names`, `label_field` (see `records`). `example_json` is the
+  record as the template saw it (after them).
+  """
   out = []
-  for path in paths:
-    for lineno, record in iter_records(path, [] if skip_malformed else None):
-      i = len(out)
-      template = templates[i % len(templates)]
-      try:
-        example = render(template, record)
-      except (KeyError, ValueError) as e:
-        reason = str(e.args[0] if e.args else e)
-        if f"template {template.name!r}" not in reason:
-          reason = f"template {template.name!r}: {reason}"
-        raise errors.DataError(f"{path}:{lineno}: {reason}") from None
-      example.update(idx=i, template_id=i % len(templates),
-                     example_json=json.dumps(record, sort_keys=True, ensure_ascii=False))
-      out.append(example)
+  for path, lineno, record in records(paths, [] if skip_malformed else None, **options):
+    i = len(out)
+    template = templates[i % len(templates)]
+    try:
+      example = render(template, record)
+    except (KeyError, ValueError) as e:
+      reason = str(e.args[0] if e.args else e)
+      if f"template {template.name!r}" not in reason:
+        reason = f"template {template.name!r}: {reason}"
+      if ("UndefinedError" in reason and isinstance(record.get("label"), str)
+          and not options.get("label_names")):
+        reason += (" (CSV/TSV values are strings: give register_file_task label_names=... to "
+                   "turn string labels into the indexes answer_choices[label] needs)")
+      raise errors.DataError(f"{path}:{lineno}: {reason}") from None
+    example.update(idx=i, template_id=i % len(templates),
+                   example_json=json.dumps(record, sort_keys=True, ensure_ascii=False,
+                                           default=str))
+    out.append(example)
   if not out:
     raise errors.DataError(f"no records in {list(paths)}")
   return out
@@ -146,18 +266,30 @@ def to_dataset(examples: Sequence[Mapping[str, Any]]):
 
 
 def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, files, templates,
-                skip_malformed: bool = False):
+                skip_malformed: bool = False, map_record=None, label_names=None,
+                label_field: str = "label"):
   del shuffle_files, seed  # file order is the canonical order; Grain shuffles later
-  return to_dataset(rendered_examples(files[split], templates, skip_malformed))
+  return to_dataset(rendered_examples(files[split], templates, skip_malformed,
+                                      map_record=map_record, label_names=label_names,
+                                      label_field=label_field))
 
 
 def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
                        templates: Sequence[Template | PromptTemplate], *, vocabulary=None,
                        metric_fns: Sequence[Callable] = (), postprocess_fn: Callable | None = None,
-                       add_eos: bool = True, skip_malformed: bool = False):
+                       add_eos: bool = True, skip_malformed: bool = False,
+                       map_record: Callable[[dict], dict | None] | None = None,
+                       label_names: Sequence[str] | None = None, label_field: str = "label"):
   """Registers (replacing any previous definition) and returns a SeqIO task over the files.
 
   `skip_malformed`: skip (and count) unparsable lines instead of failing on the first one.
+  `map_record(record) -> dict | None`: runs on each parsed record before the template (SeqIO's
+  preprocessing of the raw example): return the record the template should see, or None to
+  drop it. A module-level function or a `functools.partial` of one is fingerprinted by its
+  source and arguments, so changing it rebuilds the cache (a closure's captured values are not).
+  `label_names`: e.g. ("entailment", "not_entailment"): after `map_record`, the `label_field`
+  value becomes an integer index (a name -> its position, "0"/"1" -> 0/1; see `label_mapper`),
+  so templates that index `answer_choices[label]` work on CSV/TSV string labels.
   """
   import seqio  # pylint: disable=g-import-not-at-top
 
@@ -173,18 +305,39 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
   vocabulary = vocabulary or vocabularies.default()  # the run's tokenizer, else bytes
   features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=add_eos)
               for k in ("inputs", "targets")}
-  kwargs = {"skip_malformed": True} if skip_malformed else {}  # (keeps old fingerprints)
+  # Options go into the partial (and so the cache fingerprint) only when set, so tasks that do
+  # not use them keep the fingerprints of their existing caches.
+  kwargs = {"skip_malformed": True} if skip_malformed else {}
+  if map_record is not None:
+    if not callable(map_record):
+      raise errors.DataError(f"task {name!r}: map_record must be a function (record -> dict "
+                             f"or None), got {type(map_record).__name__}")
+    kwargs["map_record"] = map_record
+  if label_names is not None:
+    names = () if isinstance(label_names, str) else tuple(label_names)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+      raise errors.DataError(f"task {name!r}: label_names must be distinct strings in label "
+                             f"order, e.g. ('entailment', 'not_entailment'); got {label_names!r}")
+    kwargs["label_names"] = names
+    if label_field != "label":
+      kwargs["label_field"] = label_field
+  options = {k: v for k, v in kwargs.items() if k in RECORD_OPTIONS}
   dataset_fn = functools.partial(_dataset_fn, files=split_files, templates=tuple(templates),
                                  **kwargs)
   dataset_fn.data_files = [p for paths in split_files.values() for p in paths]  # fingerprinted
   skipped = {s: [] for s in split_files}
-  counts = {s: count_records(p, skipped[s] if skip_malformed else None)
-            for s, p in split_files.items()}
+  try:
+    counts = {s: count_records(p, skipped[s] if skip_malformed else None, **options)
+              for s, p in split_files.items()}
+  except errors.DataError as e:
+    raise errors.DataError(f"task {name!r}: {e}") from None
   for split, n in counts.items():
     if n == 0:
       raise errors.DataError(f"task {name!r} split {split!r} is empty: no records in "
-                       f"{split_files[split]}" + (f" ({len(skipped[split])} malformed lines "
-                                                   "skipped)" if skipped[split] else ""))
+                             f"{split_files[split]}" + (f" ({len(skipped[split])} malformed "
+                                                        "lines skipped)" if skipped[split]
+                                                        else "")
+                             + (" (map_record dropped every record)" if map_record else ""))
   dataset_fn.skipped = skipped  # reported in the cache manifest
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
