@@ -8,6 +8,15 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache, shared by this session's xdist workers and every process
+# the tests start: the suite compiles the same tiny models and steps in dozens of processes
+# (each `mtjax train` paid ~10-20 s of compiles on the 2-core CI machine). A compiled
+# executable is the same program, so results are unchanged. Kept between runs (keyed by jax,
+# XLA flags and the program); set JAX_COMPILATION_CACHE_DIR to choose another folder.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax_test_compiles"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import sys  # noqa: E402

@@ -104,9 +104,7 @@ def raw_split(task, split: str) -> tuple[list[dict], tuple, list]:
   fn = getattr(task.source, "_dataset_fn", None)
   keywords = getattr(fn, "keywords", {}) or {}
   if "files" in keywords and "templates" in keywords:  # a file_tasks task renders in its source
-    skip = [] if keywords.get("skip_malformed") else None  # as the base task does
-    records = [r for path in keywords["files"][split]
-               for _, r in file_tasks.iter_records(path, skip)]
+    records = file_tasks.task_records(keywords, split)  # parsed, mapped, labelled as the task
     return records, tuple(keywords["templates"]), list(task.preprocessors)
   preps = list(task.preprocessors)
   if not preps or not hasattr(preps[0], "templates"):

@@ -139,3 +139,28 @@ def test_prompts_over_the_token_budget_drop_their_farthest_demonstrations(qa_tas
   cache.cache_task_split(tiny, "train", cache_dir)
   assert all(int(ex["num_shots"]) == 0 and ex["inputs_pretokenized"] == f"Q: t{i}"
              for i, ex in enumerate(pipeline.read_examples(cache_dir, tiny.name, "train")))
+
+
+def test_few_shot_variant_reads_records_as_the_task_does(tmp_path):
+  """A file task with `label_names` (string labels in a TSV) through a PromptSource template
+  that indexes `answer_choices[label]`: its k-shot variant sees the same mapped records."""
+  from mtjax.data.promptsource import PromptTemplate
+
+  rows = [("a", "entailment"), ("b", "not_entailment"), ("c", "entailment")]
+  for split in ("train", "validation"):
+    (tmp_path / f"{split}.tsv").write_text(
+        "s\tlabel\n" + "".join(f'"{s}" x\t{label}\n' for s, label in rows))
+  template = PromptTemplate("yn", "{{s}}? ||| {{ answer_choices[label] }}",
+                            answer_choices="yes ||| no")
+  file_tasks.register_file_task(
+      "fewshot_labels", {s: str(tmp_path / f"{s}.tsv") for s in ("train", "validation")},
+      templates=[template], label_names=("entailment", "not_entailment"))
+  task = few_shot.register_few_shot_task("fewshot_labels", 1, seed=0)
+  cache_dir = str(tmp_path / "cache")
+  cache.cache_task_split(task, "validation", cache_dir)
+  got = pipeline.read_examples(cache_dir, task.name, "validation")
+  assert [ex["targets_pretokenized"] for ex in got] == ["yes", "no", "yes"]
+  for i, ex in enumerate(got):
+    d = int(ex["demo_ids"][0])
+    assert ex["inputs_pretokenized"] == (f'"{rows[d][0]}" x?\n{"yes no".split()[d == 1]}\n\n'
+                                         f'"{rows[i][0]}" x?')
