@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Mapping
 
 from mtjax import errors, fs
 from mtjax.data import mixing, records, staging
@@ -89,13 +89,61 @@ def split_preprocessors(task) -> tuple[list, list[str]]:
   return pre, names
 
 
-def fingerprint(task, split: str) -> str:
-  """Hash of everything that determines a task split's cached examples."""
+def has_placeholder(task) -> bool:
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  return any(isinstance(p, seqio.CacheDatasetPlaceholder) for p in task.preprocessors)
+
+
+def takes_sequence_length(prep) -> bool:
+  """Whether SeqIO would pass `sequence_length` to `prep` (`seqio.utils.add_kwargs_to_transform`:
+  a dataclass field or a parameter not already bound by a `functools.partial`)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import functools  # pylint: disable=g-import-not-at-top
+
+  if dataclasses.is_dataclass(prep):
+    return "sequence_length" in {f.name for f in dataclasses.fields(prep)}
+  try:
+    names = set(inspect.signature(prep).parameters)
+  except (TypeError, ValueError):
+    return False
+  if isinstance(prep, functools.partial):
+    names -= set(prep.keywords)
+  return "sequence_length" in names
+
+
+def length_dependent(task) -> list:
+  """The cache-time preprocessors that read the run's `sequence_length`.
+
+  SeqIO runs every preprocessor of a task without `CacheDatasetPlaceholder` at read time with
+  the run's feature lengths; mtjax runs them at cache time, so their output (and the cache)
+  depends on those lengths. With a placeholder SeqIO itself forbids such preprocessors before
+  it (and passes None), so there this is empty.
+  """
+  if has_placeholder(task):
+    return []
+  return [p for p in split_preprocessors(task)[0] if takes_sequence_length(p)]
+
+
+def _lengths_key(sequence_length) -> str:
+  return ",".join(f"{k}={int(v)}" for k, v in sorted(sequence_length.items()))
+
+
+def fingerprint(task, split: str, sequence_length: Mapping[str, int] | None = None) -> str:
+  """Hash of everything that determines a task split's cached examples.
+
+  `sequence_length` counts only for a task whose cache-time preprocessors read it
+  (`length_dependent`): other tasks keep one cache for any feature lengths.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
 
   pre, post = split_preprocessors(task)
   source = task.source
   parts = [f"v{FORMAT_VERSION}", task.name, split, type(source).__name__]
+  if sequence_length is not None and length_dependent(task):
+    parts.append(f"sequence_length:{_lengths_key(sequence_length)}")
+  if isinstance(source, seqio.TfdsDataSource):
+    parts.append(_tfds_identity(task, split))
   if isinstance(source, seqio.FunctionDataSource):
     fn = source._dataset_fn  # pylint: disable=protected-access
     parts.append(_describe(fn))
@@ -157,6 +205,76 @@ def cached_splits(cache_dir: str) -> list[str]:
   return sorted(out)
 
 
+def _tfds_builder(task, split: str | None):
+  """(TFDS name, data dir, builder) of a TFDS task's split; the builder is SeqIO's own (memoised).
+  A dataset that TFDS cannot read there is a `MissingError` naming task, dataset and data dir
+  (SeqIO itself reports "Task x has no splits" or a KeyError, or starts a download)."""
+  loader = task.source.tfds_dataset
+  name, data_dir = loader.get_split_params(split)
+  where = data_dir or _tfds_default_data_dir()
+
+  def missing(reason: str, prepare: bool = True) -> errors.MissingError:
+    advice = (f"Prepare it there first (`tfds.builder({name!r}, data_dir={where!r})"
+              ".download_and_prepare()`; mtjax does not download TFDS datasets) or point the "
+              "task's tfds_data_dir at a prepared copy" if prepare else
+              "Check the TFDS name (dataset/config:version) and that TFDS can read the data_dir")
+    return errors.MissingError(f"task {task.name!r}: TFDS dataset {name!r} cannot be read from "
+                               f"data_dir {where!r}: {reason.rstrip('.')}. {advice}")
+
+  try:
+    builder = loader._get_builder(split)  # pylint: disable=protected-access
+  except Exception as e:  # DatasetNotFoundError, a bad version or config, an unreadable dir
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise missing(f"{type(e).__name__}: {first}", prepare=False) from e
+  if not builder.is_prepared():
+    path = str(builder.data_dir)
+    if data_dir and not _exists(data_dir):
+      reason = "that directory does not exist"
+    else:
+      reason = f"it is not prepared there (no {os.path.join(path, 'dataset_info.json')})"
+    raise missing(reason)
+  if not builder.info.splits:
+    raise missing(f"its dataset info at {builder.data_dir} lists no splits")
+  return name, data_dir, builder
+
+
+def _tfds_default_data_dir() -> str:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return str(tfds.core.constants.DATA_DIR)
+
+
+def _exists(path: str) -> bool:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: local, gs://, ...)
+
+  return tf.io.gfile.exists(path)
+
+
+def check_source(task, split: str | None = None) -> None:
+  """A TFDS source that cannot be read is one error naming task, dataset and data dir, before
+  SeqIO turns it into "Task x has no splits" (or tries to download it)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(task.source, seqio.TfdsDataSource):
+    return
+  per_split = task.source.tfds_dataset.tfds_splits  # a TFDS dataset per split (TfdsSplit)
+  for s in [split] if split is not None else list(per_split or [None]):
+    _tfds_builder(task, s)
+
+
+def _tfds_identity(task, split: str) -> str:
+  """What a TFDS split's examples depend on: the resolved dataset (name/config/version), the TFDS
+  split it maps to, and that split's size (the data dir itself may move without a rebuild)."""
+  _, _, builder = _tfds_builder(task, split)
+  loader = task.source.tfds_dataset
+  try:
+    mapped = loader._map_split(split)  # pylint: disable=protected-access
+  except KeyError:
+    mapped = split
+  info = builder.info.splits.get(str(mapped).split("[")[0])
+  return f"tfds:{builder.info.full_name}:{mapped}:{info.num_examples if info else ''}"
+
+
 def check_vocabularies(task) -> None:
   """A missing SentencePiece model file is named (SeqIO would fail deep inside TF)."""
   for name, feature in task.output_features.items():
@@ -170,8 +288,14 @@ def check_vocabularies(task) -> None:
                                 f"{path!r} does not exist")
 
 
-def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | None = None):
-  """The task's source (optionally examples [start, stop) of it) through the pre-cache ops."""
+def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | None = None,
+                       sequence_length: Mapping[str, int] | None = None):
+  """The task's source (optionally examples [start, stop) of it) through the pre-cache ops.
+
+  As SeqIO: a task without `CacheDatasetPlaceholder` runs every preprocessor with the run's
+  `sequence_length` (SeqIO's `preprocess_postcache`); before a placeholder they get None. Without
+  lengths (None, as SeqIO's `get_dataset` default) a preprocessor that fails on None is named.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
 
   dataset = task.source.get_dataset(split=split, shuffle=False, seed=seed)
@@ -179,11 +303,25 @@ def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | 
     dataset = dataset.skip(start)
     if stop is not None:
       dataset = dataset.take(stop - start)
+  lengths = None if has_placeholder(task) else sequence_length
+  lengths = dict(lengths) if lengths is not None else None
   with seqio.utils.map_seed_manager(seed):
     for prep in split_preprocessors(task)[0]:
       fn = seqio.utils.add_kwargs_to_transform(
-          prep, sequence_length=None, output_features=task.output_features)
-      dataset = fn(dataset)
+          prep, sequence_length=lengths, output_features=task.output_features)
+      try:
+        dataset = fn(dataset)
+      except Exception as e:
+        if lengths is not None or has_placeholder(task) or not takes_sequence_length(prep):
+          raise
+        name = getattr(prep, "__name__", None) or getattr(getattr(prep, "func", None),
+                                                          "__name__", type(prep).__name__)
+        raise errors.DataError(
+            f"task {task.name!r}: preprocessor {name!r} reads sequence_length, which SeqIO gives "
+            "a task without CacheDatasetPlaceholder at run time, but this cache was built without "
+            f"feature lengths ({type(e).__name__}: {e}). Cache it with the run's lengths (training "
+            "does; `mtjax cache` needs them too) or put seqio.CacheDatasetPlaceholder() before "
+            "that preprocessor") from e
   return dataset
 
 
@@ -202,7 +340,7 @@ def _blocks(num_examples: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
-                 path: str) -> int:
+                 path: str, sequence_length: Mapping[str, int] | None = None) -> int:
   """Worker process: one source block through the pre-cache ops into an ArrayRecord file."""
   import cloudpickle  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
@@ -215,7 +353,8 @@ def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
       seqio.TaskRegistry.add_provider(t.name, t)
   writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
   count = 0
-  for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):
+  for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop,
+                                                    sequence_length)):
     writer.write(records.encode(example))
     count += 1
   writer.close()
@@ -223,7 +362,7 @@ def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
 
 
 def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size: int,
-                      folder: str):
+                      folder: str, sequence_length: Mapping[str, int] | None = None):
   """Yields (record bytes, example) in the canonical order: source blocks in order.
 
   One worker runs the whole split in this process (a single block, as before, unless the split
@@ -237,7 +376,8 @@ def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size:
     blocks = _blocks(_num_source_examples(task, split, seed), block_size)
   if num_workers <= 1 or len(blocks) == 1:
     for start, stop in blocks:
-      for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop)):
+      for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop,
+                                                        sequence_length)):
         yield records.encode(example), example
     return
   import multiprocessing  # pylint: disable=g-import-not-at-top
@@ -247,7 +387,8 @@ def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size:
   payload = cloudpickle.dumps(task)
   paths = [os.path.join(folder, f".block-{b:05d}") for b in range(len(blocks))]
   with multiprocessing.get_context("spawn").Pool(min(num_workers, len(blocks))) as pool:
-    jobs = pool.imap(_star_cache_block, [(payload, split, seed, start, stop, path)
+    jobs = pool.imap(_star_cache_block, [(payload, split, seed, start, stop, path,
+                                          sequence_length)
                                          for (start, stop), path in zip(blocks, paths)])
     for path, _ in zip(paths, jobs):  # in block order, as each finishes
       source = _read_records(path)
@@ -268,8 +409,13 @@ def _read_records(path: str):
 
 
 def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int = 0,
-                     num_workers: int = 1, block_size: int = 100_000) -> dict:
+                     num_workers: int = 1, block_size: int = 100_000,
+                     sequence_length: Mapping[str, int] | None = None) -> dict:
   """Builds (or reuses, if the fingerprint matches) the cache of one task split.
+
+  `sequence_length` (the run's feature lengths, e.g. {"inputs": 512, "targets": 114}) reaches the
+  preprocessors of a task without `CacheDatasetPlaceholder` that take it, as in SeqIO; such a
+  task's cache is then for those lengths (they are in its fingerprint: other lengths rebuild).
 
   `num_workers > 1` runs the pre-cache ops in that many processes, over contiguous blocks of
   `block_size` source examples; the result does not depend on `num_workers`. (Per-example ops
@@ -280,17 +426,19 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
+  check_source(task, split)
   if split not in task.splits:
     raise errors.DataError(f"task {task.name!r} has no split {split!r} (it has "
                            f"{list(task.splits)})")
   check_vocabularies(task)
-  fp = fingerprint(task, split)
+  fp = fingerprint(task, split, sequence_length)
   if fs.is_url(cache_dir):  # built in the local mirror, then uploaded (unless already there)
     existing = staging.remote_manifest(cache_dir, task.name, split)
     if existing and existing.get("fingerprint") == fp:
       return existing
     cache_task_split(task, split, staging.mirror_root(cache_dir), num_shards=num_shards,
-                     seed=seed, num_workers=num_workers, block_size=block_size)
+                     seed=seed, num_workers=num_workers, block_size=block_size,
+                     sequence_length=sequence_length)
     return staging.publish(split_dir(cache_dir, task.name, split), cache_dir, task.name, split)
   existing = read_manifest(cache_dir, task.name, split)
   if existing and existing.get("fingerprint") == fp:
@@ -311,7 +459,8 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
     lengths: dict[str, list[int]] = {k: [] for k in token_features}
     tokens: dict[str, list] = {k: [] for k in token_features}
     features: dict[str, dict] = {}
-    stream = tqdm(_encoded_examples(task, split, seed, num_workers, block_size, tmp),
+    stream = tqdm(_encoded_examples(task, split, seed, num_workers, block_size, tmp,
+                                    sequence_length),
                   total=task.num_input_examples(split), unit=" examples", disable=None,
                   desc=f"caching {task.name}/{split}", leave=False)
     for i, (record, example) in enumerate(stream):
@@ -339,6 +488,9 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
         "shards": [{"file": n, "num_examples": c} for n, c in zip(names, counts)],
         "features": features,
         "post_cache_ops": post,
+        # the lengths the cache-time preprocessors read (None: none reads them)
+        "sequence_length": (dict(sequence_length) if sequence_length is not None and
+                            length_dependent(task) else None),
         "skipped_records": {"count": len(skipped), "first": skipped[:20]},
         "token_lengths": {k: _length_stats(v) for k, v in lengths.items() if v},
         "token_arrays": token_arrays,
@@ -457,22 +609,40 @@ def _feature_spec(value) -> dict:
 
 
 def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
-                  num_shards: int = 1, num_workers: int = 1) -> mixing.MixtureSpec:
-  """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates."""
+                  num_shards: int = 1, num_workers: int = 1,
+                  sequence_length: Mapping[str, int] | None = None) -> mixing.MixtureSpec:
+  """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates.
+
+  `sequence_length`: the run's feature lengths, for tasks whose preprocessors read them
+  (`cache_task_split`). Sources are checked first: rates and split lists read them too.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
 
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError:
+    provider = None  # `from_seqio` names close matches
+  if provider is not None:
+    for task in getattr(provider, "tasks", None) or [provider]:
+      check_source(task)
   spec = mixing.from_seqio(name)
   for entry in spec.tasks:
     task = seqio.get_mixture_or_task(entry.name)
     for split in splits:
       if split in task.splits:
-        cache_task_split(task, split, cache_dir, num_shards=num_shards, num_workers=num_workers)
+        cache_task_split(task, split, cache_dir, num_shards=num_shards, num_workers=num_workers,
+                         sequence_length=sequence_length)
   mixing.write_spec(spec, cache_dir)
   return spec
 
 
-def ensure_cached(name: str, cache_dir: str, splits=("train", "validation")) -> mixing.MixtureSpec:
-  """Caches on first use. Without SeqIO/TF installed, falls back to an existing cache."""
+def ensure_cached(name: str, cache_dir: str, splits=("train", "validation"),
+                  sequence_length: Mapping[str, int] | None = None) -> mixing.MixtureSpec:
+  """Caches on first use. Without SeqIO/TF installed, falls back to an existing cache.
+
+  Pass the run's feature lengths as `sequence_length` (SeqIO's task feature lengths): a task
+  without `CacheDatasetPlaceholder` gives them to its preprocessors, as SeqIO does.
+  """
   try:
     import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
@@ -481,5 +651,23 @@ def ensure_cached(name: str, cache_dir: str, splits=("train", "validation")) -> 
       raise RuntimeError(
           f"mixture {name!r} is not cached in {cache_dir} and seqio is not installed to build it; "
           "run `mtjax cache` on a machine with seqio first") from None
+    if sequence_length is not None:
+      _check_cached_lengths(spec, cache_dir, splits, sequence_length)
     return spec
-  return cache_mixture(name, cache_dir, splits=splits)
+  return cache_mixture(name, cache_dir, splits=splits, sequence_length=sequence_length)
+
+
+def _check_cached_lengths(spec: mixing.MixtureSpec, cache_dir: str, splits,
+                          sequence_length: Mapping[str, int]) -> None:
+  """Without SeqIO a cache cannot be rebuilt: one built for other feature lengths (by a task
+  whose preprocessors read them) is an error rather than silently other data."""
+  want = {k: int(v) for k, v in sequence_length.items()}
+  for task in spec.task_names:
+    for split in splits:
+      manifest = read_manifest(cache_dir, task, split)
+      built = (manifest or {}).get("sequence_length")
+      if built is not None and built != want:
+        raise errors.DataError(
+            f"task {task!r} split {split!r} in {cache_dir} was cached for sequence_length "
+            f"{built}, this run has {want}, and its preprocessors read them; rebuild it with "
+            "`mtjax cache` on a machine with seqio")

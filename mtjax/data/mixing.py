@@ -9,10 +9,12 @@ The order of `tasks` defines `task_ids`.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import json
+import math
 import os
 import tempfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from mtjax import errors, fs
 
@@ -42,6 +44,60 @@ class MixtureSpec:
     """Rates normalised to sum to one."""
     total = sum(t.rate for t in self.tasks)
     return tuple(t.rate / total for t in self.tasks)
+
+
+# Integer proportions stay below this total: the vectorised plan (`pipeline.WindowPlan`) multiplies
+# a remainder below the total by a proportion in int64, so the total must stay below 2**31.
+PROPORTION_TOTAL = 2**30
+# Rates relative to the smallest are read as fractions with at most this denominator: exact for
+# rates written with up to six decimals (1.0099 / 1.0 is 10099 / 10000, not a binary float).
+RATIO_DENOMINATOR = 10**6
+
+
+def int_proportions(weights: Sequence[float]) -> tuple[int, ...]:
+  """Integer draw proportions for the deterministic interleave (`select`), exact for the rates.
+
+  Grain's `MapDataset.mix` truncates `weight * 100 / min(weights)` to an integer, so rates within
+  1% of the smallest one draw equally often (1.0 and 1.0099 both become 100). Here each weight
+  relative to the smallest is read as the nearest fraction with denominator <= 10**6 and all are
+  put over their common denominator: 1.0 / 1.0099 / 2.0199 become 10000 / 10099 / 20199. The
+  interleave depends only on the ratios of the proportions, so rates whose ratios Grain's
+  integers held exactly (equal rates, 3:2, ...) keep their draw order. If the common denominator
+  would take the total past `PROPORTION_TOTAL`, the weights are rounded to that total instead
+  (relative error at most 2**-31 / normalised weight).
+  """
+  if not weights or min(weights) <= 0:
+    raise ValueError(f"mixing weights must be positive, got {list(weights)}")
+  low = min(weights)
+  ratios = [fractions.Fraction(w / low).limit_denominator(RATIO_DENOMINATOR) for w in weights]
+  common = math.lcm(*(r.denominator for r in ratios))
+  ints = [int(r * common) for r in ratios]
+  if sum(ints) > PROPORTION_TOTAL:
+    total = sum(weights)
+    ints = [max(1, round(w / total * PROPORTION_TOTAL)) for w in weights]
+  divisor = math.gcd(*ints)
+  return tuple(i // divisor for i in ints)
+
+
+def select(k: int, proportions: Sequence[int]) -> tuple[int, int]:
+  """(which part, its element number) of position `k` of the proportional interleave.
+
+  Grain's rule (`mix._dataset_and_key_of_next_element`), on our exact integers: part 0 takes
+  `ceil((k + 1) * p0 / total)` of the first `k + 1` positions, the other parts share the rest
+  the same way, recursively. Deterministic and stateless, so a position restores the stream.
+  After `n` positions part `i` has had `n * p_i / total` elements to within `i + 1` (each level
+  of the recursion floors once), so the draw frequencies are the rates, not just in expectation.
+  """
+  remaining = sum(proportions)
+  cur, cur1 = k, k + 1
+  for i, p in enumerate(proportions):
+    nxt, nxt1 = cur * (remaining - p) // remaining, cur1 * (remaining - p) // remaining
+    count = cur1 - nxt1
+    if cur - nxt != count:
+      return i, count - 1
+    remaining -= p
+    cur, cur1 = nxt, nxt1
+  raise AssertionError(f"no part selected at position {k} of proportions {proportions}")
 
 
 def from_seqio(name: str) -> MixtureSpec:

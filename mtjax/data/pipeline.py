@@ -1,13 +1,14 @@
 """The training input pipeline: cached ArrayRecord -> Grain -> packed model batches. TF-free.
 
 Per task: random-access source over the cache, a seeded shuffle, endless repeat, decode and the
-post-cache ops in numpy. The tasks are then interleaved by `MapDataset.mix` with the mixture's
-normalised rates (deterministic by construction), packed or padded, converted to model features,
-and batched. Every step is a Grain dataset, so the iterator's state is a few integers and
-restoring it replays the exact stream. The default window packer (packing.py) and the unpacked
-stream (`HostSlotsIterDataset`) work on the global stream, each host taking its slots of every
-global batch, so their batches and (converted) states do not depend on the number of hosts;
-Grain's packers mix and pack each host's own shard of every task.
+post-cache ops in numpy. The tasks are then interleaved by Grain's deterministic proportional
+interleave (`ProportionalSelection`: `MapDataset.mix`'s rule on exact integer proportions of the
+mixture's rates), packed or padded, converted to model features, and batched. Every step is a
+Grain dataset, so the iterator's state is a few integers and restoring it replays the exact
+stream. The default window packer (packing.py) and the unpacked stream (`HostSlotsIterDataset`)
+work on the global stream, each host taking its slots of every global batch, so their batches
+and (converted) states do not depend on the number of hosts; Grain's packers mix and pack each
+host's own shard of every task.
 
 Options: the feature converter (`enc_dec`, or `decoder_only` / `prefix_lm`, which pack one
 `inputs + targets` sequence per example), staged rates (`StagedBatches`: another mixing from a
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any, Mapping
 
 import grain
@@ -249,7 +251,35 @@ def _mix(make_part, spec: mixing.MixtureSpec, weights=None) -> grain.MapDataset:
   if not chosen:
     raise ValueError(f"mixture {spec.name!r}: no task has a positive rate")
   parts = [make_part(i, t) for i, t, _ in chosen]
-  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for *_, w in chosen])
+  if len(parts) == 1:
+    return parts[0]
+  return grain.MapDataset.select_from_datasets(
+      parts, ProportionalSelection(parts, mixing.int_proportions([w for *_, w in chosen])))
+
+
+class ProportionalSelection(grain.transforms.DatasetSelectionMap):
+  """`MapDataset.mix`'s deterministic interleave, on exact integer proportions.
+
+  Grain's own `mix` rounds the proportions to integers with the smallest at 100, which merges
+  rates within 1% of it; `mixing.int_proportions` keeps them exact. Like Grain's map it is
+  stateless (the iterator's state stays the mixed position) and its length lets every element of
+  the shortest part (relative to its share) appear at most once.
+  """
+
+  def __init__(self, parts, proportions: tuple[int, ...]):
+    self._proportions = tuple(proportions)
+    total = sum(self._proportions)
+    self._length = min(sys.maxsize,
+                       int(min(len(part) * total / p for part, p in zip(parts, proportions))))
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> tuple[int, int]:
+    return mixing.select(index, self._proportions)
+
+  def __repr__(self) -> str:
+    return f"ProportionalSelection(proportions={self._proportions}, length={self._length})"
 
 
 def mixed_examples(spec: mixing.MixtureSpec, cache_dir: str, options: PipelineOptions,
@@ -282,8 +312,8 @@ class WindowPlan:
 
   Grain's mixed, shuffled, repeated plan costs ~45 us an element through its per-element
   statistics; a packed 16 x 2048 decoder batch of short examples needs ~1,800 elements. This
-  computes the same elements with Grain's own rules, vectorised: the proportional interleave
-  of `MapDataset.mix` (integer proportions scaled so the smallest is 100), then per task the
+  computes the same elements with the same rules, vectorised: the proportional interleave
+  (`mixing.select` on `mixing.int_proportions`, as `ProportionalSelection`), then per task the
   epoch and Grain's `index_shuffle` permutation of that epoch (`shuffle(...).repeat()`). Equality
   with `mixed_plan` is tested, so a Grain change to either rule fails a test, not a run.
   """
@@ -302,20 +332,21 @@ class WindowPlan:
       if len(source) == 0:
         raise ValueError(f"task {t!r} split {split!r} has no examples")
     self._seeds = [(options.seed * 1_000_003 + i) % 2**32 for i, _, _ in chosen]
-    scale = 100 / min(w for *_, w in chosen)
-    self._proportions = [int(w * scale) for *_, w in chosen] if len(chosen) > 1 else None
+    self._proportions = (mixing.int_proportions([w for *_, w in chosen])
+                         if len(chosen) > 1 else None)
 
   def _select(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(which chosen task, its element number) of mixed positions `k`, as Grain's mix."""
+    """(which chosen task, its element number) of mixed positions `k`: `mixing.select`."""
     if self._proportions is None:
       return np.zeros(len(k), np.int64), k
     remaining = sum(self._proportions)
-    if (int(k.max()) + 1) * remaining >= 2**62:
-      raise OverflowError("mixed stream position too large for the vectorised plan")
+    if remaining >= 2**31:  # `_scaled_floor` multiplies two numbers below the total in int64
+      raise OverflowError(f"mixing proportions total {remaining} >= 2**31")
     part, key = np.full(len(k), -1, np.int64), np.zeros(len(k), np.int64)
     cur, cur1 = k, k + 1
     for i, p in enumerate(self._proportions):
-      nxt, nxt1 = (cur * (remaining - p)) // remaining, (cur1 * (remaining - p)) // remaining
+      nxt, nxt1 = _scaled_floor(cur, remaining - p, remaining), _scaled_floor(cur1, remaining - p,
+                                                                              remaining)
       count = cur1 - nxt1
       hit = (part < 0) & ((cur - nxt) != count)
       part[hit], key[hit] = i, count[hit] - 1
@@ -343,6 +374,13 @@ class WindowPlan:
       for name in ("inputs", "targets"):
         out[f"{name}_len"][where] = source.lengths[name][index[where]]
     return out
+
+
+def _scaled_floor(c: np.ndarray, num: int, den: int) -> np.ndarray:
+  """`c * num // den` for `num <= den < 2**31` without int64 overflow: with `c = a * den + b`,
+  it is `a * num + b * num // den`, and `b * num < 2**62`."""
+  a, b = np.divmod(c, den)
+  return a * num + (b * num) // den
 
 
 class HostSlotsIterDataset(grain.IterDataset):
