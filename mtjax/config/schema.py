@@ -114,7 +114,8 @@ class EvalConfig:
   loss_every: int = 0  # teacher-forced loss per task on `split` every N train steps (0 = off)
   loss_batches: int = 4  # batches (of data.batch_size rows) per teacher-forced loss evaluation
   split: str = "validation"
-  max_examples: int = 200  # per task
+  max_examples: int = 0  # per task; 0 = the whole split (a cap that cuts a split is logged
+  #   with the number of examples left out, and the table shows "<n> of <split size>")
   batch_size: int = 200
   decode: str = "greedy"  # greedy | beam | sample (mtjax.eval.generate)
   beam_size: int = 4

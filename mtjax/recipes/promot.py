@@ -276,8 +276,8 @@ def infer_label_set(cfg: schema.RunConfig, tasks) -> tuple[str, ...]:
   lengths = {"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length}
   for task in tasks:
     cache.ensure_cached(task, cfg.data.cache_dir, splits=("train", cfg.eval.split))
-    examples = evaluate._load(cfg.data.cache_dir, task, cfg.eval.split, lengths,  # pylint: disable=protected-access
-                              cfg.eval.max_examples)
+    examples = evaluate.load_examples(cfg.data.cache_dir, task, cfg.eval.split, lengths,
+                                      cfg.eval.max_examples)
     labels |= set(map(str, evaluate.postprocessed_targets(seqio.get_mixture_or_task(task),
                                                           examples)))
   if len(labels) > 10:
@@ -362,31 +362,44 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
 
 # --- the report ---------------------------------------------------------------------------------
 
-def _score_name(metrics: dict) -> str | None:
-  names = [k for k in metrics if k != "format_rate" and "/" not in k]
-  return names[0] if names else None
+# Per-task detail, not a headline: the format rate has its own columns; per-template accuracy
+# and its spread over templates (median / IQR) are in the per-task table.
+_DETAIL = ("format_rate", "rank_accuracy_median", "rank_accuracy_iqr")
+
+
+def headline(metrics: dict) -> dict[str, float]:
+  """The metrics a report compares across tasks (each only ever with itself)."""
+  return {k: v for k, v in metrics.items() if k not in _DETAIL and "/" not in k}
+
+
+def _by_metric(per_task: list[dict]) -> dict[str, list[float]]:
+  """Metric name -> its values over the tasks that report it, in first-seen order."""
+  out: dict[str, list[float]] = {}
+  for m in per_task:
+    for name, value in headline(m).items():
+      out.setdefault(name, []).append(float(value))
+  return out
 
 
 def summarize(evals: dict[str, dict], ks, metric: str) -> dict[str, dict]:
-  """Per method: the target `metric` (mean over target tasks), and per k the other tasks' mean
-  score (each task's own metric), the mean and the max format-specialisation rate."""
+  """Per method (flat, JSON-able): `target`, the target `metric` averaged over the target tasks
+  (None unless all report it); `target/<name>` for every headline metric of the target tasks
+  (classification targets, those with answer choices, add `target/rank_accuracy`); per k,
+  `<k>shot/<name>` the other tasks' mean of that metric with `<k>shot/<name>/tasks` how many
+  tasks it covers, never a mean across different metrics; and the mean and max format rate."""
   out = {}
   for method, ev in evals.items():
     target = [m.get(metric) for m in ev["target"].values()]
     row: dict[str, Any] = {"target": float(np.mean(target)) if target and None not in target
                            else None}
+    for name, values in _by_metric(list(ev["target"].values())).items():
+      row[f"target/{name}"] = float(np.mean(values))
     for k in ks:
-      scores, rates = [], []
-      for per_k in ev["other"].values():
-        m = per_k.get(str(k))
-        if not m:
-          continue
-        name = _score_name(m)
-        if name:
-          scores.append(m[name])
-        if "format_rate" in m:
-          rates.append(m["format_rate"])
-      row[f"{k}shot"] = float(np.mean(scores)) if scores else None
+      per_task = [per_k[str(k)] for per_k in ev["other"].values() if per_k.get(str(k))]
+      for name, values in _by_metric(per_task).items():
+        row[f"{k}shot/{name}"] = float(np.mean(values))
+        row[f"{k}shot/{name}/tasks"] = len(values)
+      rates = [m["format_rate"] for m in per_task if "format_rate" in m]
       row[f"{k}shot_format_rate"] = float(np.mean(rates)) if rates else None
       row[f"{k}shot_format_rate_max"] = float(np.max(rates)) if rates else None
     out[method] = row
@@ -397,23 +410,51 @@ def _fmt(x) -> str:
   return "-" if x is None else f"{x:.1f}"
 
 
+def _columns(summary: dict, prefix: str) -> list[str]:
+  """Metric names with a `<prefix>/<name>` entry in any method's row, in first-seen order."""
+  names = []
+  for row in summary.values():
+    for key in row:
+      if key.startswith(prefix + "/") and not key.endswith("/tasks"):
+        names.append(key[len(prefix) + 1:])
+  return list(dict.fromkeys(names))
+
+
 def markdown(report: dict) -> str:
-  ks = report["ks"]
+  ks, summary = report["ks"], report["summary"]
+  metric = report["metric"]
+  extra_target = [n for n in _columns(summary, "target")
+                  if n == "rank_accuracy" and metric != "rank_accuracy"]
+  cap = report.get("max_examples", 0)
+  coverage = (f"the first {cap} examples of each task's `{report.get('split', 'validation')}` "
+              "split (eval.max_examples)" if cap else
+              f"each task's whole `{report.get('split', 'validation')}` split")
   lines = [f"# ProMoT report: {', '.join(report['target_tasks'])}", "",
-           (f"Target metric: `{report['metric']}` (each target task with its prompt; with "
-            f"`{report['best_metric']}` picking each stage's checkpoint). Other tasks: "
-            f"{', '.join(report['other_tasks']) or 'none'}, prompt removed, each with its own "
-            f"metric; format rate = % of outputs in the label set {report['label_set']}."), ""]
-  head = ["method", "step", "target"]
+           (f"Target metric: `{metric}` (each target task with its prompt; with "
+            f"`{report['best_metric']}` picking each stage's checkpoint)"
+            + ("; classification targets also by rank accuracy (answer choices scored)"
+               if extra_target else "") + ". Other tasks: "
+            f"{', '.join(report['other_tasks']) or 'none'}, prompt removed; each column "
+            "averages one metric over the other tasks that report it (the task count in "
+            "brackets), never different metrics; format rate = % of outputs in the label set "
+            f"{report['label_set']}. Evaluated on {coverage}."), ""]
+  head = ["method", "step", f"target {metric}"] + [f"target {n}" for n in extra_target]
+  other_columns = {}
   for k in ks:
-    head += [f"others {k}-shot", f"format rate {k}-shot (mean / max)"]
+    other_columns[k] = _columns(summary, f"{k}shot")
+    for name in other_columns[k]:
+      tasks = max(row.get(f"{k}shot/{name}/tasks", 0) for row in summary.values())
+      head.append(f"others {k}-shot {name} ({tasks} task{'s' * (tasks != 1)})")
+    head.append(f"format rate {k}-shot (mean / max)")
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for method, row in report["summary"].items():
+  for method, row in summary.items():
     ev = report["methods"][method]
     cells = [method, "-" if ev["step"] is None else str(ev["step"]), _fmt(row["target"])]
+    cells += [_fmt(row.get(f"target/{n}")) for n in extra_target]
     for k in ks:
-      cells += [_fmt(row[f"{k}shot"]), (f"{_fmt(row[f'{k}shot_format_rate'])} / "
-                                        f"{_fmt(row[f'{k}shot_format_rate_max'])}")]
+      cells += [_fmt(row.get(f"{k}shot/{name}")) for name in other_columns[k]]
+      cells.append(f"{_fmt(row[f'{k}shot_format_rate'])} / "
+                   f"{_fmt(row[f'{k}shot_format_rate_max'])}")
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Per task:", "", "| method | task | k | metrics |", "|---|---|---|---|"]
   for method, ev in report["methods"].items():
@@ -472,6 +513,7 @@ def _run(cfg: schema.RunConfig, progress: bool) -> dict:
       "target_tasks": list(tasks), "metric": cfg.promot.metric,
       "best_metric": stages[next(iter(stages))].cfg.train.best_metric,
       "other_tasks": list(cfg.eval.other_tasks), "ks": ks, "label_set": list(label_set),
+      "split": cfg.eval.split, "max_examples": cfg.eval.max_examples,
       "methods": evals, "summary": summarize(evals, ks, cfg.promot.metric),
       "stages": {name: {"run_dir": s.cfg.run_dir, "best_step": steps.get(name)}
                  for name, s in stages.items()},

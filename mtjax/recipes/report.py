@@ -38,18 +38,27 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def average_label(num_tasks: int) -> str:
+  """The task cell of an average row: it names how many tasks it pools, so averages over
+  different sets of tasks (a metric only some tasks report) are never read as one."""
+  return f"average ({num_tasks} tasks)"
+
+
 def _member_values(result: Mapping) -> dict[tuple[str, str], float]:
-  """(task, metric) -> value for one member, plus the unweighted average over tasks."""
+  """(task, metric) -> value for one member, plus each metric's unweighted average over the
+  tasks that report it. Only a metric with itself: never accuracy with exact match; nor
+  per-template metrics (`rank_accuracy/template_<id>`: ids number each task's own templates)."""
   out = {}
   per_metric: dict[str, list[float]] = {}
   zero_shot = [r for r in result.get("eval", []) if "k" not in r]
   for r in zero_shot:
     for metric, value in r["metrics"].items():
       out[(r["task"], metric)] = float(value)
-      per_metric.setdefault(metric, []).append(float(value))
+      if "/" not in metric:
+        per_metric.setdefault(metric, []).append(float(value))
   for metric, values in per_metric.items():
     if len(values) > 1:  # an average of one task would repeat its row
-      out[("average", metric)] = sum(values) / len(values)
+      out[(average_label(len(values)), metric)] = sum(values) / len(values)
   sampled = result.get("sampled") or {}
   for task, rate in (result.get("rates") or {}).items():
     out[(task, "configured_weight")] = float(rate)
@@ -79,11 +88,12 @@ def rows(members: Sequence, results: Mapping[str, Mapping | None]) -> list[dict]
     for (task, metric), value in _member_values(result).items():
       grouped.setdefault((m.variant.name, task, metric), []).append(value)
   variants = list(dict.fromkeys(m.variant.name for m in members))
-  task_rank = {t: i for i, t in enumerate(order_tasks + ["average"])}
+  task_rank = {t: i for i, t in enumerate(order_tasks)}
+  rank = lambda task: task_rank.get(task, len(task_rank) + (not task.startswith("average")))
   out = []
   for (variant, task, metric), values in sorted(
       grouped.items(), key=lambda kv: (variants.index(kv[0][0]), kv[0][2] in WEIGHT_METRICS,
-                                       task_rank.get(kv[0][1], len(task_rank)), kv[0][2])):
+                                       rank(kv[0][1]), kv[0][1], kv[0][2])):
     mean, std = mean_std(values)
     out.append({"variant": variant, "task": task, "metric": metric, "mean": mean, "std": std,
                 "n": len(values), "values": values})
@@ -162,7 +172,8 @@ def plot(table: Sequence[dict], out_dir: str) -> list[str]:
     stds = [0.0 if math.isnan(s) else s for s in stds]
     ax.bar(x + (i - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
            label=v)
-  ax.set_xticks(x, [f"{t.split('_', 1)[-1] if t != 'average' else t}\n({m})" for t, m in keys],
+  ax.set_xticks(x, [f"{t if t.startswith('average') else t.split('_', 1)[-1]}\n({m})"
+                    for t, m in keys],
                 fontsize=8)
   ax.set_ylabel("metric (mean ± std over seeds)")
   ax.set_title("Per-task metric by mixture")

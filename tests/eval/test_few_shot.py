@@ -97,5 +97,6 @@ def test_flat_metrics_and_table():
       "b_2shot/accuracy": 40.0, "average/accuracy": 75.0, "average/bleu": 3.0,
       "few_shot/2shot/accuracy": 30.0}
   rows = [line.split() for line in evaluate.format_table(results).splitlines()[2:]]
-  assert ["average", "accuracy", "75.0"] in rows
+  assert ["average", "accuracy", "75.0", "2", "tasks"] in rows  # over the tasks reporting it
+  assert ["average", "bleu", "3.0", "1", "task"] in rows  # never pooled with accuracy
   assert ["average", "few_shot/2shot/accuracy", "30.0"] in rows

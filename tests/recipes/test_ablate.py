@@ -106,13 +106,37 @@ def test_table_mean_and_sample_std():
   assert x["std"] == pytest.approx(statistics.stdev([10, 20, 60]))
   y = table[("y", "t2", "accuracy")]
   assert (y["mean"], y["std"], y["n"]) == pytest.approx((98.5, statistics.stdev([99, 98]), 2))
-  assert table[("x", "average", "accuracy")]["mean"] == pytest.approx(50.0)
+  assert table[("x", "average (2 tasks)", "accuracy")]["mean"] == pytest.approx(50.0)
   assert table[("y", "t1", "configured_weight")]["mean"] == pytest.approx(0.8)
   assert table[("y", "t1", "sampled_share")]["mean"] == pytest.approx(3 / 4)
   assert table[("y", "t1", "sampled_token_share")]["mean"] == pytest.approx(9 / 11)
   md = report.markdown(report.rows(members, results), title="t")
   assert "| t1 | accuracy | 30.0 ± 26.5 | 1.5 ± 0.7 |" in md
   assert "| t1 | 0.500 → 0.750 (0.818) | 0.800 → 0.750 (0.818) |" in md
+
+
+def test_table_averages_each_metric_only_with_itself():
+  """Accuracy tasks and exact-match tasks: one average per metric, labelled with the tasks it
+  pools; a classification task's rank accuracy is its own row; per-template numbers (template
+  ids are per task) are never averaged across tasks."""
+  members = [sweep.Member(variants.Variant("v"), seed, None, {"a": 0.5, "b": 0.5})
+             for seed in (0, 1)]
+  results = {m.name: {"rates": dict(m.rates), "eval": [
+      {"task": "a", "metrics": {"accuracy": 40.0 + m.seed, "rank_accuracy": 70.0,
+                                "rank_accuracy/template_0": 60.0}},
+      {"task": "b", "metrics": {"accuracy": 60.0 + m.seed, "rank_accuracy/template_0": 90.0}},
+      {"task": "c", "metrics": {"exact_match": 10.0}},
+      {"task": "d", "metrics": {"exact_match": 30.0}},
+      {"task": "e", "metrics": {"exact_match": 50.0}}]} for m in members}
+  table = {(r["task"], r["metric"]): r for r in report.rows(members, results)}
+  assert table[("average (2 tasks)", "accuracy")]["mean"] == pytest.approx(50.5)
+  assert table[("average (3 tasks)", "exact_match")]["mean"] == pytest.approx(30.0)
+  assert table[("a", "rank_accuracy")]["mean"] == 70.0
+  averaged = {metric for task, metric in table if task.startswith("average")}
+  assert averaged == {"accuracy", "exact_match"}  # no mixed mean, no template_0 of a and b
+  md = report.markdown(report.rows(members, results), title="t")
+  assert "| average (2 tasks) | accuracy | 50.5 ± 0.7 |" in md
+  assert "| average (3 tasks) | exact_match | 30.0 ± 0.0 |" in md
 
 
 def test_count_batch_packed_and_padded():

@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from mtjax.config import schema
 from mtjax.peft import prompts
@@ -42,13 +43,15 @@ def test_promot_recipe_end_to_end_and_resume(tmp_path, synthetic_cache):
   assert report["label_set"] == ["no", "yes"]  # inferred from the target task's targets
   assert report["ks"] == [0, 1]
   for method, row in report["summary"].items():
-    assert row["target"] is not None and row["0shot"] is not None, method
+    assert row["target"] is not None and row["0shot/exact_match"] is not None, method
+    assert row["0shot/exact_match/tasks"] == 1 and "0shot" not in row
     assert 0 <= row["1shot_format_rate"] <= 100
   # prompt removed, prompt tuning leaves the base model: its other-task numbers are pretrained's
   assert report["methods"]["prompt_tuning"]["other"] == report["methods"]["pretrained"]["other"]
   with open(os.path.join(run_dir, "report.md")) as f:
     md = f.read()
   assert "| promot |" in md and "format rate 1-shot" in md
+  assert "others 0-shot exact_match (1 task)" in md and "first 8 examples" in md
 
   # Each stage is an ordinary run config.
   def stage(name):
@@ -123,3 +126,41 @@ def test_plan_derives_every_method_as_an_ordinary_run_config(tmp_path, synthetic
   with pytest.raises(ValueError, match="promot_1shot needs data.mixture to be one task"):
     promot.plan(dataclasses.replace(multi, promot=dataclasses.replace(
         multi.promot, methods=("promot_1shot",))))
+
+
+def test_report_never_averages_different_metrics():
+  """Other tasks scored by accuracy and by exact match get one column each (with their task
+  counts), never one mean of both; a classification target (answer choices) shows its rank
+  accuracy next to the target metric."""
+  def method(step, scale):
+    return {"step": step,
+            "target": {"rte": {"accuracy": 40.0 * scale, "rank_accuracy": 60.0 * scale,
+                               "rank_accuracy_median": 61.0, "rank_accuracy_iqr": 2.0,
+                               "rank_accuracy/template_0": 59.0, "format_rate": 100.0}},
+            "other": {"copy": {"0": {"exact_match": 10.0 * scale, "format_rate": 50.0}},
+                      "sort": {"0": {"exact_match": 30.0 * scale, "format_rate": 0.0}},
+                      "boolq": {"0": {"accuracy": 70.0 * scale, "rank_accuracy": 80.0,
+                                      "format_rate": 90.0}}}}
+
+  evals = {"pretrained": method(None, 1.0), "promot": method(6, 0.5)}
+  summary = promot.summarize(evals, [0], "accuracy")
+  row = summary["pretrained"]
+  assert "0shot" not in row  # what used to be mean(10, 30, 70): exact match and accuracy mixed
+  assert row["0shot/exact_match"] == 20.0 and row["0shot/exact_match/tasks"] == 2
+  assert row["0shot/accuracy"] == 70.0 and row["0shot/accuracy/tasks"] == 1
+  assert row["0shot/rank_accuracy"] == 80.0
+  assert row["0shot_format_rate"] == pytest.approx(140 / 3) and row["0shot_format_rate_max"] == 90
+  assert (row["target"], row["target/accuracy"], row["target/rank_accuracy"]) == (40, 40, 60)
+  assert not any("median" in k or "iqr" in k or "template" in k for k in row)
+
+  report = {"target_tasks": ["rte"], "metric": "accuracy", "best_metric": "rte/accuracy",
+            "other_tasks": ["copy", "sort", "boolq"], "ks": [0], "label_set": ["yes", "no"],
+            "split": "validation", "max_examples": 0, "methods": evals, "summary": summary}
+  md = promot.markdown(report)
+  head = ("| method | step | target accuracy | target rank_accuracy | others 0-shot exact_match "
+          "(2 tasks) | others 0-shot accuracy (1 task) | others 0-shot rank_accuracy (1 task) | "
+          "format rate 0-shot (mean / max) |")
+  assert head in md
+  assert "| pretrained | - | 40.0 | 60.0 | 20.0 | 70.0 | 80.0 | 46.7 / 90.0 |" in md
+  assert "| promot | 6 | 20.0 | 30.0 | 10.0 | 35.0 | 80.0 | 46.7 / 90.0 |" in md
+  assert "whole `validation` split" in md
