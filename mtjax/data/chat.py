@@ -149,7 +149,8 @@ class ChatFormat:
     if not self._template:
       raise errors.ConfigError(
           f"tokenizer {vocabulary.source}: no chat template (chat_template.jinja, or "
-          "\"chat_template\" in tokenizer_config.json)", hint="pass chat_template=... to ChatFormat")
+          "\"chat_template\" in tokenizer_config.json)",
+          hint="pass chat_template=... to ChatFormat")
     self._system = system
     self._keep_bos = keep_bos
     self._kwargs = dict(template_kwargs or {})
@@ -269,7 +270,8 @@ class ChatTemplate:
   def render(self, record: Mapping[str, Any]) -> dict[str, Any]:
     out = self.template.render(record)
     inputs, targets = self.chat_format.split(out["inputs"], out["targets"])
-    choices = [self.chat_format.split(out["inputs"], c)[1] for c in out.get("answer_choices") or ()]
+    split = self.chat_format.split
+    choices = [split(out["inputs"], c)[1] for c in out.get("answer_choices") or ()]
     return {"inputs": inputs, "targets": targets, "answer_choices": choices}
 
   def __repr__(self) -> str:

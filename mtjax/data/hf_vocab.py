@@ -19,10 +19,12 @@ SeqIO's contract, which this class keeps:
   Llama 3 Instruct's `<|eot_id|>`: where HF's `generate` stops too), and skips special tokens
   (pad, BOS, EOS, chat markers), as transformers' `decode(..., skip_special_tokens=True)`.
 - `eos_id`, `unk_id`, `bos_id` are the tokenizer's, resolved as transformers resolves them:
-  `tokenizer_config.json`, then `special_tokens_map.json`, then (for a dir that has neither, e.g.
-  a bare converted T5 `tokenizer.json`) `generation_config.json` and `config.json`. Llama 3: bos
-  128000, eos 128001 (base) / 128009 `<|eot_id|>` (Instruct); Qwen2: no bos, eos
-  `<|endoftext|>`; Gemma: bos 2, eos 1; T5: eos 1, unk 2.
+  `tokenizer_config.json`, then `special_tokens_map.json` (a token named null there, as Qwen2's
+  `bos_token`, is none). A dir with neither file (a bare converted T5 `tokenizer.json`) takes
+  the ids `generation_config.json` / `config.json` name and the model's own unk; an EOS named
+  nowhere else is looked up there too. Llama 3: bos 128000, eos 128001 (base) / 128009
+  `<|eot_id|>` (Instruct); Qwen2: no bos, eos `<|endoftext|>` (base) / `<|im_end|>` (Instruct);
+  Gemma: bos 2, eos 1; T5: eos 1, unk 2.
 - `pad_id` is 0, SeqIO's `PAD_ID`: SeqIO's converters and mtjax's pad with 0 and read 0 as padding
   whatever the vocabulary says, so the vocabulary names the id padding really is. For Gemma and
   T5 that is also the tokenizer's pad token; Llama 3 has none, and Qwen2's pad is `<|endoftext|>`.
@@ -60,7 +62,7 @@ from mtjax import errors, fs
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
-# What a tokenizer dir may hold besides tokenizer.json, in the order special ids are looked up.
+# What a tokenizer dir may hold besides tokenizer.json (read when present; carried in copies).
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                 "config.json", "chat_template.jinja")
 SPECIALS = ("bos", "eos", "unk", "pad")

@@ -282,3 +282,20 @@ def test_seqio_file_task_cached_with_the_tokenizer(dirs, refs, tmp_path):
   ex = pipeline.read_examples(cache_dir, "hf_vocab_task", "train", limit=1)[0]
   assert list(ex["inputs"]) == qwen.encode(f"Is this true? {TEXTS[0]}", add_special_tokens=False)
   assert other["output_features"]["targets"]["eos_id"] == qwen.eos_token_id
+
+
+def test_the_runs_default_vocabulary(dirs):
+  """`data.tokenizer`, else `model.hf_checkpoint` when it holds a tokenizer.json, else none."""
+  from mtjax.config import schema
+  from mtjax.data import vocabularies
+
+  def run(tokenizer="", checkpoint=""):
+    return schema.RunConfig(data=schema.DataConfig(tokenizer=tokenizer),
+                            model=schema.ModelConfig(hf_checkpoint=checkpoint))
+
+  assert vocabularies.for_run(run()) is None
+  assert vocabularies.for_run(run(checkpoint=dirs["gemma"])) == hf_vocab.HFVocabulary.from_dir(
+      dirs["gemma"])
+  assert vocabularies.for_run(run(dirs["t5"], dirs["gemma"])) == hf_vocab.HFVocabulary.from_dir(
+      dirs["t5"])
+  assert vocabularies.tokenizer_dir(run(checkpoint=os.path.dirname(dirs["gemma"]))) == ""
