@@ -6,9 +6,10 @@ task's number of training examples (SeqIO's cached stats if present, else the so
 - T5 (Raffel et al. 2020, multi-task mixing): examples-proportional with a cap K and temperature T,
   `rate = min(n, K) ** (1 / T)`.
 - T0 (Sanh et al. 2022, training details): examples-proportional, but a dataset with more than
-  500,000 examples counts as `500,000 / num_templates`: `rate = n if n <= 500_000 else 500_000 / num_templates`.
-- FLAN (Wei et al. 2022, training details): examples-proportional with a maximum of 3,000 per dataset,
-  `rate = min(n, 3_000)`.
+  500,000 examples counts as `500,000 / num_templates`:
+  `rate = n if n <= 500_000 else 500_000 / num_templates`.
+- FLAN (Wei et al. 2022, training details): examples-proportional with a maximum of 3,000 per
+  dataset, `rate = min(n, 3_000)`.
 - OPT-IML (Iyer et al. 2022, "OPT-IML: Scaling Language Model Instruction Meta Learning through
   the Lens of Generalization", arXiv:2212.12017, Sec. 4 on task sampling): examples-proportional
   with a per-task cap inside each benchmark (or category), then fixed proportions across them:

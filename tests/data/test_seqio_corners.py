@@ -3,6 +3,7 @@ unreadable TFDS source, and mixing rates that differ by less than Grain's intege
 
 import collections
 import functools
+import sys
 
 import grain
 import numpy as np
@@ -61,6 +62,21 @@ def test_placeholderless_task_gets_the_runs_sequence_length_as_in_seqio(tmp_path
   ours, theirs = _as_seqio(str(tmp_path), task, long_)
   for a, b in zip(ours, theirs):
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
+
+
+def test_without_seqio_a_cache_for_other_lengths_is_an_error(tmp_path, monkeypatch):
+  task = _task("test_corner_lengths_no_tf", [trim_inputs])
+  lengths = {"inputs": 8, "targets": 6}
+  cache.cache_task_split(task, "validation", str(tmp_path), sequence_length=lengths)
+  spec = mixing.MixtureSpec(task.name, (mixing.TaskRate(task.name, 1.0),))
+  mixing.write_spec(spec, str(tmp_path))
+  monkeypatch.setitem(sys.modules, "seqio", None)  # `import seqio` fails: a TF-free machine
+  assert cache.ensure_cached(task.name, str(tmp_path), splits=("validation",),
+                             sequence_length=lengths) == spec
+  with pytest.raises(errors.DataError, match=r"test_corner_lengths_no_tf.*cached for "
+                                             r"sequence_length"):
+    cache.ensure_cached(task.name, str(tmp_path), splits=("validation",),
+                        sequence_length={"inputs": 12, "targets": 6})
 
 
 def test_placeholderless_task_without_lengths_names_the_preprocessor(tmp_path):
