@@ -32,6 +32,11 @@ class DataConfig:
   rate_stages: tuple = ()  # ((start_step, {task: rate}), ...): other rates from that step on
   worker_count: int = 0  # batch-preparing processes (Grain mp_prefetch); 0: one thread
 
+  @property
+  def sequence_length(self) -> dict[str, int]:
+    """SeqIO's `sequence_length` for this run (given to preprocessors that read it)."""
+    return {"inputs": self.inputs_length, "targets": self.targets_length}
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)

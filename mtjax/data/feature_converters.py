@@ -11,6 +11,11 @@ Decoder-only models read one sequence `inputs + targets` (`concat_for_prefix_lm`
 of length `inputs_length + targets_length`, as `seqio.PrefixLMFeatureConverter` builds it.
 `decoder_only` keeps the loss on the targets but attends causally everywhere (no
 `decoder_causal_attention`); `prefix_lm` adds the bidirectional-prefix mask.
+
+Padding is known by length, not by value: `pad_example` adds `targets_mask` (1 on real tokens)
+and the unpacked converters read it, because id 0 is text in HF vocabularies (Llama 3's and
+Qwen2's "!"). Without a mask (SeqIO's own contract: pad id 0 is never a token) they fall back to
+`targets > 0`, which gives the same features for SeqIO's vocabularies.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ def pad_to(x: np.ndarray, length: int) -> np.ndarray:
   return np.pad(x, (0, length - x.shape[0]))
 
 
+def _real_tokens(example: Mapping[str, np.ndarray], targets: np.ndarray) -> np.ndarray:
+  """1 on the real (not padding) positions of an unpacked row."""
+  mask = example.get("targets_mask")
+  return (targets > 0) if mask is None else (np.asarray(mask) > 0)
+
+
 def enc_dec(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.ndarray]:
   """Converts one (packed or padded-to-length) example to encoder-decoder model features."""
   targets = np.asarray(example["targets"], np.int32)
@@ -56,7 +67,7 @@ def enc_dec(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.nda
     out["decoder_positions"] = np.asarray(example["targets_positions"], np.int32)
   else:
     out["decoder_input_tokens"] = autoregressive_inputs(targets)
-    out["decoder_loss_weights"] = (targets > 0).astype(np.float32)
+    out["decoder_loss_weights"] = _real_tokens(example, targets).astype(np.float32)
   if "task_ids" in example:
     out["task_ids"] = np.asarray(example["task_ids"], np.int32)
   return out
@@ -81,7 +92,8 @@ def decoder_only(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, n
   out = {
       "decoder_target_tokens": targets,
       "decoder_input_tokens": autoregressive_inputs(targets, seg),
-      "decoder_loss_weights": ((targets > 0) if seg is None else (seg > 0)).astype(np.int32),
+      "decoder_loss_weights": (_real_tokens(example, targets) if seg is None
+                               else (seg > 0)).astype(np.int32),
   }
   if packed:
     out["decoder_segment_ids"] = seg
@@ -103,7 +115,7 @@ def prefix_lm(example: Mapping[str, np.ndarray], packed: bool,
   if packed:
     seg = out["decoder_segment_ids"]
   else:
-    seg = (out["decoder_target_tokens"] > 0).astype(np.int32)
+    seg = _real_tokens(example, out["decoder_target_tokens"]).astype(np.int32)
   prev_input = np.concatenate([[0], is_input[:-1]])
   prev_seg = np.concatenate([[0], seg[:-1]])
   one_more = (prev_input == 1) & (prev_seg == seg) & (seg > 0)
@@ -135,11 +147,15 @@ def pad_example(example: Mapping[str, np.ndarray], kind: str,
                 lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
   """Pads one prepared (trimmed, and for decoder kinds concatenated) example to model lengths."""
   model = model_lengths(kind, lengths)
+  real = np.ones(len(example["targets"]), np.int32)
   if concatenates(kind):
-    return {k: pad_to(example[k], model["targets"]) for k in ("targets", "inputs_mask", "task_ids")
-            if k in example}
+    out = {k: pad_to(example[k], model["targets"]) for k in ("targets", "inputs_mask", "task_ids")
+           if k in example}
+    out["targets_mask"] = pad_to(real, model["targets"])
+    return out
   out = {"inputs": pad_to(example["inputs"], model["inputs"]),
-         "targets": pad_to(example["targets"], model["targets"])}
+         "targets": pad_to(example["targets"], model["targets"]),
+         "targets_mask": pad_to(real, model["targets"])}
   if "task_ids" in example:
     out["task_ids"] = pad_to(example["task_ids"], model["targets"])
   return out

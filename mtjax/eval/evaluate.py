@@ -233,7 +233,7 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
     predicted_ids, beam_scores = run(
         lambda b: generate.generate(graphdef, params, b, jax.random.fold_in(rng, next(counter)),
                                     options=decode),
-        generate.prompt_batch(family, tokens))
+        generate.prompt_batch(family, tokens, [min(len(x), inputs_length) for x in inputs]))
     predictions = postprocessed_predictions(task, examples, predicted_ids)
     if kind.PREDICTION_WITH_AUX in kinds:
       aux = {"scores": beam_scores if decode.method == "beam" else _sequence_scores(

@@ -48,17 +48,16 @@ def score_batch(graphdef, params, batch) -> dict[str, jax.Array]:
 
 
 def _enc_dec(inputs, targets, lengths):
-  return feature_converters.enc_dec(
-      {"inputs": feature_converters.pad_to(inputs, lengths["inputs"]),
-       "targets": feature_converters.pad_to(targets, lengths["targets"])}, packed=False)
+  return feature_converters.enc_dec(feature_converters.pad_example(
+      {"inputs": inputs, "targets": targets}, "enc_dec", lengths), packed=False)
 
 
 def _prefix_lm(inputs, targets, lengths, causal_prefix: bool = False):
   inputs = np.asarray(inputs, np.int32)[:lengths["inputs"]]
   targets = np.asarray(targets, np.int32)[:lengths["targets"]]
-  total = lengths["inputs"] + lengths["targets"]
-  joined = feature_converters.concat_for_prefix_lm({"inputs": inputs, "targets": targets})
-  joined = {k: feature_converters.pad_to(v, total) for k, v in joined.items()}
+  joined = feature_converters.pad_example(
+      feature_converters.concat_for_prefix_lm({"inputs": inputs, "targets": targets}),
+      "prefix_lm", lengths)  # (marks padding by length: id 0 may be text)
   out = feature_converters.prefix_lm(joined, packed=False, loss_on_targets_only=True)
   if causal_prefix:  # a plain decoder-only model: causal attention over the prompt too
     del out["decoder_causal_attention"]

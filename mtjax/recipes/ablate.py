@@ -83,7 +83,8 @@ def plan(base: schema.RunConfig, sweep_path: str, out: str | None = None):
   def spec(name: str):
     if name not in specs:
       specs[name] = cache.ensure_cached(name, base.data.cache_dir,
-                                        splits=("train", base.eval.split))
+                                        splits=("train", base.eval.split),
+                                        sequence_length=base.data.sequence_length)
     return specs[name]
 
   return sweep, out, sweep_lib.members(sweep, base, out, spec)

@@ -70,7 +70,8 @@ def run_member_dir(run_dir: str, progress: bool = False) -> dict | None:
     return None
   seconds = time.perf_counter() - t0
   spec = (mixing.read_spec(cfg.data.mixture, cfg.data.cache_dir)  # written by the run
-          or cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir))
+          or cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
+                                 sequence_length=cfg.data.sequence_length))
   num_batches = min(cfg.train.steps, int(member.get("sample_batches", DEFAULT_SAMPLE_BATCHES)))
   result = {
       "variant": member["variant"], "seed": member["seed"], "fingerprint": member["fingerprint"],

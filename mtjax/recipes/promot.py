@@ -275,7 +275,8 @@ def infer_label_set(cfg: schema.RunConfig, tasks) -> tuple[str, ...]:
   labels = set()
   lengths = {"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length}
   for task in tasks:
-    cache.ensure_cached(task, cfg.data.cache_dir, splits=("train", cfg.eval.split))
+    cache.ensure_cached(task, cfg.data.cache_dir, splits=("train", cfg.eval.split),
+                        sequence_length=cfg.data.sequence_length)
     examples = evaluate.load_examples(cfg.data.cache_dir, task, cfg.eval.split, lengths,
                                       cfg.eval.max_examples)
     labels |= set(map(str, evaluate.postprocessed_targets(seqio.get_mixture_or_task(task),

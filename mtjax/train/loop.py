@@ -146,6 +146,7 @@ def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
   import_modules(cfg.data.modules, vocabularies.for_run(cfg))
   _register_few_shot(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
+                             sequence_length=cfg.data.sequence_length,
                              splits=("train", cfg.eval.split))
   vocabularies.check_fits(spec, cfg.data.cache_dir, registry.architecture(cfg.model).vocab_size,
                           cfg.model.hf_checkpoint or f"model.preset={cfg.model.preset}")
