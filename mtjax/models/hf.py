@@ -2,8 +2,10 @@
 
 `load(hf_dir)` reads `config.json` and `*.safetensors` (sharded index included) with
 `safetensors.numpy`, one tensor at a time, maps each key through its family's table below, and
-places it straight into its sharding when a mesh is given. `export(model, out_dir)` writes the
-reverse: `config.json` + `model.safetensors` that `transformers` loads.
+places it straight into its sharding when a mesh is given. `export(model, out_dir, meta)` writes
+the reverse: `config.json` + `model.safetensors` that `transformers` loads, and with what a run
+recorded (`mtjax.models.hf_meta`) the special ids and lengths it trained with,
+`generation_config.json` and the tokenizer files.
 
 A table row is `(mtjax parameter path, HF key, layout)`; `{i}` is the layer index. Layouts:
   linear      HF `[out, in]`        <-> mtjax `[in, out]`
@@ -208,8 +210,17 @@ def config_from_hf(hf: dict[str, Any], **overrides):
                             f"(supported: t5, mt5, {', '.join(DECODER_TYPES)})")
 
 
-def config_to_hf(cfg) -> dict[str, Any]:
-  """The HF `config.json` dict for an mtjax config."""
+def config_to_hf(cfg, meta: dict | None = None) -> dict[str, Any]:
+  """The HF `config.json` dict for an mtjax config; `meta` (`mtjax.models.hf_meta`) sets the
+  special ids and lengths the weights were trained with (without it: T5's own ids, and none for
+  a decoder, whose ids only the run's vocabulary knows)."""
+  config = _config_to_hf(cfg)
+  if meta:
+    config.update(meta.get("config", {}))
+  return config
+
+
+def _config_to_hf(cfg) -> dict[str, Any]:
   if isinstance(cfg, t5.T5Config):
     return {
         "architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
@@ -224,7 +235,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
         "scale_decoder_outputs": cfg.tie_word_embeddings,
         "layer_norm_epsilon": cfg.layer_norm_eps, "dropout_rate": cfg.dropout_rate,
         "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1,
-        "decoder_start_token_id": 0, "torch_dtype": cfg.param_dtype,
+        "decoder_start_token_id": 0, "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,
     }
   if cfg.norm_plus_one or cfg.scale_embeddings:
     if not (cfg.norm_plus_one and cfg.scale_embeddings):
@@ -248,7 +259,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "head_dim": cfg.head_dim, "intermediate_size": cfg.d_ff, "hidden_act": act,
       "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_parameters": rope,
       "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": False,
-      "torch_dtype": cfg.param_dtype,
+      "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,  # transformers < 4.56 | later
   }
   if cfg.rope_llama3_scaling is not None:
     out["rope_scaling"] = rope
@@ -397,10 +408,14 @@ def family_of(model) -> str:
   return "t5" if isinstance(model, t5.T5) else "decoder"
 
 
-def export(model, out_dir: str) -> None:
-  """Writes `config.json` + `model.safetensors` (float32 unless params are bf16) for HF.
+def export(model, out_dir: str, meta: dict | None = None) -> list[str]:
+  """Writes `config.json` + `model.safetensors` (float32 unless params are bf16) for HF, and
+  with `meta` (`mtjax.models.hf_meta.load`: what the run recorded) `generation_config.json` and
+  the tokenizer files, so `transformers` generates as the run trained. Returns the file names.
   LoRA adapters are merged into their kernels; a soft prompt is left out."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+  from mtjax.models import hf_meta  # pylint: disable=g-import-not-at-top
 
   family = family_of(model)
   table = {path: (template, layout) for path, template, layout in _table(family)}
@@ -426,10 +441,19 @@ def export(model, out_dir: str) -> None:
         for old, new in T5_V1_0_ALIASES.items():
           key = key.replace(new, old)
       tensors[key] = np.ascontiguousarray(_to_hf(w, layout))
+  config = config_to_hf(model.cfg, meta)
+  generation = hf_meta.generation_config(meta, config)
+  names = ["config.json", "model.safetensors"]
   with fs.local_dir_to_write(out_dir) as local:  # a URL: written here, then uploaded
     save_file(tensors, os.path.join(local, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(local, "config.json"), "w") as f:
-      json.dump(config_to_hf(model.cfg), f, indent=2)
+      json.dump(config, f, indent=2)
+    if generation is not None:
+      with open(os.path.join(local, hf_meta.GENERATION), "w") as f:
+        json.dump(generation, f, indent=2)
+      names.append(hf_meta.GENERATION)
+    names += hf_meta.copy_tokenizer(meta, local)
+  return names
 
 
 def num_params(model) -> int:

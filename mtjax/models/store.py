@@ -67,19 +67,37 @@ def load(model_dir: str):
   return _restore(cfg, os.path.join(model_dir, "params"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Location:
+  """What a `--checkpoint` path names: a model dir, or a run's checkpoint (step None: latest)."""
+  model_dir: str | None = None
+  run_dir: str | None = None
+  ckpt_dir: str | None = None
+  step: int | None = None
+
+
+def locate(path: str) -> Location:
+  """Where `path` (a model dir, a run dir, its `checkpoints/` dir or one step's dir) lives, so
+  that the weights and what was recorded next to them (`mtjax.models.hf_meta`) are found the
+  same way."""
+  path = fs.abspath(path)
+  if fs.exists(os.path.join(path, MODEL_FILE)):
+    return Location(model_dir=path)
+  if fs.isdir(os.path.join(path, "checkpoints")):
+    return Location(run_dir=path, ckpt_dir=os.path.join(path, "checkpoints"))
+  if os.path.basename(path).isdigit():
+    return Location(run_dir=os.path.dirname(os.path.dirname(path)), ckpt_dir=os.path.dirname(path),
+                    step=int(os.path.basename(path)))
+  return Location(run_dir=os.path.dirname(path), ckpt_dir=path)
+
+
 def load_any(path: str):
   """A model directory (`save`), or a training run's checkpoint (latest step unless a step
   dir is given), rebuilt with the run's `model` config."""
-  path = fs.abspath(path)
-  if fs.exists(os.path.join(path, MODEL_FILE)):
-    return load(path)
-  if fs.isdir(os.path.join(path, "checkpoints")):
-    run_dir, ckpt_dir, step = path, os.path.join(path, "checkpoints"), None
-  elif os.path.basename(path).isdigit():
-    run_dir, ckpt_dir, step = os.path.dirname(os.path.dirname(path)), os.path.dirname(path), \
-        int(os.path.basename(path))
-  else:
-    run_dir, ckpt_dir, step = os.path.dirname(path), path, None
+  where = locate(path)
+  if where.model_dir:
+    return load(where.model_dir)
+  run_dir, ckpt_dir, step = where.run_dir, where.ckpt_dir, where.step
   config_path = os.path.join(run_dir, "config.json")
   if not fs.exists(config_path):
     raise FileNotFoundError(f"{path}: neither a model directory ({MODEL_FILE}) nor a run "
