@@ -216,6 +216,12 @@ def _cmd_cache(argv):
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--num_workers", type=int, default=1,
                       help="processes running the pre-cache preprocessors (same cache for any N)")
+  parser.add_argument("--inputs_length", type=int, default=0,
+                      help="with --targets_length: the run's lengths, given (as SeqIO does) to "
+                           "preprocessors of tasks without a cache placeholder that read them")
+  parser.add_argument("--targets_length", type=int, default=0)
+  parser.add_argument("--tokenizer", default="",
+                      help="an HF tokenizer dir: the default vocabulary (as data.tokenizer)")
   args = parser.parse_args(argv)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
@@ -226,11 +232,17 @@ def _cmd_cache(argv):
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
   from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
 
-  import_modules(args.module or ["mtjax.mixtures.synthetic"])
+  from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
+
+  import_modules(args.module or ["mtjax.mixtures.synthetic"],
+                 hf_vocab.HFVocabulary.from_dir(args.tokenizer) if args.tokenizer else None)
+  lengths = None
+  if args.inputs_length or args.targets_length:
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
   try:
     spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
                                splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
-                               num_workers=args.num_workers)
+                               num_workers=args.num_workers, sequence_length=lengths)
   except fs.StorageError as e:
     fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):
@@ -252,6 +264,10 @@ def _cmd_convert(argv):
   except (FileNotFoundError, KeyError, ValueError, NotImplementedError, fs.StorageError) as e:
     fail_on(e)
   store.save(model, args.out)
+  from mtjax.models import hf_meta  # pylint: disable=g-import-not-at-top
+
+  # The source's ids, generation config and tokenizer files, for `mtjax export` to give back.
+  hf_meta.record_source(args.hf_dir, args.out, hf.family_of(model))
   print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model),
                     "num_params": hf.num_params(model)}))
 
@@ -263,16 +279,25 @@ def _cmd_export(argv):
   parser.add_argument("--out", required=True, help="HF checkpoint directory to write")
   args = parser.parse_args(argv)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
-  from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
+  from mtjax.models import hf, hf_meta, store  # pylint: disable=g-import-not-at-top
 
   try:
     fs.check_usable(args.checkpoint, "--checkpoint")
     fs.check_usable(args.out, "--out")
     model = store.load_any(args.checkpoint)
+    # What generation needs beyond weights: the run's special ids and lengths, the source's
+    # generation config, the tokenizer (recorded at train / convert time; see hf_meta).
+    meta = hf_meta.load(args.checkpoint, model.cfg)
   except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
     fail_on(e)
-  hf.export(model, args.out)
-  print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model)}))
+  if meta is None:
+    logging.getLogger(__name__).warning(
+        "%s records no special token ids (written before mtjax recorded them): config.json "
+        "gets %s", args.checkpoint, "T5's (pad 0, eos 1)" if hf.family_of(model) == "t5"
+        else "none, so transformers' defaults apply")
+  files = hf.export(model, args.out, meta)
+  print(json.dumps({"out": fs.abspath(args.out), "family": hf.family_of(model),
+                    "files": files}))
 
 
 def _cmd_ablate(argv):
