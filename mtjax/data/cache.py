@@ -129,6 +129,16 @@ def _lengths_key(sequence_length) -> str:
   return ",".join(f"{k}={int(v)}" for k, v in sorted(sequence_length.items()))
 
 
+def vocab_start_id(vocab) -> int:
+  """The token decoder rows of a task with this vocabulary start from: the vocabulary's
+  `start_id` (an HF tokenizer's BOS, `HFVocabulary.start_id`), else 0 as SeqIO's converters
+  (`feature_converters.BOS_ID`; SeqIO's vocabularies have no such attribute)."""
+  from mtjax.data.feature_converters import BOS_ID  # pylint: disable=g-import-not-at-top
+
+  start = getattr(vocab, "start_id", None)
+  return BOS_ID if start is None else int(start)
+
+
 def fingerprint(task, split: str, sequence_length: Mapping[str, int] | None = None) -> str:
   """Hash of everything that determines a task split's cached examples.
 
@@ -167,6 +177,10 @@ def fingerprint(task, split: str, sequence_length: Mapping[str, int] | None = No
     ident = getattr(vocab, "fingerprint", None) or getattr(vocab, "sentencepiece_model_file", "")
     parts.append(f"{name}:{type(vocab).__name__}:{vocab.vocab_size}:{feature.add_eos}:"
                  f"{feature.dtype}:{ident}")
+    start = vocab_start_id(vocab)
+    if start != 0:  # a cache of an older mtjax lacks "start_id" (read as 0): rebuild it; a
+      # start of 0 (SeqIO's vocabularies) leaves the fingerprint, and so existing caches, alone
+      parts.append(f"{name}:start_id:{start}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -496,7 +510,9 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
         "token_arrays": token_arrays,
         "output_features": {
             name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
-                   "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size)}
+                   "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size),
+                   # decoder rows' start token (absent in older manifests: 0)
+                   "start_id": vocab_start_id(f.vocabulary)}
             for name, f in task.output_features.items()},
     }
     with open(os.path.join(tmp, MANIFEST), "w") as f:

@@ -46,15 +46,18 @@ def example_indices(total: int, *, limit: int | None = None, shard_index: int = 
 
 def task_batches(cache_dir: str, task: str, split: str, lengths: Mapping[str, int],
                  batch_size: int, *, feature_converter: str = "enc_dec", task_id: int = 0,
-                 limit: int | None = None, shard_index: int = 0,
-                 num_shards: int = 1) -> Iterator[EvalBatch]:
+                 limit: int | None = None, shard_index: int = 0, num_shards: int = 1,
+                 start_id: int | None = None) -> Iterator[EvalBatch]:
   """Every example of `task/split` once, in cache order (this host's share), padded features.
 
   Features are exactly what training feeds the model for that example, unpacked: the post-cache
   ops (EOS), the trim to `lengths`, `task_ids`, then the chosen converter; for decoder-only
-  converters, `inputs + targets` concatenated to `inputs_length + targets_length`.
+  converters, `inputs + targets` concatenated to `inputs_length + targets_length`, starting
+  from `start_id` (None: the task's, from its cache manifest, as training starts them).
   """
   feature_converters.check_converter(feature_converter)
+  if start_id is None:
+    start_id = pipeline.task_start_id(cache_dir, task, split)
   indices = example_indices(num_examples(cache_dir, task, split), limit=limit,
                             shard_index=shard_index, num_shards=num_shards)
   source = pipeline.task_source(cache_dir, task, split)
@@ -66,7 +69,7 @@ def task_batches(cache_dir: str, task: str, split: str, lengths: Mapping[str, in
     examples = [records.decode(source[int(i)]) for i in chunk]
     rows = [feature_converters.convert(
         feature_converters.pad_example(prepare(ex), feature_converter, lengths),
-        feature_converter, packed=False) for ex in examples]
+        feature_converter, packed=False, start_id=start_id) for ex in examples]
     blank = {k: np.zeros_like(v) for k, v in rows[0].items()}
     rows += [blank] * (batch_size - len(rows))
     features = {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -16,6 +16,13 @@ Padding is known by length, not by value: `pad_example` adds `targets_mask` (1 o
 and the unpacked converters read it, because id 0 is text in HF vocabularies (Llama 3's and
 Qwen2's "!"). Without a mask (SeqIO's own contract: pad id 0 is never a token) they fall back to
 `targets > 0`, which gives the same features for SeqIO's vocabularies.
+
+Start token. A decoder row begins with a start token (position 0, and each packed segment's
+first position): the targets shifted right. T5 starts from 0 (its pad, `BOS_ID`), and so do the
+decoder kinds for SeqIO's vocabularies, as SeqIO's converters do. A decoder pretrained with a BOS
+(Llama 3 `<|begin_of_text|>`, Gemma `<bos>`) must see that BOS first, not id 0 (text in their
+vocabularies), so `decoder_only` / `prefix_lm` take `start_id`: the task vocabulary's
+(`cache.vocab_start_id`, recorded in each cache manifest). `enc_dec` always starts from 0.
 """
 
 from __future__ import annotations
@@ -24,18 +31,19 @@ from typing import Mapping
 
 import numpy as np
 
-BOS_ID = 0  # T5 starts decoding from the pad id
+BOS_ID = 0  # T5 starts decoding from the pad id; the default start of every row
 CONVERTERS = ("enc_dec", "decoder_only", "prefix_lm")
 
 
-def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None = None) -> np.ndarray:
-  """Shifts targets right by one; each packed segment starts again from BOS."""
-  shifted = np.concatenate([np.full(targets.shape[:-1] + (1,), BOS_ID, targets.dtype),
+def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None = None,
+                          start_id: int = BOS_ID) -> np.ndarray:
+  """Shifts targets right by one; each packed segment starts again from `start_id`."""
+  shifted = np.concatenate([np.full(targets.shape[:-1] + (1,), start_id, targets.dtype),
                             targets[..., :-1]], axis=-1)
   if segment_ids is not None:
     prev = np.concatenate([np.zeros(segment_ids.shape[:-1] + (1,), segment_ids.dtype),
                            segment_ids[..., :-1]], axis=-1)
-    shifted = np.where(segment_ids == prev, shifted, BOS_ID).astype(targets.dtype)
+    shifted = np.where(segment_ids == prev, shifted, start_id).astype(targets.dtype)
   return shifted
 
 
@@ -85,13 +93,15 @@ def concat_for_prefix_lm(example: Mapping[str, np.ndarray]) -> dict[str, np.ndar
   return out
 
 
-def decoder_only(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.ndarray]:
-  """Targets-only language modelling (`seqio.LMFeatureConverter`): loss on every token."""
+def decoder_only(example: Mapping[str, np.ndarray], packed: bool,
+                 start_id: int = BOS_ID) -> dict[str, np.ndarray]:
+  """Targets-only language modelling (`seqio.LMFeatureConverter`): loss on every token.
+  `start_id`: the token each row (each packed segment) starts from (see the module doc)."""
   targets = np.asarray(example["targets"], np.int32)
   seg = np.asarray(example["targets_segment_ids"], np.int32) if packed else None
   out = {
       "decoder_target_tokens": targets,
-      "decoder_input_tokens": autoregressive_inputs(targets, seg),
+      "decoder_input_tokens": autoregressive_inputs(targets, seg, start_id),
       "decoder_loss_weights": (_real_tokens(example, targets) if seg is None
                                else (seg > 0)).astype(np.int32),
   }
@@ -104,13 +114,13 @@ def decoder_only(example: Mapping[str, np.ndarray], packed: bool) -> dict[str, n
 
 
 def prefix_lm(example: Mapping[str, np.ndarray], packed: bool,
-              loss_on_targets_only: bool = True) -> dict[str, np.ndarray]:
+              loss_on_targets_only: bool = True, start_id: int = BOS_ID) -> dict[str, np.ndarray]:
   """Prefix LM (`seqio.PrefixLMFeatureConverter`) from a `concat_for_prefix_lm` example.
 
   `decoder_causal_attention` marks the bidirectional part: the inputs plus one position, where
   the last input token is read and the first target is predicted.
   """
-  out = decoder_only(example, packed)
+  out = decoder_only(example, packed, start_id)
   is_input = np.asarray(example["inputs_mask"], np.int32)
   if packed:
     seg = out["decoder_segment_ids"]
@@ -161,11 +171,13 @@ def pad_example(example: Mapping[str, np.ndarray], kind: str,
   return out
 
 
-def convert(example: Mapping[str, np.ndarray], kind: str, packed: bool) -> dict[str, np.ndarray]:
-  """Model features of one padded or packed row for the chosen converter."""
+def convert(example: Mapping[str, np.ndarray], kind: str, packed: bool,
+            start_id: int = BOS_ID) -> dict[str, np.ndarray]:
+  """Model features of one padded or packed row for the chosen converter. `start_id` starts
+  decoder rows (`decoder_only`, `prefix_lm`); `enc_dec` starts from 0 as T5 does."""
   if check_converter(kind) == "enc_dec":
     return enc_dec(example, packed=packed)
-  out = prefix_lm(example, packed=packed)
+  out = prefix_lm(example, packed=packed, start_id=start_id)
   if kind == "decoder_only":
     del out["decoder_causal_attention"]
   return out

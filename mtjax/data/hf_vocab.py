@@ -221,6 +221,7 @@ class HFVocabulary:
           self._tokenizer.token_to_id(model["unk_token"]) if model.get("unk_token") else None)
       ids["unk"] = unk if isinstance(unk, int) and 0 <= unk < self._size else None
     hf_eos = ids["eos"]
+    self._hf_eos = hf_eos  # the tokenizer's own EOS (a `with_eos` override aside): `start_id`
     if self._eos_override is not None:
       ids["eos"] = self._id_of(self._eos_override, "eos")
     if ids["eos"] is None:
@@ -304,6 +305,26 @@ class HFVocabulary:
     tokenizer's, except `eos`, which is this vocabulary's EOS (a `with_eos` override included).
     `pad` is the tokenizer's pad token, which may differ from `pad_id` (SeqIO's padding)."""
     return dict(self._ids)
+
+  @property
+  def start_id(self) -> int:
+    """The token a decoder row starts from (`feature_converters.autoregressive_inputs`): what
+    the model was pretrained to read first. Its BOS when the tokenizer has one (Llama 3
+    `<|begin_of_text|>`, Gemma `<bos>`). Without one (Qwen2), the BOS id the model's configs
+    name, which is what HF `generate` starts from on an empty prompt (Qwen2: `<|endoftext|>`),
+    then the tokenizer's pad (Qwen2: `<|endoftext|>` too), then its own EOS: the document
+    separator such models were pretrained on, so a row begins as a new document does (the GPT-2
+    convention). Never id 0 by default: in byte-level BPEs (Llama 3, Qwen2) 0 is the text "!".
+    A T5 tokenizer gets its pad 0 this way, T5's decoder start."""
+    if self._ids["bos"] is not None:
+      return self._ids["bos"]
+    for name in ("generation_config.json", "config.json"):
+      configured = _first_id(self._json(name).get("bos_token_id"))
+      if configured is not None and 0 <= configured < self._size:
+        return configured
+    if self._ids["pad"] is not None:
+      return self._ids["pad"]
+    return self._hf_eos if self._hf_eos is not None else self._ids["eos"]
 
   @property
   def stop_ids(self) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
+from mtjax import errors
 from mtjax.data import cache, feature_converters, mixing, packing, records
 
 TOKEN_FEATURES = ("inputs", "targets")
@@ -54,6 +55,9 @@ class PipelineOptions:
   # w, w + N, ... and Grain interleaves them back in order, so batches do not change. A
   # checkpoint restores only with the same worker count and number of processes.
   worker_count: int = 0
+  # The token decoder rows (decoder_only / prefix_lm) start from; None: the tasks' caches say
+  # (`start_id`: the tokenizer's BOS for an HF vocabulary, 0 for SeqIO's). enc_dec starts at 0.
+  start_id: int | None = None
 
 
 def require_manifest(cache_dir: str, task: str, split: str) -> dict:
@@ -68,6 +72,28 @@ def require_manifest(cache_dir: str, task: str, split: str) -> dict:
     raise FileNotFoundError(f"no cache for task {task!r} split {split!r} under {cache_dir}; run "
                             f"`mtjax cache`.{hint}")
   return manifest
+
+
+def task_start_id(cache_dir: str, task: str, split: str) -> int:
+  """The start token of a task's decoder rows, as its cache manifest records it (a manifest
+  written before mtjax recorded it: 0, which is what those caches' SeqIO vocabularies use)."""
+  features = require_manifest(cache_dir, task, split).get("output_features") or {}
+  feature = features.get("targets") or next(iter(features.values()), {})
+  return int(feature.get("start_id", feature_converters.BOS_ID))
+
+
+def start_id(cache_dir: str, task_names, split: str) -> int:
+  """The one start token of a run's decoder rows. The model reads every task's rows, and it was
+  pretrained with one start token (its tokenizer's), so tasks that disagree (different
+  tokenizers) are a configuration error, not something to average over."""
+  starts = {t: task_start_id(cache_dir, t, split) for t in task_names}
+  if len(set(starts.values())) > 1:
+    listed = ", ".join(f"{t}: {s}" for t, s in starts.items())
+    raise errors.ConfigError(
+        f"the mixture's tasks start decoder rows from different tokens ({listed}): their "
+        "vocabularies differ", hint="give every task the model's tokenizer (data.tokenizer or "
+        "model.hf_checkpoint's)")
+  return next(iter(starts.values()), feature_converters.BOS_ID)
 
 
 def task_source(cache_dir: str, task: str, split: str) -> grain.sources.ArrayRecordDataSource:
@@ -523,6 +549,9 @@ def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None
              batch_slice: slice | None = None) -> grain.IterDataset:
   """The batch stream; with `batch_slice`, only those batches (others are skipped unread)."""
   kind = options.feature_converter
+  if options.start_id is None and feature_converters.concatenates(kind):
+    options = dataclasses.replace(options, start_id=start_id(cache_dir, spec.task_names, split))
+  start = feature_converters.BOS_ID if options.start_id is None else options.start_id
   model = feature_converters.model_lengths(kind, options.lengths)
   if options.pack and options.packer == "window":
     return _convert_and_batch(
@@ -533,7 +562,8 @@ def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None
     lengths = dict(options.lengths)
     ds = global_examples(spec, cache_dir, options, split, weights).map(
         lambda ex: feature_converters.convert(
-            feature_converters.pad_example(ex, kind, lengths), kind, packed=False))
+            feature_converters.pad_example(ex, kind, lengths), kind, packed=False,
+            start_id=start))
     # Global batch b's slots of host h are the global examples' group b * num_shards + h.
     ds = ds.batch(options.batch_size, drop_remainder=True)
     ds = ds[options.shard_index::options.num_shards][batch_slice]
@@ -569,7 +599,8 @@ def _batches(spec, cache_dir, options: PipelineOptions, split: str, weights=None
 
 def _convert_and_batch(ds: grain.IterDataset, options: PipelineOptions) -> grain.IterDataset:
   packed, kind = options.pack, options.feature_converter
-  ds = ds.map(lambda ex: feature_converters.convert(ex, kind, packed=packed))
+  start = feature_converters.BOS_ID if options.start_id is None else options.start_id
+  ds = ds.map(lambda ex: feature_converters.convert(ex, kind, packed=packed, start_id=start))
   return ds.batch(options.batch_size, drop_remainder=True)
 
 

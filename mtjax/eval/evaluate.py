@@ -218,8 +218,10 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
   prepared = _prepared(examples, cache_dir, task_name, split, lengths)
   inputs = [np.asarray(p["inputs"], np.int32) for p in prepared]
   run = functools.partial(batching.map_batches, batch_size=batch_size, mesh=mesh, rules=rules)
+  # Decoder rows and prompts start where training started them (the tokenizer's BOS, else 0).
+  start_id = pipeline.task_start_id(cache_dir, task_name, split)
   score = functools.partial(scoring.score_pairs, graphdef, params, lengths=lengths, family=family,
-                            batch_size=batch_size, mesh=mesh, rules=rules)
+                            batch_size=batch_size, mesh=mesh, rules=rules, start_id=start_id)
   # The task's vocabulary fixes EOS and its targets length the decode length.
   decode = dataclasses.replace(decode or generate.DecodeOptions(), max_length=targets_length,
                                eos_id=int(vocab.eos_id))
@@ -233,12 +235,13 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
     predicted_ids, beam_scores = run(
         lambda b: generate.generate(graphdef, params, b, jax.random.fold_in(rng, next(counter)),
                                     options=decode),
-        generate.prompt_batch(family, tokens, [min(len(x), inputs_length) for x in inputs]))
+        generate.prompt_batch(family, tokens, [min(len(x), inputs_length) for x in inputs],
+                              start_id=start_id))
     predictions = postprocessed_predictions(task, examples, predicted_ids)
     if kind.PREDICTION_WITH_AUX in kinds:
       aux = {"scores": beam_scores if decode.method == "beam" else _sequence_scores(
           graphdef, params, inputs, predicted_ids, decode.eos_id, lengths=lengths, family=family,
-          batch_size=batch_size, mesh=mesh, rules=rules)}
+          batch_size=batch_size, mesh=mesh, rules=rules, start_id=start_id)}
 
   if kind.SCORE in kinds or "is_correct" in examples[0]:
     target_scores = score([(x, p["targets"]) for x, p in zip(inputs, prepared)])

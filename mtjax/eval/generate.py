@@ -77,13 +77,14 @@ class _RecomputeT5:
     return jnp.take_along_axis(logits, cache["position"][:, None, None], axis=1)[:, 0]
 
 
-def prompt_batch(family: str, tokens, lengths=None):
+def prompt_batch(family: str, tokens, lengths=None, start_id: int = BOS_ID):
   """Generation inputs from padded prompts `[B, P]`: encoder tokens (enc-dec), or right-padded
   decoder prompts plus their lengths (decoder-only, prefix-LM).
 
-  Decoder prompts start with BOS and (prefix-LM) attend bidirectionally, exactly as the inputs
-  part of a training row does (`feature_converters.prefix_lm`: the targets shifted right), so
-  the first decoded token is the one the trained model predicts after the inputs. `lengths`:
+  Decoder prompts start with `start_id` (the run's start token: an HF tokenizer's BOS, else 0;
+  `pipeline.start_id`) and (prefix-LM) attend bidirectionally, exactly as the inputs part of a
+  training row does (`feature_converters.prefix_lm`: the targets shifted right), so the first
+  decoded token is the one the trained model predicts after the inputs. `lengths`:
   each prompt's token count (else the count of non-zero ids, right only where id 0 is never
   text, as in SeqIO's vocabularies).
   """
@@ -92,7 +93,7 @@ def prompt_batch(family: str, tokens, lengths=None):
   tokens = np.asarray(tokens, np.int32)
   count = (tokens > 0).sum(-1) if lengths is None else np.asarray(lengths)
   lengths = count.astype(np.int32) + 1
-  tokens = np.concatenate([np.full((tokens.shape[0], 1), BOS_ID, np.int32), tokens], axis=1)
+  tokens = np.concatenate([np.full((tokens.shape[0], 1), start_id, np.int32), tokens], axis=1)
   batch = {"decoder_input_tokens": tokens, "decoder_prompt_lengths": lengths}
   if family == "prefix_lm":
     batch["decoder_causal_attention"] = (

@@ -47,18 +47,21 @@ def score_batch(graphdef, params, batch) -> dict[str, jax.Array]:
   return {"sum": lp.sum(-1), "length": (weights > 0).sum(-1)}
 
 
-def _enc_dec(inputs, targets, lengths):
+def _enc_dec(inputs, targets, lengths, start_id: int = feature_converters.BOS_ID):
+  del start_id  # T5's decoder starts from 0 whatever the vocabulary
   return feature_converters.enc_dec(feature_converters.pad_example(
       {"inputs": inputs, "targets": targets}, "enc_dec", lengths), packed=False)
 
 
-def _prefix_lm(inputs, targets, lengths, causal_prefix: bool = False):
+def _prefix_lm(inputs, targets, lengths, causal_prefix: bool = False,
+               start_id: int = feature_converters.BOS_ID):
   inputs = np.asarray(inputs, np.int32)[:lengths["inputs"]]
   targets = np.asarray(targets, np.int32)[:lengths["targets"]]
   joined = feature_converters.pad_example(
       feature_converters.concat_for_prefix_lm({"inputs": inputs, "targets": targets}),
       "prefix_lm", lengths)  # (marks padding by length: id 0 may be text)
-  out = feature_converters.prefix_lm(joined, packed=False, loss_on_targets_only=True)
+  out = feature_converters.prefix_lm(joined, packed=False, loss_on_targets_only=True,
+                                    start_id=start_id)
   if causal_prefix:  # a plain decoder-only model: causal attention over the prompt too
     del out["decoder_causal_attention"]
   return out
@@ -74,21 +77,24 @@ FEATURES = {
 
 
 def pair_features(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], lengths: Mapping[str, int],
-                  family: str = "enc_dec") -> dict[str, np.ndarray]:
-  """Stacked model features of (input tokens, target tokens) pairs, truncated to `lengths`."""
+                  family: str = "enc_dec",
+                  start_id: int = feature_converters.BOS_ID) -> dict[str, np.ndarray]:
+  """Stacked model features of (input tokens, target tokens) pairs, truncated to `lengths`;
+  decoder rows start from `start_id`, as the task's training rows do (`pipeline.start_id`)."""
   if family not in FEATURES:
     raise ValueError(f"unknown model family {family!r} for scoring; known: {sorted(FEATURES)}")
-  rows = [FEATURES[family](np.asarray(i, np.int32), np.asarray(t, np.int32), lengths)
-          for i, t in pairs]
+  rows = [FEATURES[family](np.asarray(i, np.int32), np.asarray(t, np.int32), lengths,
+                           start_id=start_id) for i, t in pairs]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def score_pairs(graphdef, params, pairs, *, lengths, family: str = "enc_dec",
-                batch_size: int = 64, mesh=None, rules=None) -> dict[str, np.ndarray]:
-  """`{"sum", "length", "mean"}` per pair (numpy)."""
+                batch_size: int = 64, mesh=None, rules=None,
+                start_id: int = feature_converters.BOS_ID) -> dict[str, np.ndarray]:
+  """`{"sum", "length", "mean"}` per pair (numpy); `start_id` as in `pair_features`."""
   if not pairs:
     return {"sum": np.zeros(0), "length": np.zeros(0, np.int64), "mean": np.zeros(0)}
-  features = pair_features(pairs, lengths, family)
+  features = pair_features(pairs, lengths, family, start_id)
   out = batching.map_batches(functools.partial(score_batch, graphdef, params), features,
                              batch_size=batch_size, mesh=mesh, rules=rules)
   out["mean"] = out["sum"] / np.maximum(out["length"], 1)

@@ -268,7 +268,8 @@ def test_seqio_file_task_cached_with_the_tokenizer(dirs, refs, tmp_path):
     assert list(ex["inputs"]) == ref.encode(f"Is this true? {text}", add_special_tokens=False)
     assert ex["inputs_pretokenized"] == f"Is this true? {text}"
   assert first["output_features"]["targets"] == {
-      "add_eos": True, "eos_id": ref.eos_token_id, "pad_id": 0, "vocab_size": len(ref)}
+      "add_eos": True, "eos_id": ref.eos_token_id, "pad_id": 0, "vocab_size": len(ref),
+      "start_id": ref.bos_token_id}  # decoder rows start from BOS (test_start_token.py)
   # The post-cache EOS, as training reads it.
   prepared = pipeline.post_cache(examples[1], first["post_cache_ops"], first["output_features"],
                                  {"inputs": 64, "targets": 8})
