@@ -12,8 +12,9 @@ globals; transformers is not imported):
                        vocabulary=fmt.vocabulary, metric_fns=[...])
 
 - `inputs` = the conversation up to the assistant's turn, generation prompt included
-  (`add_generation_prompt=True`), BOS first when the template writes it (Llama 3, Gemma): what the
-  model reads at inference.
+  (`add_generation_prompt=True`), without the BOS the template writes first (Llama 3, Gemma):
+  the row's start token is that BOS already (`HFVocabulary.start_id`), so the model reads what
+  `apply_chat_template` gives it at inference.
 - `targets` = the answer as the template renders it (e.g. Llama 3 and Gemma `trim` it), without
   the end-of-turn marker. The marker (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`) is the task's
   EOS instead: `fmt.vocabulary` is the tokenizer with that EOS, so SeqIO's `add_eos` ends each
@@ -129,12 +130,14 @@ class ChatFormat:
   `vocabulary`: an `HFVocabulary` (or a tokenizer dir) with a chat template; `system`: a system
   message before each user turn (None: none; some templates, e.g. Qwen2's, add their default);
   `chat_template`: a Jinja template to use instead of the tokenizer's; `keep_bos`: keep the BOS
-  the template writes at the start of `inputs` (set False if the trainer feeds BOS itself);
+  the template writes at the start of `inputs` (default: dropped, because mtjax starts every
+  decoder row with the tokenizer's BOS itself, `HFVocabulary.start_id`; kept, it would be there
+  twice);
   `template_kwargs`: more variables for the template (e.g. `date_string`).
   """
 
   def __init__(self, vocabulary, *, system: str | None = None, chat_template: str | None = None,
-               keep_bos: bool = True, template_kwargs: Mapping[str, Any] | None = None):
+               keep_bos: bool = False, template_kwargs: Mapping[str, Any] | None = None):
     from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
 
     if isinstance(vocabulary, str):

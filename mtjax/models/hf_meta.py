@@ -90,9 +90,12 @@ def _vocab_facts(vocab, origin: str) -> dict:
   special = getattr(vocab, "special_ids", None)
   pad = special.get("pad") if isinstance(special, dict) else vocab.pad_id
   stops = [i for i in (_int(i) for i in getattr(vocab, "stop_ids", None) or ()) if i is not None]
+  from mtjax.data import cache  # pylint: disable=g-import-not-at-top
+
   return {"name": type(vocab).__name__, "eos_id": _int(vocab.eos_id), "pad_id": _int(pad),
           "bos_id": _int(getattr(vocab, "bos_id", None)), "stop_ids": stops,
-          "vocab_size": _int(vocab.vocab_size), "from": origin}
+          "start_id": cache.vocab_start_id(vocab), "vocab_size": _int(vocab.vocab_size),
+          "from": origin}
 
 
 def _int(value) -> int | None:
@@ -137,6 +140,7 @@ def _manifest_vocabulary(task_names, cache_dir: str) -> dict | None:
     if targets:
       return {"name": "", "eos_id": _int(targets.get("eos_id")),
               "pad_id": _int(targets.get("pad_id")), "bos_id": None, "stop_ids": [],
+              "start_id": int(targets.get("start_id", 0)),
               "vocab_size": _int(targets.get("vocab_size")), "from": "cache manifest"}
   return None
 
@@ -208,8 +212,9 @@ def settings(family: str, vocab: dict | None, source: dict, lengths: dict | None
   Ids come from the run's vocabulary, since they are what the weights learned; the source's ids
   only where the run's vocabulary is unknown (`vocab` None: a converted checkpoint). T5's
   decoder starts at `BOS_ID` (the pad), as mtjax's training and decoding do. A decoder's
-  `bos_token_id` is the vocabulary's BOS when it has one (what its tokenizer writes first), else
-  `BOS_ID`, the token mtjax's rows start from (`feature_converters.autoregressive_inputs`).
+  `bos_token_id` is the token mtjax's rows start from (`feature_converters.autoregressive_inputs`
+  with the vocabulary's `start_id`: an HF tokenizer's BOS, or Qwen2's `<|endoftext|>`; 0 for
+  SeqIO's vocabularies).
   """
   from mtjax.data.feature_converters import BOS_ID  # pylint: disable=g-import-not-at-top
 
@@ -225,7 +230,7 @@ def settings(family: str, vocab: dict | None, source: dict, lengths: dict | None
     if family == "t5":
       ids["decoder_start_token_id"] = BOS_ID
     else:
-      ids["bos_token_id"] = vocab["bos_id"] if vocab["bos_id"] is not None else BOS_ID
+      ids["bos_token_id"] = _start_id(vocab)
   config.update(ids)
   if family == "t5":
     if "n_positions" in src:
@@ -240,6 +245,15 @@ def settings(family: str, vocab: dict | None, source: dict, lengths: dict | None
     generation["max_length"] = 1 + lengths["targets"] + (
         lengths["inputs"] if family != "t5" else 0)
   return config, generation
+
+
+def _start_id(vocab: dict) -> int:
+  """The token a decoder row starts from (older metadata without `start_id`: its BOS, else 0)."""
+  from mtjax.data.feature_converters import BOS_ID  # pylint: disable=g-import-not-at-top
+
+  if vocab.get("start_id") is not None:
+    return int(vocab["start_id"])
+  return vocab["bos_id"] if vocab.get("bos_id") is not None else BOS_ID
 
 
 def _max_positions(src: dict, lengths: dict | None, model_cfg) -> int | None:
@@ -286,7 +300,7 @@ def collect(cfg, task_names, family: str, model_cfg=None, registered: bool = Tru
     log.warning("export metadata: the run's vocabulary is unknown (tasks not registered, no "
                 "cache manifest): mtjax's defaults (ByteVocabulary: eos 1, pad 0) are used")
     vocab = {"name": "ByteVocabulary", "eos_id": 1, "pad_id": 0, "bos_id": None, "stop_ids": [],
-             "vocab_size": None, "from": "default"}
+             "start_id": 0, "vocab_size": None, "from": "default"}
   source = _source(cfg.model.hf_checkpoint)
   contents = _tokenizer_contents(vocab_obj, tok_dir)
   lengths = {"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length}
@@ -295,7 +309,7 @@ def collect(cfg, task_names, family: str, model_cfg=None, registered: bool = Tru
 
   return {"format": FORMAT, "family": family, "feature_converter": cfg.data.feature_converter,
           # the token every training row (and mtjax's decoding) starts from
-          "start_token_id": BOS_ID, "vocabulary": vocab, "lengths": lengths,
+          "start_token_id": BOS_ID if family == "t5" else _start_id(vocab), "vocabulary": vocab, "lengths": lengths,
           "source": {"path": source["path"],
                      "generation_config": source["generation_config"] is not None},
           "tokenizer": {"files": sorted(contents)},

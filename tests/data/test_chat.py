@@ -63,13 +63,17 @@ def test_split_is_prompt_then_answer_then_end_of_turn(dirs, refs, family):
   ref = refs[family]
   inputs, targets = fmt.split(USER, ANSWER)
   messages = [{"role": "user", "content": USER}]
-  assert inputs == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  # The BOS the template writes is the row's start token (`start_id`), not part of `inputs`.
+  writes_bos = family in ("llama3", "llama3_instruct", "gemma")
+  bos = vocab.id_to_token(vocab.bos_id) if writes_bos else ""
+  assert bos + inputs == ref.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
   full = ref.apply_chat_template(messages + [{"role": "assistant", "content": ANSWER}],
                                  tokenize=False)
   end = END_OF_TURN[family]
   assert fmt.end_of_turn == end
-  assert full.startswith(inputs + targets + end)
-  assert full[len(inputs + targets + end):].strip() == ""  # only the newline before a next turn
+  assert full.startswith(bos + inputs + targets + end)
+  assert full[len(bos + inputs + targets + end):].strip() == ""  # only a next turn's newline
   # Llama 3 and Gemma trim the answer, Qwen2 keeps it as it is.
   assert targets == (ANSWER if family == "qwen2" else ANSWER.strip())
   # The task's vocabulary ends each answer with the end-of-turn marker, once.
@@ -79,12 +83,14 @@ def test_split_is_prompt_then_answer_then_end_of_turn(dirs, refs, family):
   tokens = task_vocab.encode(inputs) + task_vocab.encode(targets) + [task_vocab.eos_id]
   reference = _ids(ref.apply_chat_template(
       messages + [{"role": "assistant", "content": ANSWER}], tokenize=True))
-  assert tokens == reference[:len(tokens)]
-  assert task_vocab.decode(reference[len(task_vocab.encode(inputs)):]) == targets
-  if family in ("llama3", "llama3_instruct", "gemma"):  # the template writes BOS
-    assert tokens[0] == vocab.bos_id
-    no_bos = chat.ChatFormat(vocab, keep_bos=False).split(USER, ANSWER)[0]
-    assert task_vocab.encode(no_bos) == task_vocab.encode(inputs)[1:]
+  if writes_bos:  # the training row, start token first, is exactly the template's ids
+    assert [vocab.start_id] + tokens == reference[:len(tokens) + 1]
+  else:  # Qwen2 writes no BOS: the row starts from <|endoftext|>, then the template's ids
+    assert tokens == reference[:len(tokens)]
+  skip = len(task_vocab.encode(inputs)) + (1 if writes_bos else 0)
+  assert task_vocab.decode(reference[skip:]) == targets
+  kept = chat.ChatFormat(vocab, keep_bos=True).split(USER, ANSWER)[0]
+  assert kept == bos + inputs
 
 
 def test_system_prompt_and_template_errors(dirs, refs):
@@ -173,7 +179,8 @@ def test_file_task_with_chat_templates(dirs, refs, tmp_path):
     full = _ids(ref.apply_chat_template(
         [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
         tokenize=True))
-    tokens = list(ex["inputs"]) + list(ex["targets"]) + [fmt.vocabulary.eos_id]
+    tokens = [fmt.vocabulary.start_id] + list(ex["inputs"]) + list(ex["targets"]) + [
+        fmt.vocabulary.eos_id]  # the decoder row: start token (Gemma's BOS) first
     assert tokens == full[:len(tokens)]
     assert ex["targets_pretokenized"] == answer
     assert [c.decode() if isinstance(c, bytes) else c for c in ex["answer_choices"]] == [
