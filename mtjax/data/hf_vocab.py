@@ -33,12 +33,12 @@ SeqIO's contract, which this class keeps:
   or segment ids, never by `id == 0`.
 
 BOS. Llama and Gemma were pretrained with BOS first; Qwen2 and T5 have none. BOS is a fact of
-the model's input, not of the text, so `encode` never adds it. Chat templates write it
-(`{{ bos_token }}`), so the chat format (`mtjax.data.chat`) starts its inputs with BOS as
-transformers' `apply_chat_template` does. A plain task that wants it in a feature's ids asks for
-`vocab.with_bos()`, whose `encode` prepends BOS (for the `inputs` feature of a decoder task; used
-for both features, BOS would also start the targets). `bos_id` is public so a trainer can use it
-as the decoder's start token instead.
+the model's input, not of the text, so `encode` never adds it: `start_id` (the BOS; Qwen2's
+`<|endoftext|>`; T5's pad 0) is the token mtjax starts every decoder row and generation prompt
+from (the cache manifest records it; `feature_converters.autoregressive_inputs`). Chat templates
+write BOS too (`{{ bos_token }}`); the chat format (`mtjax.data.chat`) drops that copy, so the
+row is exactly `apply_chat_template`'s ids. `with_bos()` puts BOS into a feature's own ids
+(for a model fed some other way; with mtjax's start token it would appear twice).
 
 Copies and pickles carry the files' contents (not a path), so SeqIO's and Grain's workers and
 cloudpickled tasks rebuild the same tokenizer anywhere. `fingerprint` hashes what determines the
