@@ -25,6 +25,7 @@ _DEBUG = False  # set by main(): --debug or MTJAX_DEBUG=1
 COMMANDS = {
     "train": "train (or resume) a run from a config; evaluates every task at the end",
     "eval": "evaluate a checkpoint on each task of a mixture (decoding, scoring, metrics)",
+    "infer": "predict (and score answer choices) with a checkpoint for prompts in a file",
     "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
     "convert": "load a local Hugging Face checkpoint into an mtjax model directory",
     "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
@@ -152,13 +153,16 @@ def _cmd_train(argv):
                                       if "/" not in k}}))
 
 
-def _eval_option_parser(parser) -> None:
-  """One `--<field>` flag per EvalConfig field (tuples comma-separated), default: the config's."""
+def _eval_option_parser(parser, names=None) -> None:
+  """One `--<field>` flag per EvalConfig field (tuples comma-separated), default: the config's;
+  `names`: only those fields."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
 
   group = parser.add_argument_group("eval options (override the config's eval.*)")
   for f in dataclasses.fields(schema.EvalConfig):
+    if names is not None and f.name not in names:
+      continue
     default = f.default
     if isinstance(default, bool):
       kind = lambda v: v.lower() in ("1", "true", "yes")
@@ -204,6 +208,73 @@ def _cmd_eval(argv):
     run.evaluate_checkpoint(cfg, ref, args.output_dir)
   except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
     fail_on(e)
+
+
+# EvalConfig fields that mean something to `mtjax infer` (how to decode and score, batch size).
+INFER_EVAL_FIELDS = ("decode", "beam_size", "alpha", "temperature", "top_k", "top_p", "seed",
+                     "scoring", "batch_size")
+
+
+def _cmd_infer(argv):
+  parser = argparse.ArgumentParser(
+      prog="mtjax infer", description=COMMANDS["infer"], epilog=(
+          "Input: .txt (one prompt a line) or .jsonl (records with \"inputs\" and optional "
+          "\"answer_choices\"). Output: JSONL, each record with \"prediction\" (and, with "
+          "choices, \"scores\" and \"choice\"). Decode options as mtjax eval: --decode beam "
+          "--beam_size 4, or --set eval.decode=beam eval.beam_size=4."))
+  parser.add_argument("--checkpoint", required=True,
+                      help="a run dir (latest step), its checkpoints/ dir, a step dir, an mtjax "
+                           "model dir (mtjax convert) or a Hugging Face checkpoint dir")
+  parser.add_argument("--input", required=True, help=".txt or .jsonl prompts")
+  parser.add_argument("--output", required=True, help="JSONL predictions to write")
+  parser.add_argument("--tokenizer", default="",
+                      help="an HF tokenizer dir (default: the run's tasks' vocabulary, an HF "
+                           "dir's tokenizer.json)")
+  parser.add_argument("--task", default="",
+                      help="a task of the run: its vocabulary, features and postprocessor "
+                           "(default: the first task of the run's mixture, no postprocessor)")
+  parser.add_argument("--inputs_length", type=int, default=0,
+                      help="inputs are trimmed to it (default: the run's, else 512)")
+  parser.add_argument("--targets_length", type=int, default=0,
+                      help="decoded and scored length (default: the run's, else 128)")
+  parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="eval.KEY=VALUE",
+                      help="a decode option, e.g. eval.decode=beam "
+                           f"({', '.join(INFER_EVAL_FIELDS)})")
+  _eval_option_parser(parser, INFER_EVAL_FIELDS)
+  args = parser.parse_args(argv)
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+
+  options = {f: getattr(args, f) for f in INFER_EVAL_FIELDS if getattr(args, f) is not None}
+  for item in args.set:
+    key, sep, value = item.partition("=")
+    field = key[len("eval."):] if key.startswith("eval.") else ""
+    if not sep or field not in INFER_EVAL_FIELDS:
+      fail(f"--set {item}: mtjax infer takes eval.KEY=VALUE with KEY one of "
+           f"{', '.join(INFER_EVAL_FIELDS)}")
+    kind = type(getattr(schema.EvalConfig, field))  # int, float or str, as the --FIELD flag
+    try:
+      options[field] = kind(value)
+    except ValueError:
+      fail(f"--set {item}: {field} takes a {kind.__name__}")
+  from mtjax.eval import generate, infer  # pylint: disable=g-import-not-at-top
+
+  ev = schema.EvalConfig(**options)
+  try:
+    fs.check_usable(args.checkpoint, "--checkpoint")
+    decode = generate.DecodeOptions(method=ev.decode, beam_size=ev.beam_size, alpha=ev.alpha,
+                                    temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p)
+    records = infer.read_inputs(args.input)  # a bad input file fails before the model loads
+    model = infer.load(args.checkpoint, tokenizer=args.tokenizer, task=args.task,
+                       inputs_length=args.inputs_length, targets_length=args.targets_length)
+    rows = infer.predict_records(model, records, decode=decode, batch_size=ev.batch_size,
+                                 seed=ev.seed, scoring_mode=ev.scoring)
+    infer.write_rows(args.output, rows)
+  except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
+    fail_on(e)
+  print(json.dumps({"output": fs.abspath(args.output), "rows": len(rows), "decode": ev.decode,
+                    "lengths": model.lengths, "checkpoint": model.source}))
 
 
 def _cmd_cache(argv):
@@ -372,9 +443,9 @@ def main(argv: list[str] | None = None) -> None:
           "traceback.")
     return
   command, rest = argv[0], argv[1:]
-  handlers = {"train": _cmd_train, "eval": _cmd_eval, "cache": _cmd_cache,
-              "convert": _cmd_convert, "export": _cmd_export, "ablate": _cmd_ablate,
-              "promot": _cmd_promot}
+  handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,
+              "cache": _cmd_cache, "convert": _cmd_convert, "export": _cmd_export,
+              "ablate": _cmd_ablate, "promot": _cmd_promot}
   if command not in handlers:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   from mtjax import fs  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,404 @@
+"""`mtjax infer`: predictions (and rank-classification scores) for prompts in a file.
+
+`load(checkpoint)` gives an `InferenceModel`: the weights (a run dir, its `checkpoints/` dir, a
+step dir, an mtjax model dir from `mtjax convert`, or a Hugging Face dir), placed on a mesh over
+the local devices, with what decoding must share with training: the vocabulary, whether inputs
+end in EOS, the decoder start token, the targets' EOS, the lengths and the model family.
+`predict(model, texts, ...)` decodes each text (greedy / beam / sampling, as `mtjax eval`) and,
+given answer choices, scores every choice as rank classification does.
+
+The vocabulary, in order:
+  1. `tokenizer=` (an HF tokenizer dir), for any checkpoint;
+  2. a run: its tasks' own. The run's `data.modules` are imported with the run's default
+     vocabulary (`vocabularies.for_run`), exactly as training registered them, and the targets
+     vocabulary of `task=` (default: the first task of the run's mixture) is used, with its
+     features' `add_eos` and (only when `task=` is given) its postprocessor. This is the one rule
+     that is right for every run: a task may name its own vocabulary (T5's SentencePiece, SeqIO's
+     ByteVocabulary, an HF tokenizer), and the cache manifests record only its ids, not the
+     vocabulary itself;
+  3. an HF dir's `tokenizer.json`; an mtjax model dir's copy of its source's (`hf/tokenizer/`,
+     recorded by `mtjax convert`).
+The decoder start token is the vocabulary's (`cache.vocab_start_id`: an HF tokenizer's BOS,
+else 0), what the tasks' cache manifests record and training used; T5 always starts from 0.
+
+Everything goes through `mtjax.eval` (`generate`, `scoring`, `batching`), so a prediction is
+the one `mtjax eval` makes for the same text: a test holds them equal. Only `mtjax.models`,
+`mtjax.peft` and `mtjax.data` are read; nothing here imports the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mtjax import errors, fs
+from mtjax.data import cache, feature_converters
+from mtjax.eval import batching, generate, scoring
+from mtjax.parallel import mesh as mesh_lib
+from mtjax.parallel import rules as rules_lib
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LENGTHS = {"inputs": 512, "targets": 128}  # without a run's config.json
+
+
+@dataclasses.dataclass
+class InferenceModel:
+  """A model placed on a mesh, with everything a prediction must share with training."""
+
+  graphdef: Any
+  params: Any
+  vocab: Any  # SeqIO vocabulary (or `HFVocabulary`): encodes inputs, decodes predictions
+  family: str  # enc_dec | decoder_only | prefix_lm (how prompts become model features)
+  lengths: dict[str, int]  # {"inputs", "targets"}: inputs are trimmed, targets decoded to it
+  start_id: int = feature_converters.BOS_ID  # decoder rows' first token
+  inputs_eos: bool = True  # inputs end in EOS (SeqIO's `add_eos` of the inputs feature)
+  targets_eos: bool = True  # answer choices are scored with EOS, as targets were trained
+  postprocess: Callable[[str], Any] | None = None  # the task's postprocess_fn, if one is named
+  mesh: Any = None
+  rules: Any = rules_lib.DEFAULT_RULES
+  source: str = ""  # what was loaded, for messages
+
+  @property
+  def eos_id(self) -> int:
+    return int(self.vocab.eos_id)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _kind(path: str) -> str:
+  """model | run | hf: what a `--checkpoint` path holds."""
+  from mtjax.models import store  # pylint: disable=g-import-not-at-top
+
+  if not fs.isdir(path):
+    raise errors.MissingError(f"--checkpoint {path} does not exist")
+  if fs.exists(fs.join(path, store.MODEL_FILE)):
+    return "model"
+  name = os.path.basename(path.rstrip("/"))
+  if (fs.isdir(fs.join(path, "checkpoints")) or name == "checkpoints"
+      or (name.isdigit() and fs.isdir(fs.join(path, "params")))):
+    return "run"
+  config = fs.join(path, "config.json")
+  if fs.exists(config) and "model_type" in (fs.read_json(config) or {}):
+    return "hf"
+  raise errors.MissingError(
+      f"--checkpoint {path} holds no model: give a run directory written by mtjax train (or "
+      "its checkpoints/ or a step's directory), an mtjax model directory (mtjax convert) or a "
+      "Hugging Face checkpoint directory (config.json + *.safetensors)")
+
+
+def _run_dir(path: str) -> str:
+  from mtjax.models import store  # pylint: disable=g-import-not-at-top
+
+  return store.locate(path).run_dir
+
+
+def _run_config(run_dir: str):
+  from mtjax.config import schema  # pylint: disable=g-import-not-at-top
+
+  path = fs.join(run_dir, "config.json")
+  if not fs.exists(path):
+    raise errors.MissingError(f"{path} not found: the run's config names its tasks and lengths")
+  return schema.from_dict(fs.read_json(path))
+
+
+def _family(model, run_cfg=None) -> str:
+  from mtjax.models import registry, t5  # pylint: disable=g-import-not-at-top
+
+  if registry.family(model.cfg) is t5:
+    return "enc_dec"
+  if run_cfg is not None:
+    return run_cfg.data.feature_converter
+  return "decoder_only"
+
+
+def _place(model, mesh, rules):
+  """(graphdef, params): every parameter on its sharding from its logical axis names, as the
+  trainer creates them (replicated where a name maps to no mesh axis)."""
+  graphdef, state = nnx.split(model)
+
+  def put(variable):
+    names = rules_lib.axis_names(variable)
+    value = variable.get_value()
+    spec = (rules_lib.logical_to_spec(names, rules)
+            if names is not None and len(names) == np.ndim(value) else P())
+    return variable.replace(jax.device_put(value, NamedSharding(mesh, spec)))
+
+  state = jax.tree.map(put, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, state.to_pure_dict()
+
+
+def _import_run_modules(run_cfg) -> None:
+  """Registers the run's tasks as training did (its modules, under its default vocabulary)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from mtjax.data import vocabularies  # pylint: disable=g-import-not-at-top
+
+  if os.getcwd() not in sys.path:  # as `mtjax train`: a module next to where mtjax runs
+    sys.path.insert(0, os.getcwd())
+  with vocabularies.defaulting_to(vocabularies.for_run(run_cfg)):
+    for name in run_cfg.data.modules:
+      if name.startswith("mixtures."):  # the built-ins' old name (see loop.import_modules)
+        try:
+          if importlib.util.find_spec("mtjax." + name) is not None:
+            name = "mtjax." + name
+        except ImportError:
+          pass
+      try:
+        importlib.import_module(name)
+      except ImportError as e:
+        raise errors.ModuleError(
+            f"data.modules: cannot import {name!r}: {e}", hint="run from where the run's task "
+            "modules import, or give the vocabulary with --tokenizer") from e
+
+
+def _task_of(run_cfg, task: str):
+  """The SeqIO task whose vocabulary and features the run's inputs had."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  name = task or run_cfg.data.mixture
+  try:
+    found = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise errors.ConfigError(f"task {name!r} is not registered by the run's data.modules "
+                             f"{list(run_cfg.data.modules)}: {e}") from None
+  while isinstance(found, seqio.Mixture):  # a mixture: its first task
+    found = found.tasks[0]
+  return found
+
+
+def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length: int = 0,
+         targets_length: int = 0, mesh_shape: tuple[int, int, int] | None = None,
+         devices=None) -> InferenceModel:
+  """The model at `checkpoint` with its vocabulary and training's conventions (module doc).
+
+  `inputs_length` / `targets_length` (0: the run's `data.*_length`, else 512 / 128);
+  `mesh_shape` (data, fsdp, tensor) over `devices` (default: a run's `mesh`, else every local
+  device on the data axis)."""
+  from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
+  from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
+
+  path = fs.abspath(checkpoint)
+  kind = _kind(path)
+  run_cfg = _run_config(_run_dir(path)) if kind == "run" else None
+  lengths = dict(DEFAULT_LENGTHS)
+  if run_cfg is not None:
+    lengths = {"inputs": run_cfg.data.inputs_length, "targets": run_cfg.data.targets_length}
+  lengths["inputs"] = inputs_length or lengths["inputs"]
+  lengths["targets"] = targets_length or lengths["targets"]
+  if mesh_shape is None:
+    mesh_shape = ((run_cfg.mesh.data, run_cfg.mesh.fsdp, run_cfg.mesh.tensor)
+                  if run_cfg is not None else (-1, 1, 1))
+  devices = jax.local_devices() if devices is None else list(devices)
+  mesh = mesh_lib.make_mesh(*mesh_shape, devices=devices)
+  rules = rules_lib.DEFAULT_RULES
+
+  # The vocabulary and the features' conventions.
+  vocab, inputs_eos, targets_eos, postprocess, seqio_task = None, True, True, None, None
+  if tokenizer:
+    vocab = hf_vocab.HFVocabulary.from_dir(tokenizer)
+  elif kind == "run":
+    _import_run_modules(run_cfg)
+    seqio_task = _task_of(run_cfg, task)
+  elif kind == "hf":
+    if not hf_vocab.has_tokenizer(path):
+      raise errors.MissingError(f"{path} has no tokenizer.json", hint="give one with --tokenizer")
+    vocab = hf_vocab.HFVocabulary.from_dir(path)
+  else:
+    recorded = fs.join(path, "hf", "tokenizer")
+    if not hf_vocab.has_tokenizer(recorded):
+      raise errors.MissingError(f"model dir {path} records no tokenizer ({recorded})",
+                                hint="give the tokenizer with --tokenizer")
+    vocab = hf_vocab.HFVocabulary.from_dir(recorded)
+  if task and seqio_task is None:
+    if run_cfg is None:
+      raise errors.ConfigError("--task names a task of a run: give a run directory")
+    _import_run_modules(run_cfg)
+    seqio_task = _task_of(run_cfg, task)
+  if seqio_task is not None:
+    features = seqio_task.output_features
+    vocab = vocab or features["targets"].vocabulary
+    inputs_eos = bool(features["inputs"].add_eos) if "inputs" in features else False
+    targets_eos = bool(features["targets"].add_eos)
+    if task:
+      postprocess = functools.partial(seqio_task.postprocess_fn, example={}, is_target=False)
+
+  # The weights, placed on the mesh.
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    if kind == "hf":
+      model = hf.load(path, mesh=mesh, rules=rules)
+    else:
+      model = store.load_any(path)
+      if run_cfg is not None and run_cfg.model.prompt_length > 0:
+        _attach_prompt(model, path, run_cfg, task)
+    family = _family(model, run_cfg)
+    graphdef, params = _place(model, mesh, rules)
+  return InferenceModel(graphdef=graphdef, params=params, vocab=vocab, family=family,
+                        lengths=lengths, start_id=cache.vocab_start_id(vocab),
+                        inputs_eos=inputs_eos, targets_eos=targets_eos, postprocess=postprocess,
+                        mesh=mesh, rules=rules, source=path)
+
+
+def _attach_prompt(model, path: str, run_cfg, task: str) -> None:
+  """A soft-prompt run's prompt, as `mtjax eval` uses it: one shared prompt always; with
+  `model.prompt_tasks`, the row of `task` (none given, or a task without a row: no prompt)."""
+  from mtjax.peft import prompts  # pylint: disable=g-import-not-at-top
+
+  table, _ = prompts.load(path)
+  tasks = list(run_cfg.model.prompt_tasks)
+  row = 0 if not tasks else (tasks.index(task) if task in tasks else -1)
+  if row < 0:
+    log.warning("%s: the soft prompt has rows for %s; inferring without one (name a task with "
+                "--task to use its row)", path, tasks)
+    return
+  model.embed_hook = prompts.SoftPrompt(table[row:row + 1], run_cfg.model.prompt_placement)
+
+
+# --- predicting --------------------------------------------------------------------------------
+
+def encode_inputs(model: InferenceModel, text: str) -> np.ndarray:
+  """Input tokens as the task's cache had them: encoded, trimmed, EOS after the trim (SeqIO's
+  `append_eos_after_trim`) when the inputs feature adds one."""
+  ids = [int(t) for t in model.vocab.encode(text)]
+  length = model.lengths["inputs"]
+  ids = ids[:length - 1] + [model.eos_id] if model.inputs_eos else ids[:length]
+  return np.asarray(ids, np.int32)
+
+
+def _decode_text(model: InferenceModel, ids) -> Any:
+  text = model.vocab.decode([int(t) for t in ids])
+  return model.postprocess(text) if model.postprocess is not None else text
+
+
+def predict(model: InferenceModel, texts: Sequence[str], *,
+            answer_choices: Sequence[Sequence[str] | None] | None = None,
+            decode: generate.DecodeOptions | None = None, batch_size: int = 64, seed: int = 0,
+            scoring_mode: str = "sum", generate_text: bool = True) -> list[dict[str, Any]]:
+  """One row per text: `inputs`, `prediction` (decoded, postprocessed with a named task) and,
+  where `answer_choices[i]` is given, `scores` (`{choice, sum, mean}` per choice: the choice's
+  log-likelihood and its per-token mean) and `choice` (the best by `scoring_mode`).
+
+  `decode`'s method options count; its length and EOS are the model's (`targets` length, the
+  vocabulary's EOS). Batches are `batch_size` rows (rounded to the mesh's data parallelism),
+  sharded over the mesh; sampling uses `fold_in(key(seed), batch index)`, as `mtjax eval`."""
+  if scoring_mode not in scoring.MODES:
+    raise errors.ConfigError(f"scoring must be one of {scoring.MODES}, got {scoring_mode!r}")
+  texts = [str(t) for t in texts]
+  rows: list[dict[str, Any]] = [{"inputs": t} for t in texts]
+  if not texts:
+    return rows
+  inputs = [encode_inputs(model, t) for t in texts]
+  lengths = model.lengths
+  run = functools.partial(batching.map_batches, batch_size=batch_size, mesh=model.mesh,
+                          rules=model.rules)
+  with jax.set_mesh(model.mesh), nnx.logical_axis_rules(model.rules):
+    if generate_text:
+      options = dataclasses.replace(decode or generate.DecodeOptions(),
+                                    max_length=lengths["targets"], eos_id=model.eos_id)
+      tokens = np.stack([feature_converters.pad_to(x, lengths["inputs"]) for x in inputs])
+      rng, counter = jax.random.key(seed), iter(range(1 << 30))
+      predicted, _ = run(
+          lambda b: generate.generate(model.graphdef, model.params, b,
+                                      jax.random.fold_in(rng, next(counter)), options=options),
+          generate.prompt_batch(model.family, tokens,
+                                [min(len(x), lengths["inputs"]) for x in inputs],
+                                start_id=model.start_id))
+      for row, ids in zip(rows, predicted):
+        row["prediction"] = _decode_text(model, ids)
+    if answer_choices is not None and any(answer_choices):
+      _rank(model, rows, inputs, answer_choices, batch_size, scoring_mode)
+  return rows
+
+
+def _rank(model: InferenceModel, rows, inputs, answer_choices, batch_size: int,
+          mode: str) -> None:
+  """Rank classification (`scoring.choice_pairs` + `rank_answer_choices`, as `mtjax eval`)."""
+  if len(answer_choices) != len(rows):
+    raise errors.DataError(f"{len(answer_choices)} lists of answer choices for {len(rows)} "
+                           "inputs")
+  examples = [{"answer_choices": list(c or [])} for c in answer_choices]
+  pairs, owners, gold = scoring.choice_pairs(examples, inputs, model.vocab,
+                                             add_eos=model.targets_eos,
+                                             targets_length=model.lengths["targets"])
+  scores = scoring.score_pairs(model.graphdef, model.params, pairs, lengths=model.lengths,
+                               family=model.family, batch_size=batch_size, mesh=model.mesh,
+                               rules=model.rules, start_id=model.start_id)
+  ranked = scoring.rank_answer_choices(scores, owners, gold, mode)
+  for i, (row, choices) in enumerate(zip(rows, answer_choices)):
+    if not choices:
+      continue
+    mine = np.flatnonzero(owners == i)
+    row["scores"] = [{"choice": str(c), "sum": float(scores["sum"][j]),
+                      "mean": float(scores["mean"][j])} for c, j in zip(choices, mine)]
+    row["choice"] = str(choices[int(ranked["predicted"][i])])
+
+
+# --- files -------------------------------------------------------------------------------------
+
+def read_inputs(path: str) -> list[dict[str, Any]]:
+  """Records from `.txt` (one prompt a line: `{"inputs": line}`) or `.jsonl` (objects with an
+  `inputs` string and optional `answer_choices` list; other fields are passed through)."""
+  if not fs.exists(path):
+    raise errors.MissingError(f"--input {path} does not exist")
+  text = fs.read_text(path)
+  if not path.endswith(".jsonl"):
+    return [{"inputs": line} for line in text.splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise errors.DataError(f"{path} line {number}: not JSON ({e.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
+      raise errors.DataError(f"{path} line {number}: a record needs an \"inputs\" string")
+    choices = record.get("answer_choices")
+    if choices is not None and (not isinstance(choices, list)
+                                or not all(isinstance(c, str) for c in choices)):
+      raise errors.DataError(f"{path} line {number}: \"answer_choices\" must be a list of "
+                             "strings")
+    records.append(record)
+  return records
+
+
+def predict_records(model: InferenceModel, records: Sequence[Mapping[str, Any]],
+                    **predict_kwargs) -> list[dict[str, Any]]:
+  """`predict` over `read_inputs` records: each record's fields plus `prediction`, and `scores`
+  / `choice` where it has answer choices."""
+  choices = [r.get("answer_choices") for r in records]
+  rows = predict(model, [r["inputs"] for r in records],
+                 answer_choices=choices if any(choices) else None, **predict_kwargs)
+  return [{**record, **row} for record, row in zip(records, rows)]
+
+
+def write_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+  """JSONL, one row a line (UTF-8 text as it is)."""
+  parent = os.path.dirname(fs.abspath(path))
+  if parent:
+    fs.makedirs(parent)
+  fs.write_text(path, "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows))
+
+
+def infer_file(model: InferenceModel, input_path: str, output_path: str,
+               **predict_kwargs) -> int:
+  """`read_inputs` -> `predict_records` -> `write_rows`; returns the row count."""
+  rows = predict_records(model, read_inputs(input_path), **predict_kwargs)
+  write_rows(output_path, rows)
+  return len(rows)
+
+
+def _jsonable(x: Mapping[str, Any]):
+  return json.loads(json.dumps(x, default=str))
