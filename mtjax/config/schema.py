@@ -108,6 +108,15 @@ class TrainConfig:
   # a soft prompt to start from (a prompt directory from mtjax.peft.prompts.save, or a run /
   # step dir holding one), applied after init_from; ignored when resuming
   init_prompt_from: str = ""
+  # "START:END": a jax.profiler trace of steps START..END (1-based, as metrics rows number them)
+  # in <run_dir>/profile, for TensorBoard's profile plugin / XProf (mtjax.train.profiler)
+  profile_steps: str = ""
+  # metrics destinations besides metrics.jsonl and TensorBoard (mtjax.train.trackers): "wandb"
+  # (pip install 'mtjax[wandb]'), or "module:name" for a tracker of your own
+  trackers: tuple[str, ...] = ()
+  wandb_project: str = "mtjax"
+  wandb_entity: str = ""  # W&B team or user ("" = the API key's default)
+  wandb_name: str = ""  # the W&B run's display name ("" = the run dir's name)
 
 
 @gin.configurable

@@ -40,8 +40,10 @@ from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import flops as flops_lib
 from mtjax.train import metrics as metrics_lib
 from mtjax.train import optimizers
+from mtjax.train import profiler as profiler_lib
 from mtjax.train import runlock
 from mtjax.train import step as step_lib
+from mtjax.train import trackers as trackers_lib
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +325,8 @@ def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax
   """
   t_start = time.perf_counter()
   storage.check(cfg)  # a bad bucket is one line now, not a traceback after compiling
+  profiler_lib.parse(cfg.train.profile_steps)  # and a bad profile window or tracker
+  trackers_lib.check(cfg.train.trackers)
   distributed.initialize()
   lock = hold_run_dir(cfg.run_dir, command)
   try:
@@ -364,7 +368,7 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
       keep=cfg.train.keep_checkpoints, best_metric=cfg.train.best_metric,
       best_mode=cfg.train.best_mode)
   try:
-    params, opt_state, start = _start_state(setup, checkpointer, data)
+    params, opt_state, start, saved_meta = _start_state(setup, checkpointer, data)
     _save_config(cfg, setup)  # only once the run dir's checkpoints accept this config
   except BaseException:
     checkpointer.close()
@@ -380,8 +384,20 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
           focal_gamma=cfg.train.focal_gamma, logits_chunk=cfg.train.logits_chunk))
   eval_step = step_lib.make_eval_step(setup.graphdef, num_tasks=num_tasks)
   eval_batches = _eval_batches(setup) if cfg.eval.loss_every > 0 else None
-  writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start,
-                                    enabled=jax.process_index() == 0)
+  try:  # a tracker that cannot start (W&B refusing a key) must not leave saves unfinished
+    writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start,
+                                      enabled=jax.process_index() == 0,
+                                      trackers=cfg.train.trackers, config=schema.to_dict(cfg))
+  except BaseException:
+    checkpointer.close()
+    raise
+  seen = metrics_lib.Seen(setup.spec.task_names, (saved_meta or {}).get("seen"))
+  if start and "seen" not in (saved_meta or {}):
+    log.warning("the checkpoint of step %d has no seen/* counts (an older mtjax): they count "
+                "from this resume on", start)
+  learning_rate = metrics_lib.learning_rate(cfg.optimizer, cfg.train.steps)
+  profile = profiler_lib.StepProfiler(cfg.train.profile_steps, cfg.run_dir, first_step=start + 1,
+                                      enabled=jax.process_index() == 0)
   meta = {"mixture": cfg.data.mixture, "tasks": list(setup.spec.task_names),
           "config": schema.to_dict(cfg)}
   perf = _Perf(setup)
@@ -401,18 +417,22 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
   try:
     with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train.steps):
+        profile.before(step + 1)
         if fault_kind == "nan" and step + 1 == fault_step:
           params = jax.tree.map(lambda x: x * float("nan"), params)
         batch = arrays.global_batch(local_batch(setup, next(data)), setup.mesh, setup.rules)
+        seen.add(batch)
         params, opt_state, m = step_fn(params, opt_state, batch, step)
         done = step + 1
+        profile.after(done, params, m)
         bad = track(bad, m, done)
         sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
         final = done == cfg.train.steps
         if done % cfg.train.log_every == 0 or final or stop["signal"]:
           _check_finite(int(bad), checkpointer.directory)
           last = _log(writer, bar, jax.device_get(sums), done, done - window_start,
-                      time.perf_counter() - t0, setup.spec.task_names, perf)
+                      time.perf_counter() - t0, setup.spec.task_names, perf,
+                      {"learning_rate": learning_rate(done), **seen.row()})
           sums, window_start, t0 = None, done, time.perf_counter()
         if eval_batches and (done % cfg.eval.loss_every == 0 or final):
           last_eval = eval_loss(setup, params, eval_batches, eval_step)
@@ -423,6 +443,7 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
         if full_eval:
           _check_finite(int(bad), checkpointer.directory)
           results = evaluate(setup, params, step=done)
+          writer.write_eval(done, results)  # its samples; its metrics to other trackers
           final_results = results if final else None
           last_eval = {**last_eval, **eval_lib.flat_metrics(results)}
           t0 = time.perf_counter()
@@ -434,7 +455,8 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           if lock is not None:
             lock.check()  # another writer took the run dir over (a gs:// lock gone stale)
-          checkpointer.save(done, params, opt_state, data, dict(meta, step=done),
+          checkpointer.save(done, params, opt_state, data,
+                            dict(meta, step=done, seen=seen.state()),
                             metrics={**last, **last_eval})
           writer.sync()  # a remote run dir gets its logs up to the saved step
         bar.update(1)
@@ -442,27 +464,35 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
           log.warning("%s: saved a checkpoint at step %d in %s; exiting", stop["signal"], done,
                       checkpointer.directory)
           break
+  except BaseException:
+    writer.close()  # (the normal path closes it after the final evaluation, which it logs)
+    raise
   finally:
+    profile.close()  # a window past the last step ends here
     _restore_sigterm(previous)
     bar.close()
     checkpointer.close()  # waits for in-flight async saves (all of finite states)
+  try:
+    log.info("trained %d steps in %.1fs (setup and compilation included)", done - start,
+             time.perf_counter() - t_start)
+    summary = {"run_dir": cfg.run_dir, "steps": done, "resumed_from": start,
+               "final_metrics": last, "preempted": bool(stop["signal"])}
+    if last_eval:
+      summary["eval_loss"] = last_eval
+    if cfg.eval.at_end and not stop["signal"]:
+      t_eval = time.perf_counter()
+      summary["eval"] = final_results
+      if final_results is None:
+        summary["eval"] = evaluate(setup, params)
+        writer.write_eval(cfg.train.steps, summary["eval"])
+      log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
+  finally:
     writer.close()
-  log.info("trained %d steps in %.1fs (setup and compilation included)", done - start,
-           time.perf_counter() - t_start)
-  summary = {"run_dir": cfg.run_dir, "steps": done, "resumed_from": start,
-             "final_metrics": last, "preempted": bool(stop["signal"])}
-  if last_eval:
-    summary["eval_loss"] = last_eval
-  if cfg.eval.at_end and not stop["signal"]:
-    t_eval = time.perf_counter()
-    summary["eval"] = (final_results if final_results is not None
-                       else evaluate(setup, params))
-    log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   return summary
 
 
 def _start_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, data):
-  """(params, opt_state, first step): the newest good checkpoint of the run dir (its config
+  """(params, opt_state, first step, its checkpoint's metadata or None): the newest good checkpoint of the run dir (its config
   checked first: Checkpointer.resume), else the fresh init plus `train.init_from` /
   `train.init_prompt_from`."""
   cfg = setup.cfg
@@ -472,14 +502,14 @@ def _start_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, data):
     _, params, opt_state, saved_meta = restored
     start = int(saved_meta["step"])
     log.info("resumed %s from step %d", cfg.run_dir, start)
-    return params, opt_state, start
+    return params, opt_state, start, saved_meta
   if cfg.train.init_from:
     params = init_from(setup, params, cfg.train.init_from)
   if cfg.train.init_prompt_from:
     with jax.set_mesh(setup.mesh):
       params = prompts.merge(params, cfg.train.init_prompt_from)
     log.info("soft prompt from %s", cfg.train.init_prompt_from)
-  return params, opt_state, 0
+  return params, opt_state, 0, None
 
 
 def _catch_sigterm(stop: dict):
@@ -509,8 +539,10 @@ class _Perf:
     return flops_lib.mfu(self.flops, steps_per_s, self.devices, self.peak)
 
 
-def _log(writer, bar, sums, step, num_steps, elapsed, task_names, perf: _Perf) -> dict:
-  """Writes one metrics row for the steps since the last log."""
+def _log(writer, bar, sums, step, num_steps, elapsed, task_names, perf: _Perf,
+         extra: dict) -> dict:
+  """Writes one metrics row for the steps since the last log (`extra`: the learning rate and the
+  cumulative `seen/*` counts)."""
   row = metrics_lib.summarize(sums, task_names)
   row["grad_norm"] = float(sums["grad_norm"]) / num_steps  # mean over the window
   row["steps_per_s"] = num_steps / max(elapsed, 1e-9)
@@ -518,6 +550,7 @@ def _log(writer, bar, sums, step, num_steps, elapsed, task_names, perf: _Perf) -
   mfu = perf.mfu(row["steps_per_s"])
   if mfu is not None:
     row["mfu"] = mfu
+  row.update(extra)
   writer.write(step, row)
   postfix = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
              "tok_s": f"{row['target_tokens_per_s']:.0f}"}
