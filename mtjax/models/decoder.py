@@ -66,7 +66,7 @@ class DecoderConfig:
   scan_layers: bool = False  # one stacked block (leading `layers` axis) under `jax.lax.scan`
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  attention: str = "auto"  # auto | xla | cudnn (layers.attention_implementation)
+  attention: str = "auto"  # auto | xla | cudnn | pallas (layers.attention_implementation)
   lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("query", "value")
@@ -179,7 +179,8 @@ class Attention(nnx.Module):
       write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, 0))
       k, v = write(k_cache, k.astype(k_cache.dtype), index), write(v_cache, v.astype(v_cache.dtype),
                                                                    index)
-    # mask None: plain causal attention over unpacked rows (the fast path; see `hidden`).
+    # `mask`: a layers.Mask in training and scoring (plain causal when nothing is packed or
+    # prefix-LM: cuDNN's fast path; see `hidden`), a dense array against the KV cache.
     y = layers.attention(q, k.astype(dt), v.astype(dt), mask=mask, causal=mask is None,
                          scale=self.cfg.head_dim ** -0.5, implementation=self.cfg.attention)
     out = lora.project(self, "out", y, jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)))
@@ -349,8 +350,10 @@ class Decoder(nnx.Module):
     if extra and causal_attention is not None:
       causal_attention = self._hook_insert(causal_attention, 1, extra, prompt_ids)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
-    mask = (None if segment_ids is None and causal_attention is None
-            else make_mask(x.shape[1], segment_ids, causal_attention))
+    # Described, not built: layers.attention makes the dense mask (the same as `make_mask`) only
+    # for the kernels that need one.
+    mask = layers.Mask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                       prefix=causal_attention, causal=True)
     x, _ = self._blocks(x, positions, mask, rng=rng)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
     if extra:

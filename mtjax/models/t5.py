@@ -56,6 +56,7 @@ class T5Config:
   scan_layers: bool = False  # each stack as one block with a leading `layers` axis, lax.scan
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  attention: str = "auto"  # auto | xla | cudnn | pallas (layers.attention_implementation)
   lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("query", "value")
@@ -68,6 +69,9 @@ class T5Config:
     if self.remat not in layers.REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {sorted(layers.REMAT_POLICIES)}, "
                        f"got {self.remat!r}")
+    if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, "
+                       f"got {self.attention!r}")
 
 
 PRESETS: dict[str, T5Config] = {
@@ -187,7 +191,8 @@ class Attention(nnx.Module):
     q = lora.project(self, "query", x_q,
                      jnp.einsum("btd,dnh->btnh", x_q, self.query[...].astype(dt)))
     q = constrain(q, ("batch", "length", "heads", "kv"))
-    y = layers.attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+    y = layers.attention(q, k, v, bias=bias, mask=mask, scale=1.0,
+                         implementation=self.cfg.attention)
     return lora.project(self, "out", y, jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)))
 
   def __call__(self, x_q, x_kv, *, bias=None, mask=None):
@@ -258,10 +263,6 @@ class Block(nnx.Module):
     return x + self.mlp(self.mlp_norm(x)), (k, v)
 
 
-def _same_segment(q_seg, k_seg):
-  return (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # [B, 1, T, S]
-
-
 class T5(nnx.Module):
   """Encoder-decoder. `__call__(batch)` takes the features of mtjax.data.feature_converters."""
 
@@ -301,7 +302,8 @@ class T5(nnx.Module):
       extra = () if prompt_ids is None else (prompt_ids,)
       x, seg, _ = self.embed_hook(x, seg, None, *extra)
     x = layers.activation_names(x)
-    mask = _same_segment(seg, seg) & (seg > 0)[:, None, None, :]
+    # Same segment, padding keys masked: described for the flash kernel (layers.Mask).
+    mask = layers.Mask(q_segment_ids=seg, kv_segment_ids=seg, mask_padding_keys=True)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 0))
     bias = self.encoder_relpos(x.shape[1], x.shape[1], self.dtype)
     if self.cfg.scan_layers:
@@ -319,13 +321,12 @@ class T5(nnx.Module):
              decoder_segment_ids=None, *, rng=None):
     """Logits `[B, T, V]` (float32) for teacher-forced decoder inputs."""
     t = decoder_input_tokens.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    if decoder_segment_ids is None:
-      self_mask = causal
-      cross_mask = (encoder_segment_ids > 0)[:, None, None, :]
-    else:
-      self_mask = causal & _same_segment(decoder_segment_ids, decoder_segment_ids)
-      cross_mask = _same_segment(decoder_segment_ids, encoder_segment_ids)
+    # Causal within decoder segments; cross-attention to the same segment's encoder positions
+    # (unpacked: to every non-padding one). Described for the flash kernel (layers.Mask).
+    self_mask = layers.Mask(q_segment_ids=decoder_segment_ids,
+                            kv_segment_ids=decoder_segment_ids, causal=True)
+    cross_mask = layers.Mask(q_segment_ids=decoder_segment_ids,
+                             kv_segment_ids=encoder_segment_ids)
     x = layers.activation_names(self.token_embed(decoder_input_tokens, self.dtype))
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 2000))
     bias = self.decoder_relpos(t, t, self.dtype)
