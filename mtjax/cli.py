@@ -1,4 +1,4 @@
-"""`mtjax <command>`: train, eval, cache.
+"""`mtjax <command>`: train, eval, infer, cache, convert, export, ablate, promot.
 
 Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a python config
 (`--config=configs/x.py --set a.b=VALUE`). Unknown keys are errors that name the key.
@@ -6,7 +6,8 @@ Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a 
 A mistake of the user's (`mtjax.errors.UserError`, a storage path that cannot be used, a bad
 config) is one `error: ...` line on stderr (plus a `hint: ...` line when there is one) and exit
 status 2. Anything else is a bug and keeps its traceback. `--debug` (anywhere on the command
-line) or `MTJAX_DEBUG=1` shows the traceback of user errors too.
+line) or `MTJAX_DEBUG=1` shows the traceback of user errors too. TensorFlow's C++ start-up
+logging is hidden (`mtjax.quiet`); `--verbose` (anywhere) or `MTJAX_VERBOSE=1` shows it.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ A file may be a path, a URL (gs://...) or the name of a config shipped with mtja
 """
 
 
+def _flag_from_env(name: str) -> bool:
+  return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _debug_from_env() -> bool:
-  return os.environ.get("MTJAX_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+  return _flag_from_env("MTJAX_DEBUG")
 
 
 def fail(message, hint: str = "") -> None:
@@ -425,9 +430,21 @@ def main(argv: list[str] | None = None) -> None:
   global _DEBUG
   argv = list(sys.argv[1:] if argv is None else argv)
   _DEBUG = "--debug" in argv or _debug_from_env()
-  argv = [a for a in argv if a != "--debug"]
-  # TensorFlow (imported by SeqIO for caching) logs C++ noise such as failed CUDA probes.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  verbose = "--verbose" in argv or _flag_from_env("MTJAX_VERBOSE")
+  argv = [a for a in argv if a not in ("--debug", "--verbose")]
+  # TensorFlow (imported by SeqIO for caching and metrics) prints C++ start-up lines (failed
+  # CUDA probes, twice) that no user needs; --verbose keeps them. Before anything imports it.
+  from mtjax import quiet  # pylint: disable=g-import-not-at-top  (imports nothing heavy)
+
+  if not verbose:
+    quiet.install()
+  try:
+    _main(argv)
+  finally:
+    quiet.uninstall()
+
+
+def _main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("jax", "orbax", "tensorflow", "fsspec", "gcsfs"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -440,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
       print(f"  {name:<8}{text}")
     print("\nRun `mtjax <command> --help` for a command's options. A mistake in the input is "
           "one `error:` line\n(exit status 2); add --debug (or set MTJAX_DEBUG=1) for its "
-          "traceback.")
+          "traceback. --verbose (or MTJAX_VERBOSE=1)\nshows TensorFlow's C++ start-up logging, "
+          "hidden by default.")
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,
