@@ -242,6 +242,9 @@ def _cmd_infer(argv):
                       help="inputs are trimmed to it (default: the run's, else 512)")
   parser.add_argument("--targets_length", type=int, default=0,
                       help="decoded and scored length (default: the run's, else 128)")
+  parser.add_argument("--inputs_eos", choices=("true", "false"), default=None,
+                      help="inputs end in EOS (default: as the run's task; true without one, as "
+                           "mtjax tasks train; false for a plain pretrained decoder's prompts)")
   parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="eval.KEY=VALUE",
                       help="a decode option, e.g. eval.decode=beam "
                            f"({', '.join(INFER_EVAL_FIELDS)})")
@@ -272,7 +275,9 @@ def _cmd_infer(argv):
                                     temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p)
     records = infer.read_inputs(args.input)  # a bad input file fails before the model loads
     model = infer.load(args.checkpoint, tokenizer=args.tokenizer, task=args.task,
-                       inputs_length=args.inputs_length, targets_length=args.targets_length)
+                       inputs_length=args.inputs_length, targets_length=args.targets_length,
+                       inputs_eos=None if args.inputs_eos is None
+                       else args.inputs_eos == "true")
     rows = infer.predict_records(model, records, decode=decode, batch_size=ev.batch_size,
                                  seed=ev.seed, scoring_mode=ev.scoring)
     infer.write_rows(args.output, rows)

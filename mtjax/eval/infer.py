@@ -180,11 +180,13 @@ def _task_of(run_cfg, task: str):
 
 
 def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length: int = 0,
-         targets_length: int = 0, mesh_shape: tuple[int, int, int] | None = None,
-         devices=None) -> InferenceModel:
+         targets_length: int = 0, inputs_eos: bool | None = None,
+         mesh_shape: tuple[int, int, int] | None = None, devices=None) -> InferenceModel:
   """The model at `checkpoint` with its vocabulary and training's conventions (module doc).
 
   `inputs_length` / `targets_length` (0: the run's `data.*_length`, else 512 / 128);
+  `inputs_eos`: inputs end in EOS (None: as the run's task's inputs feature; True without a
+  task, as mtjax's file tasks and T5's tasks train; False for a plain pretrained decoder);
   `mesh_shape` (data, fsdp, tensor) over `devices` (default: a run's `mesh`, else every local
   device on the data axis)."""
   from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
@@ -206,7 +208,7 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
   rules = rules_lib.DEFAULT_RULES
 
   # The vocabulary and the features' conventions.
-  vocab, inputs_eos, targets_eos, postprocess, seqio_task = None, True, True, None, None
+  vocab, task_inputs_eos, targets_eos, postprocess, seqio_task = None, True, True, None, None
   if tokenizer:
     vocab = hf_vocab.HFVocabulary.from_dir(tokenizer)
   elif kind == "run":
@@ -230,7 +232,7 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
   if seqio_task is not None:
     features = seqio_task.output_features
     vocab = vocab or features["targets"].vocabulary
-    inputs_eos = bool(features["inputs"].add_eos) if "inputs" in features else False
+    task_inputs_eos = bool(features["inputs"].add_eos) if "inputs" in features else False
     targets_eos = bool(features["targets"].add_eos)
     if task:
       postprocess = functools.partial(seqio_task.postprocess_fn, example={}, is_target=False)
@@ -245,6 +247,7 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
         _attach_prompt(model, path, run_cfg, task)
     family = _family(model, run_cfg)
     graphdef, params = _place(model, mesh, rules)
+  inputs_eos = task_inputs_eos if inputs_eos is None else bool(inputs_eos)
   return InferenceModel(graphdef=graphdef, params=params, vocab=vocab, family=family,
                         lengths=lengths, start_id=cache.vocab_start_id(vocab),
                         inputs_eos=inputs_eos, targets_eos=targets_eos, postprocess=postprocess,
