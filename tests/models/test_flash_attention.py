@@ -203,3 +203,24 @@ def test_packed_t5_with_pallas_equals_xla():
            "decoder_segment_ids": dec_seg}
   make = lambda impl: t5.T5(t5.preset("t5_test", attention=impl), rngs=nnx.Rngs(0))
   _compare(make, batch, jnp.asarray(dec_seg > 0, jnp.float32))
+
+
+def test_pallas_under_a_mesh_runs_per_shard_and_equals_xla():
+  """A Pallas call is opaque to XLA's partitioner: layers.attention runs it per shard
+  (shard_map: batch over data x fsdp, heads over tensor)."""
+  from mtjax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mtjax.parallel import rules as rules_lib  # pylint: disable=g-import-not-at-top
+
+  seg = np.array([[1] * 7 + [2] * 6 + [0] * 3, [1] * 12 + [0] * 4] * 2, np.int32)
+  batch = {"decoder_input_tokens": np.where(seg > 0, 5 + np.arange(16)[None], 0),
+           "decoder_segment_ids": seg}
+  make = lambda impl: decoder.Decoder(decoder.preset("decoder_test", attention=impl),
+                                      rngs=nnx.Rngs(0))
+  forward = nnx.jit(lambda m, b: m(b))
+  want = np.asarray(forward(make("xla"), batch))
+  model = make("pallas")
+  with jax.set_mesh(mesh_lib.make_mesh(2, 2, 2)), nnx.logical_axis_rules(
+      rules_lib.DEFAULT_RULES):
+    assert "shard_map" in str(jax.make_jaxpr(lambda b: model(b))(batch))
+    got = np.asarray(forward(model, batch))
+  np.testing.assert_allclose(got[seg > 0], want[seg > 0], atol=2e-5, rtol=1e-5)
