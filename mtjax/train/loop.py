@@ -3,10 +3,12 @@
 Order of events: join other hosts (if any) -> register tasks -> cache (first use) -> mesh ->
 sharded model init -> trainable set + optimizer -> data iterator -> restore the newest restorable
 checkpoint of the run dir (config checked), else `train.init_from` and `train.init_prompt_from`
--> steps (soft-prompt ids from task ids when a prompt is attached; metrics every
-`log_every`, teacher-forced eval loss every `eval.loss_every`, full evaluation every
-`eval.every`, checkpoints every `checkpoint_every`) -> final checkpoint -> evaluation. SIGTERM ends the loop after the current
-step with a checkpoint; a non-finite loss or gradient stops it before anything is saved.
+-> steps (soft-prompt ids from task ids when a prompt is attached; metrics every `log_every`
+with the learning rate and the cumulative `seen/*` counts, which checkpoints keep; a jax.profiler
+trace of `train.profile_steps`; teacher-forced eval loss every `eval.loss_every`; full evaluation
+every `eval.every`, its decoded samples to the trackers; checkpoints every `checkpoint_every`) ->
+final checkpoint -> evaluation. SIGTERM ends the loop after the current step with a checkpoint; a
+non-finite loss or gradient stops it before anything is saved.
 """
 
 from __future__ import annotations
@@ -492,9 +494,9 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
 
 
 def _start_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, data):
-  """(params, opt_state, first step, its checkpoint's metadata or None): the newest good checkpoint of the run dir (its config
-  checked first: Checkpointer.resume), else the fresh init plus `train.init_from` /
-  `train.init_prompt_from`."""
+  """(params, opt_state, first step, its checkpoint's metadata or None): the newest good
+  checkpoint of the run dir (its config checked first: Checkpointer.resume), else the fresh init
+  plus `train.init_from` / `train.init_prompt_from`."""
   cfg = setup.cfg
   params, opt_state = setup.params, setup.opt_state
   restored = checkpointer.resume(params, opt_state, data, schema.to_dict(cfg))
