@@ -301,8 +301,11 @@ def run_mtjax_variant(args, variant: dict) -> dict:
   shape = shape_of(args.preset)
   params, opt_state, step_fn, variant = _mtjax_state(args, variant)
   batch_size, tried = args.batch, None
+  search_s = 0.0
   if args.batch_candidates:
+    t0 = time.perf_counter()
     batch_size, tried = _fit_batch(args, shape, step_fn, params, opt_state)
+    search_s = time.perf_counter() - t0  # its compile of the chosen batch is reused below
   batch = _mtjax_batch(shape, args, batch_size)
   t0 = time.perf_counter()
   compiled = step_fn.lower(params, opt_state, batch, 0).compile()
@@ -323,7 +326,7 @@ def run_mtjax_variant(args, variant: dict) -> dict:
          "loss": loss, "num_params": n,
          "peak_mem_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None}
   if tried is not None:
-    out["batch_search_gib"] = tried
+    out.update(batch_search_gib=tried, batch_search_s=search_s)
   return out
 
 
@@ -719,7 +722,7 @@ def main(argv=None) -> int:
   p.add_argument("--match_peer_batch", action="store_true",
                  help="re-time mtjax at the transformers batch when --hf_fit made it smaller")
   p.add_argument("--smoke", action="store_true",
-                 help="a tiny CPU run of the chosen mode: test presets, short rows, few steps")
+                 help="the chosen mode at toy size on CPU: test preset, short rows, few steps")
   p.add_argument("--child_timeout", type=int, default=1200)
   p.add_argument("--json_out", default="")
   p.add_argument("--_role", default="")
@@ -749,24 +752,26 @@ def main(argv=None) -> int:
 
 
 def _smoke_defaults(args) -> None:
-  """`--smoke`: the family's test preset, and whatever else was not set on the command line
-  shrunk, for a seconds-long CPU run of the same code path."""
-  given = {a.split("=")[0] for a in sys.argv[1:]}
+  """`--smoke`: the same code path at toy size for a CPU check: the family's test preset and
+  tiny batch, lengths, steps and batch candidates, overriding the command line's (so a GPU
+  command plus --smoke is its CPU smoke run). Children get the values on their command line."""
   tiny = {"--steps": 2, "--warmup": 1, "--rounds": 1, "--matmul_size": 256, "--batch": 2,
-          "--seq": 64}
-  tiny["--preset"] = "t5_test" if shape_of(args.preset)["family"] == "t5" else "decoder_test"
+          "--seq": 64, "--child_timeout": 300,
+          "--preset": "t5_test" if shape_of(args.preset)["family"] == "t5" else "decoder_test"}
   if args.data == "cache":
-    decoder = tiny.get("--preset", args.preset) == "decoder_test"
-    tiny.update({"--inputs_length": 128 if decoder else 96, "--targets_length": 64 if decoder
-                 else 32})
+    decoder = tiny["--preset"] == "decoder_test"
+    tiny.update({"--inputs_length": 128 if decoder else 96,
+                 "--targets_length": 64 if decoder else 32})
   if args.batch_candidates:
     tiny.update({"--batch_candidates": "8,4,2", "--mem_limit_gb": 0.01})
   for flag, value in tiny.items():
-    if flag not in given or flag == "--preset":  # the family is kept, the size never
-      setattr(args, flag[2:], value)
-  # Children re-read the command line: pass the shrunk values on explicitly.
-  sys.argv += [f"{flag}={getattr(args, flag[2:])}" for flag in tiny
-               if flag not in given or flag == "--preset"]
+    setattr(args, flag[2:], value)
+  sys.argv += [f"{flag}={value}" for flag, value in tiny.items()]
+  if args.variants:  # no logits chunk longer than the toy rows
+    variants = [dict(v, logits_chunk=min(int(v.get("logits_chunk", 0)), 32))
+                for v in json.loads(args.variants)]
+    args.variants = json.dumps(variants)
+    sys.argv.append(f"--variants={args.variants}")
 
 
 def parent(args) -> int:
@@ -800,9 +805,12 @@ def parent(args) -> int:
     for attn in [a for a in args.hf_attn.split(",") if a]:
       peers.append((f"hf_{attn}", "hf_packed", (*extra, f"--_attn={attn}")))
   elif args.peer == "hf":
-    peers.append(("hf_eager", "hf", ()))
+    # After a batch search, transformers starts from the batch mtjax found (then --hf_fit).
+    found = [v["batch"] for v in ours.get("variants", []) if "batch" in v and "error" not in v]
+    at = (f"--batch={max(found)}",) if args.batch_candidates and found else ()
+    peers.append(("hf_eager", "hf", at))
     if args.torch_compile:
-      peers.append(("hf_compile", "hf_compile", ()))
+      peers.append(("hf_compile", "hf_compile", at))
   for name, role, ex in peers:
     report["results"][name] = _child(args, role, ex)
     rows.append((name, report["results"][name]))
@@ -814,7 +822,8 @@ def parent(args) -> int:
       b = min(hf_batches)
       same = _child(args, "mtjax", (f"--batch={b}", "--batch_candidates="))
       report["results"]["mtjax_at_peer_batch"] = same
-      rows[n_ours:n_ours] = [(f"mtjax @batch {b} {json.dumps(v.get('variant'))}", v)
+      rows[n_ours:n_ours] = [(f"mtjax b={b} {json.dumps(v.get('variant'), separators=(',', ':'))}",
+                              v)
                              for v in same.get("variants", [])]
       n_ours += len(same.get("variants", []))
   _print_table(args, shape, report, ours, rows, n_ours)
