@@ -46,7 +46,9 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   scan_layers: bool = False  # one compiled layer under lax.scan: faster compiles, same maths
-  attention: str = "auto"  # decoder family: auto (cuDNN flash on GPU when it applies) | xla | cudnn
+  # auto: on GPU cuDNN flash (plain causal/full) or mtjax's Pallas flash kernel (packed,
+  # prefix-LM, T5 bias); XLA elsewhere | xla | cudnn | pallas
+  attention: str = "auto"
   hf_checkpoint: str = ""  # local HF checkpoint dir: start from its weights (preset ignored)
   # LoRA (mtjax.peft.lora): rank > 0 adds adapters to `lora_targets` (decoder: query key value
   # out gate up down; T5: query key value out wi_0 wi_1 wo); train them with train.trainable=lora.

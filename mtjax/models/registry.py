@@ -51,7 +51,7 @@ def _overrides(model_config) -> dict:
   if getattr(model_config, "scan_layers", False):
     overrides["scan_layers"] = True
   attention = getattr(model_config, "attention", "auto")
-  if attention != "auto":  # only the decoder family has a choice (T5 needs its bias and masks)
+  if attention != "auto":  # both families (mtjax.models.layers.attention)
     overrides["attention"] = attention
   if getattr(model_config, "lora_rank", 0):
     overrides.update(lora_rank=model_config.lora_rank, lora_alpha=model_config.lora_alpha,
