@@ -1,10 +1,11 @@
 """HFT, Half Fine-Tuning (Hui et al. 2024, arXiv:2404.18466, ACL 2025): train half of each
 transformer layer's weight matrices and freeze the other half, chosen at random per layer.
 
-The paper's rule (its Section 3 and Figure 2, for Llama 2): in every layer, freeze two of the four
+The paper's rule (its method section and Figure 2, on Llama 2; checked against a public restatement
+of it, the paper's own text was not reachable from here): in every layer, freeze two of the four
 self-attention matrices (W_Q, W_K, W_V, W_O); of the three feed-forward matrices (W_gate, W_up,
 W_down), freeze two in a random half of the layers and one in the other half, so that half of the
-layer's matrices are frozen overall. A new round (a new training stage) draws a new selection.
+layers' matrices are frozen overall. A new round (a new training stage) draws a new selection.
 
 In mtjax terms (`select`), per stack of layers (`layers`; T5: `encoder_layers` and
 `decoder_layers`, each on its own):
