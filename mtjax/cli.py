@@ -32,6 +32,7 @@ COMMANDS = {
     "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
     "ablate": "run a sweep of mixture variants x seeds (resumable) and tabulate the results",
     "promot": "ProMoT: prompt tuning, then model tuning with the prompt frozen; report vs baselines",
+    "merge": "merge finetuned models into their base (task arithmetic, TIES, DARE, LiNeS, ...)",
 }
 
 CONFIG_HELP = """configuration (exactly one front end):
@@ -143,13 +144,13 @@ def _cmd_train(argv):
   args = parser.parse_args(argv)
   cfg = _load_or_exit(args, bindings)
   from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.recipes import train as train_recipe  # pylint: disable=g-import-not-at-top
 
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:
-    summary = loop.train(cfg, progress=not args.no_progress)
+    summary = train_recipe.run(cfg, progress=not args.no_progress)
   except (FloatingPointError, fs.StorageError) as e:
     fail_on(e)
   print(json.dumps({"run_dir": summary["run_dir"], "steps": summary["steps"],
@@ -311,7 +312,7 @@ def _cmd_cache(argv):
   except fs.StorageError as e:
     fail_on(e)
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
-  from mtjax.train.loop import import_modules  # pylint: disable=g-import-not-at-top
+  from mtjax.data.modules import import_modules  # pylint: disable=g-import-not-at-top
 
   from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
 
@@ -422,6 +423,15 @@ def _cmd_promot(argv):
                     "summary": report["summary"]}))
 
 
+def _cmd_merge(argv):
+  from mtjax.merge import command  # pylint: disable=g-import-not-at-top
+
+  try:
+    command.main(argv)
+  except (FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+    fail_on(e)
+
+
 def _load_or_exit(args, bindings):
   try:
     return resolve_config(args, bindings)
@@ -468,7 +478,7 @@ def _main(argv: list[str]) -> None:
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,
               "cache": _cmd_cache, "convert": _cmd_convert, "export": _cmd_export,
-              "ablate": _cmd_ablate, "promot": _cmd_promot}
+              "ablate": _cmd_ablate, "promot": _cmd_promot, "merge": _cmd_merge}
   if command not in handlers:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   from mtjax import fs  # pylint: disable=g-import-not-at-top

@@ -38,7 +38,7 @@ from flax import nnx  # noqa: E402
 
 from mtjax.config import python_config  # noqa: E402
 from mtjax.parallel import arrays  # noqa: E402
-from mtjax.train import loop  # noqa: E402
+from mtjax.train import setup as setup_lib  # noqa: E402
 from mtjax.train import step as step_lib  # noqa: E402
 
 
@@ -125,11 +125,11 @@ def bench(args, cache_dir: str | None) -> int:
   run_dir = tempfile.mkdtemp(prefix="bench_input_stall_")
   extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
   cfg = python_config.load(args.config, [f"run_dir={run_dir}", *extra, *args.set])
-  setup = loop.build(cfg)  # builds (and uploads) the cache if it is missing
+  setup = setup_lib.build(cfg)  # builds (and uploads) the cache if it is missing
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
   staged = _stage(cfg, setup.spec) if fs.is_url(cfg.data.cache_dir) else {}
-  data = loop.data_iterator(setup)
+  data = setup_lib.data_iterator(setup)
   step_fn = step_lib.make_train_step(setup.graphdef, setup.tx,
                                      num_tasks=len(setup.spec.task_names))
   params, opt_state = setup.params, setup.opt_state

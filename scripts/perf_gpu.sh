@@ -109,7 +109,7 @@ section dec_syn 100 $BT $PACKED --mixture=synthetic --preset=llama_270m --batch=
   --inputs_length=1024 --targets_length=1024 --child_timeout=150 \
   --variants='[{"logits_chunk": 1024}]' --hf_attn=flex_attention,sdpa \
   --json_out="$OUT/dec_syn.json"
-# bench_input_stall on the GPU (the trainer's own loop: loop.build + data_iterator).
+# bench_input_stall on the GPU (the trainer's own setup: setup.build + data_iterator).
 section stall 70 $PY scripts/bench_input_stall.py --rounds 4 --steps 10 --warmup 2 \
   --input_batches 50 --cache_dir=$CACHE --set 'data.modules=()' data.mixture=bench_long \
   model.preset=llama_270m data.feature_converter=decoder_only data.inputs_length=1024 \

@@ -20,21 +20,6 @@ from typing import Any
 from mtjax.eval import evaluate
 
 
-def ensure_registered(name: str, seed: int = 0) -> None:
-  """Registers `<task>_<k>shot` on demand when only its base task is registered, so a run whose
-  mixture is a few-shot variant (ProMoT's +1-shot stages) resumes and evaluates in a fresh
-  process. Anything else is left to SeqIO (which names what is missing)."""
-  import re  # pylint: disable=g-import-not-at-top
-
-  import seqio  # pylint: disable=g-import-not-at-top
-
-  match = re.fullmatch(r"(.+)_(\d+)shot", name)
-  if match is None or name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
-    return
-  if match.group(1) in seqio.TaskRegistry.names():
-    shot_task(match.group(1), int(match.group(2)), seed)
-
-
 def shot_task(task_name: str, k: int, seed: int = 0) -> str:
   """The registered name of the k-shot variant of a task (registering it if needed)."""
   if k == 0:

@@ -22,8 +22,10 @@ The decoder start token is the vocabulary's (`cache.vocab_start_id`: an HF token
 else 0), what the tasks' cache manifests record and training used; T5 always starts from 0.
 
 Everything goes through `mtjax.eval` (`generate`, `scoring`, `batching`), so a prediction is
-the one `mtjax eval` makes for the same text: a test holds them equal. Only `mtjax.models`,
-`mtjax.peft` and `mtjax.data` are read; nothing here imports the trainer.
+the one `mtjax eval` makes for the same text: a test holds them equal. Tasks are registered by
+`mtjax.data.modules` and a run's soft prompt is read by `mtjax.train.pretrained.load_prompt` (the
+checkpoint format is the trainer's) and attached by `mtjax.peft.prompt_setup`, as `mtjax eval`
+does; nothing here builds an optimizer or runs the training loop.
 """
 
 from __future__ import annotations
@@ -141,27 +143,12 @@ def _place(model, mesh, rules):
 
 def _import_run_modules(run_cfg) -> None:
   """Registers the run's tasks as training did (its modules, under its default vocabulary)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  from mtjax.data import modules, vocabularies  # pylint: disable=g-import-not-at-top
 
-  from mtjax.data import vocabularies  # pylint: disable=g-import-not-at-top
-
-  if os.getcwd() not in sys.path:  # as `mtjax train`: a module next to where mtjax runs
-    sys.path.insert(0, os.getcwd())
-  with vocabularies.defaulting_to(vocabularies.for_run(run_cfg)):
-    for name in run_cfg.data.modules:
-      if name.startswith("mixtures."):  # the built-ins' old name (see loop.import_modules)
-        try:
-          if importlib.util.find_spec("mtjax." + name) is not None:
-            name = "mtjax." + name
-        except ImportError:
-          pass
-      try:
-        importlib.import_module(name)
-      except ImportError as e:
-        raise errors.ModuleError(
-            f"data.modules: cannot import {name!r}: {e}", hint="run from where the run's task "
-            "modules import, or give the vocabulary with --tokenizer") from e
+  modules.import_modules(run_cfg.data.modules, vocabularies.for_run(run_cfg),
+                         missing_seqio_ok=False,
+                         hint="run from where the run's task modules import, or give the "
+                              "vocabulary with --tokenizer")
 
 
 def _task_of(run_cfg, task: str):
@@ -257,16 +244,14 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
 def _attach_prompt(model, path: str, run_cfg, task: str) -> None:
   """A soft-prompt run's prompt, as `mtjax eval` uses it: one shared prompt always; with
   `model.prompt_tasks`, the row of `task` (none given, or a task without a row: no prompt)."""
-  from mtjax.peft import prompts  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import prompt_setup  # pylint: disable=g-import-not-at-top
+  from mtjax.train import pretrained  # pylint: disable=g-import-not-at-top
 
-  table, _ = prompts.load(path)
-  tasks = list(run_cfg.model.prompt_tasks)
-  row = 0 if not tasks else (tasks.index(task) if task in tasks else -1)
-  if row < 0:
+  table, _ = pretrained.load_prompt(path)
+  if not prompt_setup.attach_row(model, table, run_cfg.model.prompt_tasks,
+                                 run_cfg.model.prompt_placement, task):
     log.warning("%s: the soft prompt has rows for %s; inferring without one (name a task with "
-                "--task to use its row)", path, tasks)
-    return
-  model.embed_hook = prompts.SoftPrompt(table[row:row + 1], run_cfg.model.prompt_placement)
+                "--task to use its row)", path, list(run_cfg.model.prompt_tasks))
 
 
 # --- predicting --------------------------------------------------------------------------------

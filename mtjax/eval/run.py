@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from mtjax import errors, fs
 from mtjax.config import schema
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,16 +96,11 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
   """
   # (imported here: finding a checkpoint, and the errors of a wrong path, need no JAX)
   from mtjax.eval import evaluate, few_shot  # pylint: disable=g-import-not-at-top
-  from mtjax.peft import prompts  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import prompt_setup, prompts  # pylint: disable=g-import-not-at-top
 
   kwargs = evaluate.config_kwargs(cfg)
-  rows = prompts.task_rows(cfg.model.prompt_tasks, task_names)
-  groups: dict[int, list[str]] = {}  # prompt row (-1: none) -> its tasks, in mixture order
-  for task, row in zip(task_names, rows):
-    groups.setdefault(int(row) if prompts.has_prompt(params) else -1, []).append(task)
   by_task, shots = {}, []
-  for row, tasks in groups.items():
-    g, p = prompts.select(graphdef, params, row)
+  for g, p, tasks in prompt_setup.by_row(graphdef, params, cfg.model.prompt_tasks, task_names):
     for r in evaluate.evaluate_mixture(g, p, tasks, mesh=mesh, rules=rules, **kwargs):
       by_task[r["task"]] = r
     if cfg.eval.few_shot:
@@ -124,9 +122,9 @@ def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
                         output_dir: str | None = None) -> dict:
   """Restores the checkpoint's parameters into the config's model and evaluates them."""
   from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
-  setup = loop.build(cfg)
+  setup = setup_lib.build(cfg, optimizer=False)
   checkpointer = ckpt_lib.Checkpointer(ref.checkpoints_dir, save_every=1,
                                        keep=cfg.train.keep_checkpoints)
   step = checkpointer.latest_step() if ref.step is None else ref.step
@@ -136,5 +134,30 @@ def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
   checkpointer.close()
   output_dir = output_dir or ref.run_dir
   print(f"evaluating {ref.run_dir} at step {step} on {cfg.data.mixture}", flush=True)
-  results = loop.evaluate(setup, params, step=step, output_dir=output_dir)
+  results = evaluate_setup(setup, params, step=step, output_dir=output_dir)
   return {"step": step, "output_dir": output_dir, "results": results}
+
+
+def evaluate_setup(setup, params, step: int | None = None, output_dir: str | None = None
+                   ) -> list[dict]:
+  """Evaluates `params` of a built run (`mtjax.train.setup.Setup`) as `cfg.eval` says
+  (`evaluate_config`), then writes eval_results.json / eval_metrics.jsonl / TensorBoard to
+  `output_dir` (the run dir) and prints the per-task table. `step` labels the metrics (default:
+  the final training step). Training's full evaluation is this (`mtjax.recipes.train`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from mtjax.eval import evaluate  # pylint: disable=g-import-not-at-top
+
+  cfg = setup.cfg
+  try:
+    import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    log.warning("seqio is not installed: skipping metric evaluation (it needs the tasks' "
+                "postprocessors and metric functions)")
+    return []
+  with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
+    results = evaluate_config(setup.graphdef, params, setup.spec.task_names, cfg,
+                              mesh=setup.mesh, rules=setup.rules)
+  evaluate.report(results, output_dir or cfg.run_dir, cfg.train.steps if step is None else step)
+  return results

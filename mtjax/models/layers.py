@@ -14,6 +14,7 @@ from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec as P
 
 from mtjax.parallel.rules import constrain, logical_to_spec
+from mtjax.parallel.rules import param  # noqa: F401  (the models' name for it: layers.param)
 
 # Named rematerialisation policies for the blocks (config option `remat`).
 REMAT_POLICIES = {
@@ -53,17 +54,6 @@ def scan(stack, fn, x, xs=None, remat: str = "none"):
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
   return jax.lax.scan(body, x, (state, xs))
-
-
-def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str], dtype) -> nnx.Param:
-  """A parameter with logical axis names (turned into mesh axes by mtjax.parallel.rules)."""
-  if len(shape) != len(names):
-    raise ValueError(f"shape {tuple(shape)} and axis names {tuple(names)} differ in rank")
-  value = init(rngs.params(), tuple(shape), dtype)
-  if jax.sharding.get_abstract_mesh().empty:  # no mesh: keep the names, place nothing
-    with nnx.use_eager_sharding(False):
-      return nnx.Param(value, sharding_names=tuple(names))
-  return nnx.Param(value, sharding_names=tuple(names))
 
 
 def normal(stddev: float):

@@ -48,7 +48,7 @@ def _config_from_json(raw: dict):
 
 def _restore(cfg, params_dir: str, partial: bool = False):
   """The model `cfg` describes with the checkpoint's weights; `partial` leaves out parameters
-  the model lacks (a run's soft prompt: `mtjax.peft.prompts.load` reads it on its own)."""
+  the model lacks (a run's soft prompt: `mtjax.train.pretrained.load_prompt` reads it)."""
   abstract = nnx.eval_shape(lambda: registry.build(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
@@ -114,7 +114,7 @@ def load_any(path: str):
   prompt = getattr(run_cfg.model, "prompt_length", 0) > 0
   if prompt:
     logging.getLogger(__name__).info(
-        "%s has a soft prompt: the model is loaded without it (mtjax.peft.prompts.load reads "
-        "the prompt)", path)
+        "%s has a soft prompt: the model is loaded without it "
+        "(mtjax.train.pretrained.load_prompt reads the prompt)", path)
   return _restore(registry.architecture(run_cfg.model),
                   os.path.join(ckpt_dir, str(step), "params"), partial=prompt)

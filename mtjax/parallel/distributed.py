@@ -5,7 +5,7 @@ A run is multi-process when the command line says so (`--coordinator_address`, `
 `JAX_PROCESS_ID`), or when a cluster launcher JAX detects by itself is present (SLURM with more
 than one task, Open MPI, a multi-worker TPU slice). Otherwise nothing happens, so single-host runs
 never wait for a coordinator. Each host then loads only its shard of the data
-(`jax.process_index()` of `jax.process_count()`; see `mtjax.train.loop.data_iterator`).
+(`jax.process_index()` of `jax.process_count()`; see `mtjax.train.setup.data_iterator`).
 """
 
 from __future__ import annotations

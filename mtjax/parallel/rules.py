@@ -30,6 +30,21 @@ DEFAULT_RULES: Rules = (
 )
 
 
+def param(rngs, init, shape: Sequence[int], names: Sequence[str], dtype):
+  """An `nnx.Param` with logical axis names (turned into mesh axes by these rules): placed on its
+  sharding inside a mesh, unplaced (names kept) outside one. Models and LoRA adapters
+  (`mtjax.peft.lora`, which the models import) create their parameters through it."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if len(shape) != len(names):
+    raise ValueError(f"shape {tuple(shape)} and axis names {tuple(names)} differ in rank")
+  value = init(rngs.params(), tuple(shape), dtype)
+  if jax.sharding.get_abstract_mesh().empty:  # no mesh: keep the names, place nothing
+    with nnx.use_eager_sharding(False):
+      return nnx.Param(value, sharding_names=tuple(names))
+  return nnx.Param(value, sharding_names=tuple(names))
+
+
 def logical_to_spec(names: Sequence[str | None], rules: Rules | None = None) -> P:
   """PartitionSpec for logical axis names; unknown names are replicated, mesh axes used once."""
   rules = dict(flax_spmd.get_logical_axis_rules() if rules is None else rules)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtjax.parallel import rules
+
 AXIS = "lora"  # the rank axis: maps to no mesh axis (mtjax.parallel.rules)
 SUFFIX = "_lora"
 
@@ -31,8 +33,6 @@ class LoRA(nnx.Module):
 
   def __init__(self, kernel_shape: Sequence[int], kernel_names: Sequence[str | None], n_in: int,
                *, rank: int, alpha: float, param_dtype, rngs: nnx.Rngs):
-    from mtjax.models import layers  # pylint: disable=g-import-not-at-top  (models import us)
-
     in_shape, out_shape = tuple(kernel_shape[:n_in]), tuple(kernel_shape[n_in:])
     in_names, out_names = tuple(kernel_names[:n_in]), tuple(kernel_names[n_in:])
     fan_in = 1
@@ -40,10 +40,10 @@ class LoRA(nnx.Module):
       fan_in *= s
     self.n_in, self.scale = n_in, alpha / rank
     # As the paper: A random (here N(0, 1/fan_in)), B zero, so the update starts at zero.
-    self.a = layers.param(rngs, layers.normal(fan_in ** -0.5), in_shape + (rank,),
-                          in_names + (AXIS,), param_dtype)
-    self.b = layers.param(rngs, jax.nn.initializers.zeros, (rank,) + out_shape,
-                          (AXIS,) + out_names, param_dtype)
+    self.a = rules.param(rngs, jax.nn.initializers.normal(stddev=fan_in ** -0.5),
+                         in_shape + (rank,), in_names + (AXIS,), param_dtype)
+    self.b = rules.param(rngs, jax.nn.initializers.zeros, (rank,) + out_shape,
+                         (AXIS,) + out_names, param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`x @ A @ B * scale` for `x` of shape `[..., *in_shape]` (two thin matmuls)."""
@@ -68,7 +68,6 @@ def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx
     if name not in cfg.lora_targets or not hasattr(module, name):
       continue
     kernel = getattr(module, name)
-    from mtjax.parallel import rules  # pylint: disable=g-import-not-at-top
     setattr(module, name + SUFFIX,
             LoRA(kernel[...].shape, rules.axis_names(kernel), n_in, rank=cfg.lora_rank,
                  alpha=cfg.lora_alpha, param_dtype=cfg.param_dtype, rngs=rngs))

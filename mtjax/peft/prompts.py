@@ -16,7 +16,9 @@ packed (one example per row) whenever a prompt is attached (`data.pack=False`).
 
 Evaluation detaches the prompt (`detach`: the model without its hook, i.e. the base model) or
 keeps one task's row (`select`). Prompt-only checkpoints (`save` / `load`, a JSON + `.npy`
-pair, a few KB) load onto any copy of the base model (`merge`).
+pair, a few KB) load onto any copy of the base model (`with_table`; a prompt inside a run
+checkpoint: `mtjax.train.pretrained.load_prompt`). How a run config's prompt options are applied
+(check, attach, re-init after `init_from`, rows per task) is `mtjax.peft.prompt_setup`'s.
 """
 
 from __future__ import annotations
@@ -296,43 +298,18 @@ def save(directory: str, prompt_table, meta: Mapping[str, Any] | None = None) ->
   return directory
 
 
+def is_prompt_dir(path: str) -> bool:
+  """Whether `path` is a prompt directory written by `save`."""
+  return fs.exists(os.path.join(fs.abspath(path), TABLE_FILE))
+
+
 def load(path: str) -> tuple[np.ndarray, dict]:
-  """(table, meta) from a prompt directory (`save`), or the prompt inside a run checkpoint (a run
-  dir, its `checkpoints/` dir or a step dir: the newest step unless named)."""
+  """(table, meta) from a prompt directory (`save`). The prompt inside a run checkpoint is read
+  by `mtjax.train.pretrained.load_prompt` (the checkpoint format is the trainer's)."""
   path = fs.abspath(path)
-  if fs.exists(os.path.join(path, TABLE_FILE)):
-    meta = {}
-    if fs.exists(os.path.join(path, META_FILE)):
-      meta = fs.read_json(os.path.join(path, META_FILE))
-    return np.load(io.BytesIO(fs.read_bytes(os.path.join(path, TABLE_FILE)))), meta
-  return _from_checkpoint(path)
-
-
-def _from_checkpoint(path: str) -> tuple[np.ndarray, dict]:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-
-  try:
-    step_dir = ckpt_lib.find_step_dir(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: neither a prompt directory ({TABLE_FILE}) nor a run "
-                            "checkpoint") from None
-  item = os.path.join(step_dir, "params")
-  handler = ocp.PyTreeCheckpointer()
-  metadata = ckpt_lib._to_dict(handler.metadata(item))  # pylint: disable=protected-access
-  entry = (metadata.get(HOOK) or {}).get("prompt")
-  if entry is None:
-    raise KeyError(f"checkpoint {step_dir} has no soft prompt ({HOOK}/prompt)")
-  target = {HOOK: {"prompt": np.zeros(tuple(entry.shape), np.float32)}}
-  restored = handler.restore(item, args=ocp.args.PyTreeRestore(
-      item=target, restore_args={HOOK: {"prompt": ocp.RestoreArgs(restore_type=np.ndarray)}},
-      partial_restore=True))
-  handler.close()
-  return np.asarray(restored[HOOK]["prompt"], np.float32), {"source": step_dir}
-
-
-def merge(params: Mapping[str, Any], path: str) -> dict:
-  """`params` (any copy of the base model with a prompt attached) with the prompt at `path`."""
-  loaded, _ = load(path)
-  return with_table(params, loaded)
+  if not is_prompt_dir(path):
+    raise FileNotFoundError(f"{path}: not a prompt directory (no {TABLE_FILE})")
+  meta = {}
+  if fs.exists(os.path.join(path, META_FILE)):
+    meta = fs.read_json(os.path.join(path, META_FILE))
+  return np.load(io.BytesIO(fs.read_bytes(os.path.join(path, TABLE_FILE)))), meta

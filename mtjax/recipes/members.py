@@ -60,12 +60,12 @@ def run_member_dir(run_dir: str, progress: bool = False) -> dict | None:
   the run was preempted (SIGTERM) before finishing."""
   from mtjax.data import cache, mixing  # pylint: disable=g-import-not-at-top
   from mtjax.recipes import sampling  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.recipes import train as train_recipe  # pylint: disable=g-import-not-at-top
 
   member = fs.read_json(os.path.join(run_dir, MEMBER_FILE))
   cfg = schema.from_dict(member["config"])
   t0 = time.perf_counter()
-  summary = loop.train(cfg, progress=progress, command="mtjax ablate member")
+  summary = train_recipe.run(cfg, progress=progress, command="mtjax ablate member")
   if summary.get("preempted"):
     return None
   seconds = time.perf_counter() - t0

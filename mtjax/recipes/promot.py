@@ -77,9 +77,9 @@ def mixture_tasks(name: str) -> tuple[str, ...]:
   """The leaf tasks of a registered task or mixture (in SeqIO's order)."""
   import seqio  # pylint: disable=g-import-not-at-top
 
-  from mtjax.eval import few_shot  # pylint: disable=g-import-not-at-top
+  from mtjax.data import modules  # pylint: disable=g-import-not-at-top
 
-  few_shot.ensure_registered(name)
+  modules.ensure_shot_task(name)
   item = seqio.get_mixture_or_task(name)
   if isinstance(item, seqio.Task):
     return (item.name,)
@@ -229,12 +229,12 @@ def best_step(cfg: schema.RunConfig) -> int:
 def run_stage(stage: Stage, *, progress: bool = True) -> int:
   """Trains (or resumes, or skips if finished) one stage; returns its best step. A prompt stage
   also writes the prompt-only checkpoint of that step (`best_prompt/`)."""
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.recipes import train as train_recipe  # pylint: disable=g-import-not-at-top
 
   cfg = stage.cfg
   if _steps_done(cfg.run_dir) < cfg.train.steps:
     log.info("promot: training %s (%d steps)", stage.name, cfg.train.steps)
-    summary = loop.train(cfg, progress=progress, command=f"mtjax promot ({stage.name})")
+    summary = train_recipe.run(cfg, progress=progress, command=f"mtjax promot ({stage.name})")
     if summary.get("preempted"):
       raise SystemExit(f"promot: {stage.name} was preempted at step {summary['steps']}; "
                        "rerun the command to resume")
@@ -247,12 +247,14 @@ def run_stage(stage: Stage, *, progress: bool = True) -> int:
 
 
 def export_best_prompt(cfg: schema.RunConfig, step: int) -> str:
+  from mtjax.train import pretrained  # pylint: disable=g-import-not-at-top
+
   out = os.path.join(cfg.run_dir, BEST_PROMPT)
   meta_path = os.path.join(out, prompts.META_FILE)
   if fs.exists(meta_path) and fs.read_json(meta_path).get("step") == step:
     return out
   step_dir = os.path.join(cfg.run_dir, "checkpoints", str(step))
-  table, _ = prompts.load(step_dir)
+  table, _ = pretrained.load_prompt(step_dir)
   prompts.save(out, table, {
       "step": step, "source": step_dir, "metric": cfg.train.best_metric,
       "tasks": list(cfg.model.prompt_tasks), "placement": cfg.model.prompt_placement,
@@ -305,8 +307,10 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
   other-task results (prompt tuning leaves the model untouched: prompt removed, it is the base).
   """
   from mtjax.eval import evaluate, few_shot  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import prompt_setup  # pylint: disable=g-import-not-at-top
   from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.train import pretrained  # pylint: disable=g-import-not-at-top
+  from mtjax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
   cfg = stage.cfg
   folder = os.path.join(base_cfg.run_dir, "pretrained") if step is None else cfg.run_dir
@@ -319,11 +323,11 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
   if step is None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prompt_length=0,
                                                              prompt_tasks=()))
-  setup = loop.build(cfg)
+  setup = setup_lib.build(cfg, optimizer=False)
   params = setup.params
   if step is None:
     if cfg.train.init_from:
-      params = loop.init_from(setup, params, cfg.train.init_from)
+      params = pretrained.init_from(setup, params, cfg.train.init_from)
   else:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), save_every=1,
                                          keep=1)
@@ -335,13 +339,12 @@ def evaluate_method(method: str, stage: Stage, step: int | None, base_cfg: schem
                                                                           label_set=label_set))
   target_kwargs = evaluate.config_kwargs(with_labels(cfg))
   other_kwargs = evaluate.config_kwargs(with_labels(base_cfg))
-  rows = prompts.task_rows(cfg.model.prompt_tasks, setup.spec.task_names)
   out = {"method": method, "key": key, "run_dir": None if step is None else cfg.run_dir,
          "step": step, "target": {}, "other": {}}
   results = []
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    for task, row in zip(setup.spec.task_names, rows):
-      g, p = prompts.select(setup.graphdef, params, int(row))
+    for task, g, p in prompt_setup.per_task(setup.graphdef, params, cfg.model.prompt_tasks,
+                                            setup.spec.task_names):
       r = evaluate.evaluate_task(g, p, task, mesh=setup.mesh, rules=setup.rules, **target_kwargs)
       out["target"][task] = r["metrics"]
       results.append(r)
@@ -474,11 +477,11 @@ def _metrics_cell(m: dict) -> str:
 def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
   """Trains every stage the methods need (resuming), evaluates each method, writes the report."""
   from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.train import runlock  # pylint: disable=g-import-not-at-top
 
   fs.check_usable(cfg.run_dir, "run_dir")
   distributed.initialize()
-  lock = loop.hold_run_dir(cfg.run_dir, "mtjax promot")  # one ProMoT per run dir (its report)
+  lock = runlock.hold(cfg.run_dir, "mtjax promot")  # one ProMoT per run dir (its report)
   try:
     return _run(cfg, progress)
   finally:
@@ -487,9 +490,9 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
 
 
 def _run(cfg: schema.RunConfig, progress: bool) -> dict:
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.data import modules  # pylint: disable=g-import-not-at-top
 
-  loop.import_modules(cfg.data.modules, vocabularies.for_run(cfg))
+  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg))
   if not cfg.train.init_from:
     log.warning("promot: train.init_from is empty, so the 'pretrained' model is %s's fresh "
                 "init (seed %d)", cfg.model.preset, cfg.train.seed)

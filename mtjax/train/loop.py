@@ -1,322 +1,65 @@
-"""The training loop: build everything from a RunConfig, resume if possible, train, evaluate.
+"""The training loop: resume or start, step, and act on the step events.
 
-Order of events: join other hosts (if any) -> register tasks -> cache (first use) -> mesh ->
-sharded model init -> trainable set + optimizer -> data iterator -> restore the newest restorable
-checkpoint of the run dir (config checked), else `train.init_from` and `train.init_prompt_from`
--> steps (soft-prompt ids from task ids when a prompt is attached; metrics every `log_every`
-with the learning rate and the cumulative `seen/*` counts, which checkpoints keep; a jax.profiler
-trace of `train.profile_steps`; teacher-forced eval loss every `eval.loss_every`; full evaluation
-every `eval.every`, its decoded samples to the trackers; checkpoints every `checkpoint_every`) ->
-final checkpoint -> evaluation. SIGTERM ends the loop after the current step with a checkpoint; a
-non-finite loss or gradient stops it before anything is saved.
+`train(cfg, evaluation=..., hooks=...)`: join other hosts (if any) -> lock the run dir -> the run
+setup (`mtjax.train.setup.build`: tasks, cache, mesh, model, prompt, trainable set, optimizer)
+-> data iterator -> restore the newest restorable checkpoint of the run dir (config checked),
+else `train.init_from` and `train.init_prompt_from` (`mtjax.train.pretrained`) -> config.json,
+model_summary.json, trainable.json -> steps -> final checkpoint -> evaluation.
+
+Events of each step, in order: hooks' `before_step`; the step (soft-prompt ids from task ids
+when a prompt is attached); metrics every `log_every` with the learning rate and the cumulative
+`seen/*` counts, which checkpoints keep; a jax.profiler trace of `train.profile_steps`;
+teacher-forced eval loss every `eval.loss_every` (`mtjax.train.eval_loss`); full evaluation
+every `eval.every` through the `Evaluation` handed in (`mtjax.train.hooks`; its decoded samples
+to the trackers); hooks' `after_step`; a checkpoint every `checkpoint_every`. SIGTERM ends the
+loop after the current step with a checkpoint; a non-finite loss or gradient stops it before
+anything is saved.
+
+This module never imports `mtjax.eval` (the layer above): `mtjax.recipes.train.run` is
+`mtjax train`, this loop with `mtjax.eval`'s evaluation.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mtjax import errors, fs
 from mtjax.config import schema, storage
-from mtjax.data import cache, pipeline, vocabularies
-from mtjax.eval import evaluate as eval_lib
-from mtjax.models import hf_meta, registry
+from mtjax.data.modules import import_modules  # noqa: F401  (recipes/ablate.py's name for it)
 from mtjax.parallel import arrays, distributed
-from mtjax.parallel import mesh as mesh_lib
-from mtjax.parallel import rules as rules_lib
-from mtjax.peft import filters, prompts
 from mtjax.train import checkpoint as ckpt_lib
+from mtjax.train import eval_loss as eval_loss_lib
 from mtjax.train import flops as flops_lib
+from mtjax.train import hooks as hooks_lib
 from mtjax.train import metrics as metrics_lib
-from mtjax.train import optimizers
+from mtjax.train import pretrained
 from mtjax.train import profiler as profiler_lib
 from mtjax.train import runlock
+from mtjax.train import setup as setup_lib
 from mtjax.train import step as step_lib
 from mtjax.train import trackers as trackers_lib
 
 log = logging.getLogger(__name__)
 
-
-def import_modules(modules, vocabulary=None) -> None:
-  """Imports the modules that register the config's SeqIO tasks and mixtures.
-
-  `vocabulary` (`mtjax.data.vocabularies.for_run`): the default vocabulary of tasks registered
-  during the imports (None: SeqIO's ByteVocabulary).
-
-  The working directory is importable, as with `python -m`, so `data.modules=my_tasks` finds a
-  `my_tasks.py` next to where `mtjax` runs. The built-in mixtures are `mtjax.mixtures.*`; the
-  name they had before they moved into the package, `mixtures.X` (in older run dirs and
-  configs), still means the built-in `mtjax.mixtures.X`, so a user folder named `mixtures/`
-  cannot shadow them (a module of the user's own in such a folder still imports).
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  if os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())
-  for name in modules:
-    if name.startswith("mixtures."):
-      try:
-        if importlib.util.find_spec("mtjax." + name) is not None:
-          name = "mtjax." + name
-      except ImportError:  # no such built-in package: the user's own
-        pass
-    try:
-      with vocabularies.defaulting_to(vocabulary):
-        importlib.import_module(name)
-    except ImportError as e:
-      if getattr(e, "name", None) in ("seqio", "tensorflow"):
-        log.warning("cannot import %s without %s; using the existing cache", name, e.name)
-        continue
-      raise errors.ModuleError(f"data.modules: cannot import {name!r}: {e}") from e
+Setup = setup_lib.Setup
 
 
-def _register_few_shot(name: str) -> None:
-  """A `<task>_<k>shot` mixture (e.g. a ProMoT +1-shot stage) is registered from its base."""
-  try:
-    from mtjax.eval import few_shot  # pylint: disable=g-import-not-at-top
-    few_shot.ensure_registered(name)
-  except ImportError:  # no seqio: the cache must already hold it
-    pass
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything a run needs, built once from the config (also used by tests and eval)."""
-  cfg: schema.RunConfig
-  mesh: Any
-  rules: rules_lib.Rules
-  spec: Any  # mixing.MixtureSpec
-  graphdef: Any
-  params: Any
-  tx: Any
-  opt_state: Any  # of the trainable parameters only
-  trainable: frozenset | None = None  # parameter paths that train (None: all)
-  model_cfg: Any = None  # the family config (t5.T5Config, decoder.DecoderConfig)
-  axes: dict | None = None  # parameter path -> logical axis names
-  prompt_rows: np.ndarray | None = None  # soft-prompt row of each mixture task (-1: none)
-
-
-def _vocabulary(task_names):
-  """The targets vocabulary of the mixture (class-label prompt init tokenises label words)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-
-  return seqio.get_mixture_or_task(task_names[0]).output_features["targets"].vocabulary
-
-
-def check_prompt_config(cfg: schema.RunConfig) -> None:
-  m = cfg.model
-  if m.prompt_length <= 0:
-    if m.prompt_tasks or cfg.train.init_prompt_from:
-      raise errors.ConfigError("model.prompt_tasks / train.init_prompt_from need a soft prompt: set "
-                       "model.prompt_length")
-    return
-  if cfg.data.pack:
-    raise errors.ConfigError("a soft prompt (model.prompt_length > 0) needs one example per row: set "
-                     "data.pack=False")
-
-
-def attach_prompt(cfg: schema.RunConfig, model, task_names) -> np.ndarray | None:
-  """Attaches the soft prompt `cfg.model` asks for (mtjax.peft.prompts); returns each mixture
-  task's prompt row, or None without a prompt."""
-  m = cfg.model
-  check_prompt_config(cfg)
-  if m.prompt_length <= 0:
-    return None
-  rows = prompts.task_rows(m.prompt_tasks, task_names)
-  if not (rows >= 0).any():
-    raise errors.ConfigError(f"model.prompt_tasks={list(m.prompt_tasks)} names no task of the mixture "
-                     f"{list(task_names)}")
-  vocab = _vocabulary(task_names) if m.prompt_init == "class_labels" else None
-  model.embed_hook = prompts.create(model, m, num_prompts=max(len(m.prompt_tasks), 1),
-                                    seed=cfg.train.seed, vocab=vocab)
-  return rows
-
-
-def build(cfg: schema.RunConfig, *, devices=None) -> Setup:
-  check_prompt_config(cfg)
-  import_modules(cfg.data.modules, vocabularies.for_run(cfg))
-  _register_few_shot(cfg.data.mixture)
-  spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
-                             sequence_length=cfg.data.sequence_length,
-                             splits=("train", cfg.eval.split))
-  vocabularies.check_fits(spec, cfg.data.cache_dir, registry.architecture(cfg.model).vocab_size,
-                          cfg.model.hf_checkpoint or f"model.preset={cfg.model.preset}")
-  mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
-  rules = rules_lib.DEFAULT_RULES
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules)
-    prompt_rows = attach_prompt(cfg, model, spec.task_names)
-    graphdef, state = nnx.split(model)
-    axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(
-                state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]}
-    params = state.to_pure_dict()
-    lr = optimizers.schedule(cfg.optimizer.schedule, cfg.optimizer.learning_rate,
-                             cfg.train.steps, cfg.optimizer.warmup_steps)
-    tx = optimizers.make(cfg.optimizer.name, lr, cfg.optimizer.weight_decay,
-                         cfg.optimizer.clip_norm, decay_rate=cfg.optimizer.decay_rate,
-                         parameter_scale=cfg.optimizer.parameter_scale)
-    trainable = None
-    if tuple(cfg.train.trainable) != ("all",):
-      trainable = filters.trainable_paths(params, cfg.train.trainable)
-    opt_state = jax.jit(tx.init)(params if trainable is None
-                                 else filters.partition(params, trainable)[0])
-  return Setup(cfg, mesh, rules, spec, graphdef, params, tx, opt_state, trainable,
-               getattr(model, "cfg", None), axes, prompt_rows)
-
-
-def local_batch(setup: Setup, batch: dict) -> dict:
-  """A host-local batch as the model takes it: plus `prompt_ids` when a prompt is attached."""
-  if setup.prompt_rows is None:
-    return batch
-  return prompts.add_prompt_ids(batch, setup.prompt_rows)
-
-
-def data_iterator(setup: Setup):
-  """This host's share of the global batch, as a checkpointable Grain iterator."""
-  cfg = setup.cfg
-  n_hosts, parallel = jax.process_count(), (setup.mesh.shape["data"] * setup.mesh.shape["fsdp"])
-  if cfg.data.batch_size % parallel or cfg.data.batch_size % n_hosts:
-    raise errors.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by the "
-                             f"data x fsdp mesh size ({parallel}) and the number of hosts "
-                             f"({n_hosts})")
-  options = pipeline.PipelineOptions(
-      lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
-      batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
-      packing_bins=cfg.data.packing_bins, seed=cfg.data.seed,
-      feature_converter=cfg.data.feature_converter, rate_stages=cfg.data.rate_stages,
-      worker_count=cfg.data.worker_count,
-      shard_index=jax.process_index(), num_shards=n_hosts)
-  pipeline.report_trimming(setup.spec, cfg.data.cache_dir, options.lengths)
-  return iter(pipeline.train_batches(setup.spec, cfg.data.cache_dir, options))
-
-
-def _save_config(cfg: schema.RunConfig, setup: Setup) -> None:
-  """The resolved config and a model summary (count, shape, dtype, logical axes, sharding of
-  each parameter, and whether it trains) in the run dir."""
-  fs.makedirs(cfg.run_dir)
-  if jax.process_index() != 0:
-    return
-  fs.write_text(fs.join(cfg.run_dir, "config.json"), json.dumps(schema.to_dict(cfg), indent=1))
-  leaves = jax.tree_util.tree_flatten_with_path(setup.params)[0]
-  trains = lambda p: setup.trainable is None or tuple(
-      getattr(k, "key", getattr(k, "idx", k)) for k in p) in setup.trainable
-  axes = setup.axes or {}
-  summary = {
-      "num_params": int(sum(np.prod(x.shape) for _, x in leaves)),
-      "num_trainable": int(sum(np.prod(x.shape) for p, x in leaves if trains(p))),
-      "params": {jax.tree_util.keystr(p): {
-          "shape": list(x.shape), "dtype": str(x.dtype),
-          "axes": list(axes.get(jax.tree_util.keystr(p)) or ()),
-          "sharding": str(getattr(x.sharding, "spec", x.sharding)), "trainable": trains(p)}
-                 for p, x in leaves},
-      "mesh": dict(setup.mesh.shape),
-      "tasks": list(setup.spec.task_names),
-  }
-  fs.write_text(fs.join(cfg.run_dir, "model_summary.json"), json.dumps(summary, indent=1))
-  hf_meta.record(setup, cfg.run_dir)  # tokenizer + special ids for `mtjax export`
-
-
-# Testing hook: "STEP:KIND" with KIND in SIGKILL | SIGTERM (sent to this process after STEP
-# completes) or nan (the parameters become NaN before STEP runs). Used by the resume tests.
-FAULT_ENV = "MTJAX_FAULT_AT_STEP"
-
-
-def _fault():
-  raw = os.environ.get(FAULT_ENV, "")
-  if not raw:
-    return None, None
-  step, kind = raw.split(":")
-  return int(step), kind
-
-
-def _is_hf_dir(path: str) -> bool:
-  return (fs.exists(fs.join(path, "config.json"))
-          and any(f.endswith(".safetensors") for f in fs.listdir(path)))
-
-
-def init_from(setup: Setup, params, source: str):
-  """Parameters from a pretrained mtjax checkpoint or HF model dir; fresh init for the rest.
-
-  A soft prompt the source lacks is initialised from the restored embeddings (its `vocab` /
-  `class_labels` init means the pretrained model's), not the random ones.
-  """
-  params, fresh = _init_from(setup, params, source)
-  if setup.prompt_rows is not None and any(prompts.HOOK in f for f in fresh):
-    m = setup.cfg.model
-    vocab = _vocabulary(setup.spec.task_names) if m.prompt_init == "class_labels" else None
-    table = prompts.table_for(params, m, setup.model_cfg,
-                              num_prompts=prompts.table(params).shape[0],
-                              seed=setup.cfg.train.seed, vocab=vocab)
-    params = prompts.with_table(params, table)
-  return params
-
-
-def _init_from(setup: Setup, params, source: str):
-  """(params, paths that kept their fresh init)."""
-  if _is_hf_dir(source):
-    model_cfg = dataclasses.replace(setup.cfg.model, hf_checkpoint=source)
-    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-      model = registry.create(model_cfg, seed=setup.cfg.train.seed, mesh=setup.mesh,
-                              rules=setup.rules)
-    flat = lambda t: {jax.tree_util.keystr(p): v
-                      for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
-    theirs, ours = flat(nnx.split(model)[1].to_pure_dict()), flat(params)
-    restored = sorted(k for k in ours if k in theirs and theirs[k].shape == ours[k].shape)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, v: theirs.get(jax.tree_util.keystr(p), v)
-        if jax.tree_util.keystr(p) in restored else v, params)
-    fresh = sorted(set(ours) - set(restored))
-  else:
-    with jax.set_mesh(setup.mesh):
-      params, restored, fresh = ckpt_lib.init_params(source, params)
-  log.info("initialised %d parameters from %s; %d keep their fresh init%s", len(restored),
-           source, len(fresh), f" ({', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''})"
-           if fresh else "")
-  return params, fresh
-
-
-def _eval_batches(setup: Setup) -> list:
-  """A fixed set of batches of the eval split for the teacher-forced loss (same every time)."""
-  cfg = setup.cfg
-  n_hosts = jax.process_count()
-  options = pipeline.PipelineOptions(
-      lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
-      batch_size=cfg.data.batch_size // n_hosts, pack=cfg.data.pack, packer=cfg.data.packer,
-      packing_bins=cfg.data.packing_bins, seed=cfg.data.seed,
-      feature_converter=cfg.data.feature_converter, shard_index=jax.process_index(),
-      num_shards=n_hosts, prefetch=0)
-  it = iter(pipeline.train_batches(setup.spec, cfg.data.cache_dir, options,
-                                   split=cfg.eval.split))
-  return [next(it) for _ in range(max(cfg.eval.loss_batches, 1))]
-
-
-def eval_loss(setup: Setup, params, batches, eval_step) -> dict[str, float]:
-  """Teacher-forced loss and token accuracy on `batches`, overall and per task (`eval/...`)."""
-  sums = None
-  for local in batches:
-    m = eval_step(params, arrays.global_batch(local_batch(setup, local), setup.mesh,
-                                              setup.rules))
-    sums = m if sums is None else jax.tree.map(jax.numpy.add, sums, m)
-  row = metrics_lib.summarize(jax.device_get(sums), setup.spec.task_names)
-  return {f"eval/{k}": v for k, v in row.items()}
-
-
-def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax train") -> dict:
+def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax train",
+          evaluation: hooks_lib.Evaluation | None = None,
+          hooks: Sequence[hooks_lib.LoopHook] = ()) -> dict:
   """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict.
+
+  `evaluation`: the full evaluation of `eval.every` / `eval.at_end` (None: none; the composition
+  root `mtjax.recipes.train.run` passes `mtjax.eval`'s). `hooks`: step hooks for this run, after
+  those `hooks_lib.install`ed for the process.
 
   One writer per run dir: a second `train` on the same run dir while this one runs raises
   errors.RunDirError naming this one (`command`, pid, host), before it writes anything.
@@ -330,40 +73,21 @@ def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax
   profiler_lib.parse(cfg.train.profile_steps)  # and a bad profile window or tracker
   trackers_lib.check(cfg.train.trackers)
   distributed.initialize()
-  lock = hold_run_dir(cfg.run_dir, command)
+  lock = runlock.hold(cfg.run_dir, command)
   try:
-    return _train(cfg, progress, lock, t_start)
+    return _train(cfg, progress, lock, t_start, evaluation,
+                  hooks_lib.installed() + tuple(hooks))
   finally:
     if lock is not None:
       lock.release()
 
 
-def hold_run_dir(run_dir: str, command: str):
-  """Takes the run dir's writer lock (mtjax.train.runlock) on process 0, before anything is
-  written there; every process raises the refusal (errors.RunDirError). Returns the lock (None on
-  other processes)."""
-  lock, message = None, None
-  if jax.process_index() == 0:
-    try:
-      lock = runlock.acquire(run_dir, command)
-    except errors.RunDirError as e:
-      message = str(e)
-  message = distributed.share_error("run_lock", message)
-  if message is not None:
-    raise errors.RunDirError(message)
-  return lock
-
-
-def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
-  setup = build(cfg)
+def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float,
+           evaluation: hooks_lib.Evaluation | None, hooks: Sequence[hooks_lib.LoopHook]) -> dict:
+  setup = setup_lib.build(cfg)
+  setup_lib.check_microbatches(setup)
   k = max(cfg.train.microbatches, 1)
-  if cfg.data.batch_size % k or (cfg.data.batch_size // k) % (
-      setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]):
-    raise errors.ConfigError(
-        f"data.batch_size={cfg.data.batch_size} must split into train.microbatches={k} "
-        "microbatches that each divide over the data x fsdp mesh "
-        f"({setup.mesh.shape['data'] * setup.mesh.shape['fsdp']} devices)")
-  data = data_iterator(setup)
+  data = setup_lib.data_iterator(setup)
   distributed.barrier("setup")  # before Orbax's first cross-process collective
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(cfg.run_dir, "checkpoints"), save_every=cfg.train.checkpoint_every,
@@ -371,7 +95,7 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
       best_mode=cfg.train.best_mode)
   try:
     params, opt_state, start, saved_meta = _start_state(setup, checkpointer, data)
-    _save_config(cfg, setup)  # only once the run dir's checkpoints accept this config
+    setup_lib.write_run_files(setup)  # only once the run dir's checkpoints accept this config
   except BaseException:
     checkpointer.close()
     raise
@@ -385,7 +109,7 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
           normalizing_factor=cfg.train.loss_normalizing_factor,
           focal_gamma=cfg.train.focal_gamma, logits_chunk=cfg.train.logits_chunk))
   eval_step = step_lib.make_eval_step(setup.graphdef, num_tasks=num_tasks)
-  eval_batches = _eval_batches(setup) if cfg.eval.loss_every > 0 else None
+  eval_batches = eval_loss_lib.eval_batches(setup) if cfg.eval.loss_every > 0 else None
   try:  # a tracker that cannot start (W&B refusing a key) must not leave saves unfinished
     writer = metrics_lib.MetricWriter(cfg.run_dir, resume_step=start,
                                       enabled=jax.process_index() == 0,
@@ -406,7 +130,9 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
   bar = tqdm(total=cfg.train.steps, initial=start, dynamic_ncols=True,
              disable=not progress or jax.process_index() != 0,
              desc="train")
-  fault_step, fault_kind = _fault()
+  if evaluation is None and (cfg.eval.every > 0 or cfg.eval.at_end):
+    log.warning("no evaluation was handed to the loop: eval.every / eval.at_end are skipped "
+                "(mtjax.recipes.train.run trains with mtjax.eval's)")
   stop = {"signal": None}
   previous = _catch_sigterm(stop)
   track = jax.jit(lambda bad, m, done: jax.numpy.where(
@@ -420,9 +146,10 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
     with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
       for step in range(start, cfg.train.steps):
         profile.before(step + 1)
-        if fault_kind == "nan" and step + 1 == fault_step:
-          params = jax.tree.map(lambda x: x * float("nan"), params)
-        batch = arrays.global_batch(local_batch(setup, next(data)), setup.mesh, setup.rules)
+        for hook in hooks:
+          params = hook.before_step(step + 1, params)
+        batch = arrays.global_batch(setup_lib.local_batch(setup, next(data)), setup.mesh,
+                                    setup.rules)
         seen.add(batch)
         params, opt_state, m = step_fn(params, opt_state, batch, step)
         done = step + 1
@@ -437,20 +164,21 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
                       {"learning_rate": learning_rate(done), **seen.row()})
           sums, window_start, t0 = None, done, time.perf_counter()
         if eval_batches and (done % cfg.eval.loss_every == 0 or final):
-          last_eval = eval_loss(setup, params, eval_batches, eval_step)
+          last_eval = eval_loss_lib.eval_loss(setup, params, eval_batches, eval_step)
           writer.write(done, last_eval)
           t0 = time.perf_counter()  # eval time is not training throughput
-        full_eval = cfg.eval.every > 0 and (done % cfg.eval.every == 0
-                                            or (final and cfg.eval.at_end))
+        full_eval = evaluation is not None and cfg.eval.every > 0 and (
+            done % cfg.eval.every == 0 or (final and cfg.eval.at_end))
         if full_eval:
           _check_finite(int(bad), checkpointer.directory)
-          results = evaluate(setup, params, step=done)
-          writer.write_eval(done, results)  # its samples; its metrics to other trackers
+          results = evaluation.run(setup, params, done)
+          flat = evaluation.metrics(results)
+          writer.write_eval(done, results, flat)  # its samples; its metrics to other trackers
           final_results = results if final else None
-          last_eval = {**last_eval, **eval_lib.flat_metrics(results)}
+          last_eval = {**last_eval, **flat}
           t0 = time.perf_counter()
-        if fault_kind in ("SIGKILL", "SIGTERM") and done == fault_step:
-          os.kill(os.getpid(), getattr(signal, fault_kind))  # the handler runs right here
+        for hook in hooks:
+          hook.after_step(done)  # a SIGTERM raised here is handled here: this step saves
         # An evaluated step is also saved when checkpoints are ranked, so the best is on disk.
         if (final or stop["signal"] or checkpointer.should_save(done)
             or (full_eval and cfg.train.best_metric)):
@@ -481,12 +209,12 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float) -> dict:
                "final_metrics": last, "preempted": bool(stop["signal"])}
     if last_eval:
       summary["eval_loss"] = last_eval
-    if cfg.eval.at_end and not stop["signal"]:
+    if evaluation is not None and cfg.eval.at_end and not stop["signal"]:
       t_eval = time.perf_counter()
       summary["eval"] = final_results
       if final_results is None:
-        summary["eval"] = evaluate(setup, params)
-        writer.write_eval(cfg.train.steps, summary["eval"])
+        summary["eval"] = evaluation.run(setup, params, None)
+        writer.write_eval(cfg.train.steps, summary["eval"], evaluation.metrics(summary["eval"]))
       log.info("evaluated in %.1fs", time.perf_counter() - t_eval)
   finally:
     writer.close()
@@ -506,10 +234,10 @@ def _start_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, data):
     log.info("resumed %s from step %d", cfg.run_dir, start)
     return params, opt_state, start, saved_meta
   if cfg.train.init_from:
-    params = init_from(setup, params, cfg.train.init_from)
+    params = pretrained.init_from(setup, params, cfg.train.init_from)
   if cfg.train.init_prompt_from:
     with jax.set_mesh(setup.mesh):
-      params = prompts.merge(params, cfg.train.init_prompt_from)
+      params = pretrained.merge_prompt(params, cfg.train.init_prompt_from)
     log.info("soft prompt from %s", cfg.train.init_prompt_from)
   return params, opt_state, 0, None
 
@@ -568,26 +296,3 @@ def _check_finite(bad_step: int, ckpt_dir: str) -> None:
         f"the loss or gradient is NaN/Inf at step {bad_step}; stopping. The last good "
         f"checkpoint in {ckpt_dir} is untouched (lower the learning rate, enable "
         "optimizer.clip_norm, or check the data of that step).")
-
-
-def evaluate(setup: Setup, params, step: int | None = None, output_dir: str | None = None
-             ) -> list[dict]:
-  """Evaluates each task (decoding and scoring as `cfg.eval` says; mtjax.eval.evaluate), then
-  writes eval_results.json / eval_metrics.jsonl / TensorBoard to `output_dir` (the run dir) and
-  prints the per-task table. `step` labels the metrics (default: the final training step)."""
-  from mtjax.eval import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-  from mtjax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
-
-  cfg = setup.cfg
-  try:
-    import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    log.warning("seqio is not installed: skipping metric evaluation (it needs the tasks' "
-                "postprocessors and metric functions)")
-    return []
-  with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    results = run_lib.evaluate_config(setup.graphdef, params, setup.spec.task_names, cfg,
-                                      mesh=setup.mesh, rules=setup.rules)
-  eval_lib.report(results, output_dir or cfg.run_dir,
-                  cfg.train.steps if step is None else step)
-  return results

@@ -62,15 +62,14 @@ class MetricWriter:
     self._maybe_sync()
 
   def write_eval(self, step: int, results: Sequence[Mapping[str, Any]],
+                 metrics: Mapping[str, float],
                  samples: int = trackers_lib.SAMPLES_PER_TASK) -> None:
-    """A full evaluation's results (mtjax.eval.evaluate): its metrics as `eval/...` (to the
-    trackers that do not already get them from mtjax.eval.evaluate.report) and `samples`
-    decoded examples per task (TensorBoard text `samples/<task>`)."""
+    """A full evaluation's results: its `metrics` (one flat row, `mtjax.train.hooks.Evaluation`)
+    as `eval/...` (to the trackers that do not already get them from the evaluator's own report)
+    and `samples` decoded examples per task (TensorBoard text `samples/<task>`)."""
     if not self.enabled or not results:
       return
-    from mtjax.eval import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-
-    row = {f"eval/{k}": v for k, v in eval_lib.flat_metrics(list(results)).items()}
+    row = {f"eval/{k}": v for k, v in metrics.items()}
     for t in self.trackers:
       t.log_eval(step, row)
       for r in results:

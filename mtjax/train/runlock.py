@@ -77,6 +77,25 @@ def acquire(run_dir: str, command: str = "mtjax train") -> RunLock:
   return RunLock(run_dir, command)
 
 
+def hold(run_dir: str, command: str):
+  """`acquire` on process 0, before anything is written to the run dir; every process raises the
+  refusal (errors.RunDirError), shared through the coordinator so all of them stop. Returns the
+  lock (None on other processes)."""
+  from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  lock, message = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = acquire(run_dir, command)
+    except errors.RunDirError as e:
+      message = str(e)
+  message = distributed.share_error("run_lock", message)
+  if message is not None:
+    raise errors.RunDirError(message)
+  return lock
+
+
 class RunLock:
   """A held lock (this base class: one that protects nothing)."""
 

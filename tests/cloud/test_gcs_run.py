@@ -24,31 +24,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = 20
 
 
-def _env(jax_cache, fault=None):
+def _env(jax_cache):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS=("--xla_force_host_platform_device_count=2"
                         " --xla_backend_optimization_level=0"),
              JAX_COMPILATION_CACHE_DIR=jax_cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("MTJAX_FAULT_AT_STEP", None)
-  if fault:
-    env["MTJAX_FAULT_AT_STEP"] = fault
   return env
 
 
-def _mtjax(*args, env):
-  return subprocess.Popen([sys.executable, "-m", "mtjax.cli", *args], cwd=ROOT, env=env,
+def _mtjax(*args, env, fault=None):
+  # A fault (STEP:KIND) is injected by a loop hook of the tests' worker (tests/train/fault_worker).
+  entry = ["tests.train.fault_worker", fault] if fault else ["mtjax.cli"]
+  return subprocess.Popen([sys.executable, "-m", *entry, *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _train(run_dir, cache_dir, env):
+def _train(run_dir, cache_dir, env, fault=None):
   return _mtjax(
       "train", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--no_progress",
       "--set", f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", "model.preset=t5_test",
       "data.batch_size=4", "data.inputs_length=32", "data.targets_length=8",
       f"train.steps={STEPS}", "train.log_every=1", "train.checkpoint_every=5",
-      "train.keep_checkpoints=3", "eval.at_end=False", env=env)
+      "train.keep_checkpoints=3", "eval.at_end=False", env=env, fault=fault)
 
 
 def _finish(proc, timeout=600):
@@ -110,7 +109,7 @@ def runs(tmp_path_factory, gcs_server, synthetic_cache):
   gs_run, gs_cache = f"{bucket}/runs/t0", f"{bucket}/cache"
   out = {}
   procs = {"local": _train(local_run, local_cache, _env(jax_cache)),
-           "killed": _train(gs_run, gs_cache, _env(jax_cache, fault="16:SIGKILL"))}
+           "killed": _train(gs_run, gs_cache, _env(jax_cache), fault="16:SIGKILL")}
   out.update({name: _finish(p) for name, p in procs.items()})
   out["damaged"] = _damage_newest(gs_run)
   out["resumed"] = _finish(_train(gs_run, gs_cache, _env(jax_cache)))

@@ -8,7 +8,7 @@ import pytest
 from mtjax import cli
 from mtjax.config import python_config
 from mtjax.eval import run
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory, synthetic_cache):
       "data.batch_size=8", "train.steps=6", "train.log_every=3", "train.checkpoint_every=3",
       "optimizer.learning_rate=0.05", "eval.max_examples=8", "eval.batch_size=8",
       "eval.label_set=yes,no"])
-  summary = loop.train(cfg, progress=False)
+  summary = train_recipe.run(cfg, progress=False)
   return run_dir, summary["eval"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mtjax import cli
 from mtjax.config import python_config
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEP = 20
@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory, synthetic_cache):
       f"run_dir={out}", f"data.cache_dir={synthetic_cache}", "model.preset=t5_test",
       "data.batch_size=8", f"train.steps={STEP}", f"train.checkpoint_every={STEP}",
       "optimizer.learning_rate=0.05", "eval.at_end=False", "train.log_every=10"])
-  loop.train(cfg, progress=False)
+  train_recipe.run(cfg, progress=False)
   return out
 
 

@@ -20,7 +20,7 @@ from mtjax import cli  # noqa: E402
 from mtjax.config import schema  # noqa: E402
 from mtjax.eval import generate  # noqa: E402
 from mtjax.models import hf_meta, registry, store  # noqa: E402
-from mtjax.train import loop  # noqa: E402
+from mtjax.recipes import train as train_recipe  # noqa: E402
 
 MAX_NEW = 8  # targets_length of the runs below
 STEPS = 15  # enough for the tiny decoder to end its answers with EOS
@@ -89,7 +89,7 @@ def llama_run(tmp_path_factory, synthetic_cache):
   tmp = tmp_path_factory.mktemp("llama_run")
   _source_llama(str(tmp / "source"))
   cfg = _run(tmp, synthetic_cache, "run", hf_checkpoint=str(tmp / "source"))
-  loop.train(cfg, progress=False)
+  train_recipe.run(cfg, progress=False)
   return cfg
 
 

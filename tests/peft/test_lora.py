@@ -127,7 +127,8 @@ def test_loop_trains_lora_on_a_sharded_mesh(tmp_path, synthetic_cache):
   import orbax.checkpoint as ocp
 
   from mtjax.config import schema
-  from mtjax.train import loop
+  from mtjax.recipes import train as train_recipe
+  from mtjax.train import setup as setup_lib
 
   cfg = schema.RunConfig(
       run_dir=str(tmp_path / "run"),
@@ -139,14 +140,14 @@ def test_loop_trains_lora_on_a_sharded_mesh(tmp_path, synthetic_cache):
       train=schema.TrainConfig(steps=3, log_every=1, checkpoint_every=3, trainable=("lora",)),
       eval=schema.EvalConfig(at_end=False),
       mesh=schema.MeshConfig(data=4, fsdp=2, tensor=1))
-  assert loop.train(cfg, progress=False)["steps"] == 3
+  assert train_recipe.run(cfg, progress=False)["steps"] == 3
   with open(os.path.join(cfg.run_dir, "model_summary.json")) as f:
     params = json.load(f)["params"]
   assert all(p["trainable"] == lora.is_adapter_path(n) for n, p in params.items())
   # a and b for query + value in 6 attentions (2 encoder, 2 decoder self, 2 cross) and for
   # wi_0 + wo in 4 feed-forwards.
   assert sum(p["trainable"] for p in params.values()) == 2 * (6 * 2 + 4 * 2)
-  init = loop.build(dataclasses.replace(cfg, run_dir=str(tmp_path / "other"))).params
+  init = setup_lib.build(dataclasses.replace(cfg, run_dir=str(tmp_path / "other"))).params
   final = ocp.StandardCheckpointer().restore(os.path.join(cfg.run_dir, "checkpoints", "3",
                                                           "params"))
   flat = lambda t: {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)

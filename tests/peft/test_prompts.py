@@ -202,7 +202,8 @@ def test_init_from_initialises_a_vocab_prompt_from_the_restored_embeddings(tmp_p
   import orbax.checkpoint as ocp
 
   from mtjax.config import schema
-  from mtjax.train import loop
+  from mtjax.train import setup as setup_lib
+  from mtjax.train import pretrained as pretrained_lib
 
   base = _model("t5", seed=9)  # "pretrained": another seed than the run's fresh init
   step_dir = tmp_path / "pretrained" / "checkpoints" / "1"
@@ -216,8 +217,8 @@ def test_init_from_initialises_a_vocab_prompt_from_the_restored_embeddings(tmp_p
       model=schema.ModelConfig(preset="t5_test", prompt_length=P, prompt_init="vocab",
                                prompt_init_vocab=40),
       mesh=schema.MeshConfig(data=8))
-  setup = loop.build(cfg)
-  params = loop.init_from(setup, setup.params, str(tmp_path / "pretrained"))
+  setup = setup_lib.build(cfg)
+  params = pretrained_lib.init_from(setup, setup.params, str(tmp_path / "pretrained"))
   table = np.asarray(prompts.table(params)).reshape(-1, 32)
   pretrained = np.asarray(base.token_embed.embedding[...])[:40]
   fresh = np.asarray(setup.params["token_embed"]["embedding"])[:40]
@@ -227,19 +228,19 @@ def test_init_from_initialises_a_vocab_prompt_from_the_restored_embeddings(tmp_p
   np.testing.assert_array_equal(params["token_embed"]["embedding"],
                                 base.token_embed.embedding[...])
   saved = prompts.save(str(tmp_path / "prompt"), np.full((1, P, 32), 0.25), {"note": "x"})
-  merged = prompts.merge(params, saved)
+  merged = pretrained_lib.merge_prompt(params, saved)
   np.testing.assert_array_equal(prompts.table(merged), 0.25)
   with pytest.raises(ValueError, match="model.prompt_length"):
     prompts.with_table(params, np.zeros((1, P + 1, 32)))
   with pytest.raises(ValueError, match="data.pack=False"):
-    loop.build(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack=True)))
+    setup_lib.build(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack=True)))
 
 
 def test_training_batches_get_each_tasks_prompt_row(synthetic_cache):
   """Per-task prompts in the loop: `prompt_ids` follow `model.prompt_tasks` by task name; a
   mixture task without a prompt gets -1."""
   from mtjax.config import schema
-  from mtjax.train import loop
+  from mtjax.train import setup as setup_lib
 
   cfg = schema.RunConfig(
       data=schema.DataConfig(mixture="synthetic_strings", cache_dir=synthetic_cache,
@@ -247,9 +248,9 @@ def test_training_batches_get_each_tasks_prompt_row(synthetic_cache):
       model=schema.ModelConfig(preset="t5_test", prompt_length=P,
                                prompt_tasks=("synthetic_sort", "synthetic_copy")),
       mesh=schema.MeshConfig(data=8))
-  setup = loop.build(cfg)
+  setup = setup_lib.build(cfg)
   assert prompts.table(setup.params).shape == (2, P, 32)
-  batch = loop.local_batch(setup, next(loop.data_iterator(setup)))
+  batch = setup_lib.local_batch(setup, next(setup_lib.data_iterator(setup)))
   names = [setup.spec.task_names[t] for t in batch["task_ids"][:, 0]]
   want = [{"synthetic_sort": 0, "synthetic_copy": 1}.get(n, -1) for n in names]
   assert len(set(names)) == 3  # a mixed batch

@@ -17,7 +17,7 @@ TOY = ["model.preset=t5_test", "model.dtype=float32", "train.steps=2", "data.bat
 
 def main(out: str, cache_dir: str, *recipes: str) -> None:
   from mtjax.config import python_config
-  from mtjax.train import loop
+  from mtjax.recipes import train as train_recipe
 
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   for name in recipes or RECIPES:  # stage 2 starts from stage 1's run, as in ProMoT
@@ -28,7 +28,7 @@ def main(out: str, cache_dir: str, *recipes: str) -> None:
       extra.append(f"train.init_from={os.path.join(out, 'promot_stage1')}")
     cfg = python_config.load(os.path.join(root, "configs", "experiments", f"{name}.py"),
                              TOY + extra)
-    summary = loop.train(cfg, progress=False)
+    summary = train_recipe.run(cfg, progress=False)
     print("RESULT " + json.dumps({"recipe": name, "steps": summary["steps"],
                                   "loss": summary["final_metrics"]["loss"]}), flush=True)
 

@@ -14,15 +14,15 @@ import sys
 
 def main(phases_file: str) -> None:
   from mtjax import cli
-  from mtjax.train import loop
+  from mtjax.recipes import train as train_recipe
 
-  real_train = loop.train
+  real_train = train_recipe.run
 
   def spy(cfg, **kwargs):
     print(f"TRAINED {os.path.basename(cfg.run_dir)}", flush=True)
     return real_train(cfg, **kwargs)
 
-  loop.train = spy
+  train_recipe.run = spy
   with open(phases_file) as f:
     phases = json.load(f)
   for label, argv in phases:

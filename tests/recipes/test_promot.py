@@ -12,6 +12,7 @@ import pytest
 from mtjax.config import schema
 from mtjax.peft import prompts
 from mtjax.recipes import promot
+from mtjax.train import pretrained as pretrained_lib
 
 
 def _config(run_dir, cache_dir) -> schema.RunConfig:
@@ -74,9 +75,10 @@ def test_promot_recipe_end_to_end_and_resume(tmp_path, synthetic_cache):
   assert {r["step"]: r[key] for r in rows}[best] == max(r[key] for r in rows)
   exported, meta = prompts.load(os.path.join(run_dir, "prompt_tuning", "best_prompt"))
   assert meta["step"] == best and exported.shape == (1, 4, 32)
-  in_ckpt, _ = prompts.load(os.path.join(run_dir, "prompt_tuning", "checkpoints", str(best)))
+  in_ckpt, _ = pretrained_lib.load_prompt(os.path.join(run_dir, "prompt_tuning", "checkpoints",
+                                                      str(best)))
   np.testing.assert_array_equal(exported, in_ckpt)
-  stage2_prompt, _ = prompts.load(os.path.join(run_dir, "promot"))  # its newest step
+  stage2_prompt, _ = pretrained_lib.load_prompt(os.path.join(run_dir, "promot"))  # its newest step
   np.testing.assert_array_equal(stage2_prompt, exported)
   # `mtjax export` reads a prompted run as its base model (the prompt travels on its own).
   from mtjax.models import store

@@ -125,7 +125,8 @@ def test_init_from_an_hf_directory(tmp_path):
 
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, registry  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  from mtjax.train import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
 
   cfg = schema.RunConfig(model=schema.ModelConfig(preset="t5_test"))
   pretrained = registry.create(cfg.model, seed=1)
@@ -136,8 +137,8 @@ def test_init_from_an_hf_directory(tmp_path):
     graphdef, state = nnx.split(registry.create(cfg.model, seed=2, mesh=mesh, rules=rules))
   fresh = state.to_pure_dict()
   fresh["prompt"] = {"embedding": jax.numpy.ones((4, 8))}  # a soft prompt HF does not have
-  setup = loop.Setup(cfg, mesh, rules, None, graphdef, fresh, None, None)
-  params = loop.init_from(setup, fresh, str(tmp_path / "hf"))
+  setup = setup_lib.Setup(cfg, mesh, rules, None, graphdef, fresh, None, None)
+  params = pretrained_lib.init_from(setup, fresh, str(tmp_path / "hf"))
   want = nnx.split(pretrained)[1].to_pure_dict()
   np.testing.assert_allclose(params["lm_head"], want["lm_head"], rtol=1e-6)
   np.testing.assert_allclose(params["encoder_layers"][0]["mlp"]["wo"],

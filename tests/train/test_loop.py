@@ -10,7 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mtjax.config import schema
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
+from mtjax.train import setup as setup_lib
 
 
 def _flat(tree):
@@ -31,7 +32,7 @@ def test_loop_with_frozen_encoder_microbatches_and_eval_loss(tmp_path, synthetic
                                loss_normalization="task", best_metric="eval/loss"),
       eval=schema.EvalConfig(at_end=False, loss_every=2, loss_batches=1),
       mesh=schema.MeshConfig(data=4, fsdp=2, tensor=1))
-  summary = loop.train(cfg, progress=False)
+  summary = train_recipe.run(cfg, progress=False)
   assert summary["steps"] == 4 and not summary["preempted"]
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -47,8 +48,22 @@ def test_loop_with_frozen_encoder_microbatches_and_eval_loss(tmp_path, synthetic
   assert 0 < model["num_trainable"] < model["num_params"]
   assert any(p["axes"] for p in params.values())
 
+  # trainable.json: the spec, the seed and every path on one side, as model_summary.json says.
+  trainable_file = os.path.join(run_dir, "trainable.json")
+  with open(trainable_file) as f:
+    chosen = json.load(f)
+  assert chosen["spec"] == ["decoder"] and chosen["seed"] == cfg.train.seed
+  assert len(chosen["trainable"]) == sum(p["trainable"] for p in params.values())
+  assert len(chosen["frozen"]) == sum(not p["trainable"] for p in params.values())
+  assert all("decoder" in p for p in chosen["trainable"])
+  assert not any("decoder" in p for p in chosen["frozen"])
+
   # Frozen encoder: bit-identical to the fresh init; the decoder trained.
-  init = loop.build(dataclasses.replace(cfg, run_dir=str(tmp_path / "other"))).params
+  other = setup_lib.build(dataclasses.replace(cfg, run_dir=str(tmp_path / "other")))
+  init = other.params
+  before = os.stat(trainable_file).st_mtime_ns
+  setup_lib.write_trainable(dataclasses.replace(other, cfg=cfg))  # as a resume would
+  assert os.stat(trainable_file).st_mtime_ns == before  # identical: not written again
   final = ocp.StandardCheckpointer().restore(os.path.join(run_dir, "checkpoints", "4", "params"))
   init, final = _flat(init), _flat(final)
   assert init.keys() == final.keys()
@@ -80,7 +95,7 @@ def test_full_eval_every_n_steps_ranks_checkpoints(tmp_path, synthetic_cache):
                                best_metric=metric, best_mode="max"),
       eval=schema.EvalConfig(every=2, max_examples=8, batch_size=8),
       mesh=schema.MeshConfig(data=8, fsdp=1, tensor=1))
-  summary = loop.train(cfg, progress=False)
+  summary = train_recipe.run(cfg, progress=False)
   with open(os.path.join(run_dir, "eval_metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [2, 4]  # the end-of-run evaluation is step 4's, not a third

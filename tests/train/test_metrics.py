@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mtjax.config import schema
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
+from mtjax.train import setup as setup_lib
 from mtjax.train import trackers
 
 STEPS = 4
@@ -68,8 +69,8 @@ def _rows(run_dir):
 def _expected_counts(cfg):
   """{step: (target tokens, input tokens, {task: examples})}, cumulative, counted in numpy from
   the batches the run reads (single process: the local batch is the global one)."""
-  setup = loop.build(cfg)
-  data = loop.data_iterator(setup)
+  setup = setup_lib.build(cfg)
+  data = setup_lib.data_iterator(setup)
   target, inputs, examples, out = 0, 0, dict.fromkeys(setup.spec.task_names, 0), {}
   for step in range(1, STEPS + 1):
     b = next(data)
@@ -145,13 +146,13 @@ def runs(tmp_path_factory, synthetic_cache):
     mp.setenv("WANDB_SILENT", "true")
     mp.chdir(base)
     CALLS.clear()
-    first = loop.train(cfg, progress=False)
+    first = train_recipe.run(cfg, progress=False)
     first_calls, first_rows = list(CALLS), _rows(run_dir)
     first_events = set(glob.glob(os.path.join(run_dir, "tensorboard", "events.*")))
     first_wandb = _wandb_records(run_dir) if HAS_WANDB else None
     shutil.rmtree(os.path.join(run_dir, "checkpoints", "4"))
     CALLS.clear()
-    second = loop.train(_config(run_dir, synthetic_cache, every=0, at_end=True), progress=False)
+    second = train_recipe.run(_config(run_dir, synthetic_cache, every=0, at_end=True), progress=False)
     second_calls = list(CALLS)
   expected, tasks = _expected_counts(cfg)
   return dict(cfg=cfg, run_dir=run_dir, first=first, second=second, first_rows=first_rows,
@@ -279,7 +280,7 @@ def test_missing_wandb_is_one_error_naming_the_extra(monkeypatch, tmp_path):
   cfg = schema.RunConfig(run_dir=str(tmp_path / "run"),
                          train=schema.TrainConfig(trackers=("wandb",)))
   with pytest.raises(errors.ModuleError, match=r"pip install 'mtjax\[wandb\]'"):
-    loop.train(cfg, progress=False)
+    train_recipe.run(cfg, progress=False)
   assert not os.path.exists(tmp_path / "run")  # before anything is written
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mtjax import errors, fs
 from mtjax.config import schema
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
 from mtjax.train import profiler
 
 
@@ -27,7 +27,7 @@ def test_a_bad_window_fails_before_the_run_starts(tmp_path):
   cfg = schema.RunConfig(run_dir=str(tmp_path / "run"),
                          train=schema.TrainConfig(profile_steps="10"))
   with pytest.raises(errors.ConfigError, match="train.profile_steps='10'"):
-    loop.train(cfg, progress=False)
+    train_recipe.run(cfg, progress=False)
   assert not os.path.exists(tmp_path / "run")
 
 

@@ -4,7 +4,7 @@ evaluates by generation and by rank classification.
 The run is configured as a user configures it: `data.tokenizer` names a tokenizer dir (a Llama 3
 layout built here: byte-level BPE, id 0 is "!", BOS/EOS after the merges), `data.modules` imports
 a module that registers a PromptSource-style file task *without* a vocabulary (so the run's
-tokenizer is its vocabulary), and `mtjax.train.loop.train` runs in process with the prefix-LM
+tokenizer is its vocabulary), and `mtjax.recipes.train.run` (the loop with evaluation) runs in process with the prefix-LM
 converter (loss on the answer only).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mtjax.config import schema
-from mtjax.train import loop
+from mtjax.recipes import train as train_recipe
 from tests.data import tokenizer_files
 
 TASK = "mtjax_real_text_entailment"
@@ -107,7 +107,7 @@ def run(tmp_path_factory):
       eval=schema.EvalConfig(at_end=True, batch_size=8),
       mesh=schema.MeshConfig(data=8, fsdp=1, tensor=1))
   try:
-    summary = loop.train(cfg, progress=False)
+    summary = train_recipe.run(cfg, progress=False)
   finally:
     sys.path.remove(str(modules))
   return cfg, tokenizer, summary

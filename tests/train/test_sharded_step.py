@@ -8,7 +8,7 @@ import pytest
 
 from mtjax.config import schema
 from mtjax.parallel import arrays
-from mtjax.train import loop
+from mtjax.train import setup as setup_lib
 from mtjax.train import step as step_lib
 
 
@@ -23,8 +23,8 @@ def _cfg(cache_dir, data, fsdp, tensor):
 
 
 def _run(cfg, devices, steps=3):
-  setup = loop.build(cfg, devices=devices)
-  data = loop.data_iterator(setup)
+  setup = setup_lib.build(cfg, devices=devices)
+  data = setup_lib.data_iterator(setup)
   fn = step_lib.make_train_step(setup.graphdef, setup.tx, num_tasks=len(setup.spec.tasks))
   params, opt_state, losses = setup.params, setup.opt_state, []
   with jax.set_mesh(setup.mesh):
@@ -54,9 +54,9 @@ def test_sharded_step_matches_single_device(synthetic_cache):
 def test_batch_not_divisible_by_mesh_names_the_key(synthetic_cache):
   cfg = _cfg(synthetic_cache, 8, 1, 1)
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=12))
-  setup = loop.build(cfg)
+  setup = setup_lib.build(cfg)
   with pytest.raises(ValueError, match="data.batch_size=12"):
-    loop.data_iterator(setup)
+    setup_lib.data_iterator(setup)
 
 
 def test_checkpoint_from_4x2x1_continues_identically_on_2x2x2(synthetic_cache, tmp_path):
@@ -74,16 +74,16 @@ def test_checkpoint_from_4x2x1_continues_identically_on_2x2x2(synthetic_cache, t
         losses.append(float(m["loss"]))
     return params, opt_state, losses
 
-  a = loop.build(_cfg(synthetic_cache, 4, 2, 1))
-  data_a = loop.data_iterator(a)
+  a = setup_lib.build(_cfg(synthetic_cache, 4, 2, 1))
+  data_a = setup_lib.data_iterator(a)
   params, opt_state, _ = steps(a, data_a, a.params, a.opt_state, 0, 2)
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), save_every=1, keep=1)
   ckpt.save(2, params, opt_state, data_a, {"step": 2})
   ckpt.close()
   _, _, want = steps(a, data_a, params, opt_state, 2, 3)
 
-  b = loop.build(_cfg(synthetic_cache, 2, 2, 2))
-  data_b = loop.data_iterator(b)
+  b = setup_lib.build(_cfg(synthetic_cache, 2, 2, 2))
+  data_b = setup_lib.data_iterator(b)
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), save_every=1, keep=1)
   step, params_b, opt_b, _ = ckpt.restore_latest(b.params, b.opt_state, data_b)
   ckpt.close()

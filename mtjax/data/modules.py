@@ -1,0 +1,82 @@
+"""Registering a run's tasks: importing `data.modules`, and k-shot variants on demand.
+
+Every command that reads a run's tasks (train, eval, infer, cache, promot, ablate) registers them
+here, the same way, so a task resolves to the same SeqIO definition (and the same cache
+fingerprint) whichever command asks. This sits in `mtjax.data` because registering tasks is a
+data concern: nothing here knows about models, training or evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable
+
+from mtjax import errors
+from mtjax.data import vocabularies
+
+log = logging.getLogger(__name__)
+
+
+def import_modules(modules: Iterable[str], vocabulary=None, *, hint: str = "",
+                   missing_seqio_ok: bool = True) -> None:
+  """Imports the modules that register the config's SeqIO tasks and mixtures.
+
+  `vocabulary` (`mtjax.data.vocabularies.for_run`): the default vocabulary of tasks registered
+  during the imports (None: SeqIO's ByteVocabulary).
+
+  The working directory is importable, as with `python -m`, so `data.modules=my_tasks` finds a
+  `my_tasks.py` next to where `mtjax` runs. The built-in mixtures are `mtjax.mixtures.*`; the
+  name they had before they moved into the package, `mixtures.X` (in older run dirs and
+  configs), still means the built-in `mtjax.mixtures.X`, so a user folder named `mixtures/`
+  cannot shadow them (a module of the user's own in such a folder still imports).
+
+  A module that cannot import for want of seqio or TensorFlow is skipped with a warning when
+  `missing_seqio_ok` (training on an existing cache needs neither); `mtjax infer` needs the
+  tasks themselves and passes False. `hint`: the `hint:` line of the error.
+  """
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  for name in modules:
+    name = builtin_name(name)
+    try:
+      with vocabularies.defaulting_to(vocabulary):
+        importlib.import_module(name)
+    except ImportError as e:
+      if missing_seqio_ok and getattr(e, "name", None) in ("seqio", "tensorflow"):
+        log.warning("cannot import %s without %s; using the existing cache", name, e.name)
+        continue
+      raise errors.ModuleError(f"data.modules: cannot import {name!r}: {e}", hint=hint) from e
+
+
+def builtin_name(name: str) -> str:
+  """`mixtures.X` -> `mtjax.mixtures.X` when that built-in exists (see `import_modules`)."""
+  if name.startswith("mixtures."):
+    try:
+      if importlib.util.find_spec("mtjax." + name) is not None:
+        return "mtjax." + name
+    except ImportError:  # no such built-in package: the user's own
+      pass
+  return name
+
+
+def ensure_shot_task(name: str, seed: int = 0) -> None:
+  """Registers `<task>_<k>shot` on demand when only its base task is registered, so a run whose
+  mixture is a few-shot variant (ProMoT's +1-shot stages) resumes and evaluates in a fresh
+  process. Anything else is left to SeqIO (which names what is missing); without seqio, the
+  cache must already hold it."""
+  try:
+    import seqio  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  match = re.fullmatch(r"(.+)_(\d+)shot", name)
+  if match is None or name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
+    return
+  if match.group(1) in seqio.TaskRegistry.names() and int(match.group(2)) > 0:
+    from mtjax.data import few_shot  # pylint: disable=g-import-not-at-top
+
+    few_shot.register_few_shot_task(match.group(1), int(match.group(2)), seed=seed)
