@@ -302,7 +302,8 @@ def markdown(args, sweep: dict, rows: dict[str, list[dict]], checks, timing: dic
         f"{timing['date']}; 1-min load average {timing['load_min']:.1f}-{timing['load_max']:.1f} "
         f"(mean {timing['load_mean']:.1f}) on {timing['cpus']} CPUs, i.e. the machine was shared "
         "with other jobs. Member seconds (training + evaluation, per worker): "
-        f"{cell(timing['member_seconds'], 0)}.")
+        f"{cell(timing['member_seconds'], 0)}." + (f" ({timing['note']})" if timing.get("note")
+                                                   else ""))
   else:
     lines.append("- (no member was trained by this script in this work dir)")
   return "\n".join(lines) + "\n"
