@@ -41,8 +41,8 @@ def get_sweep() -> dict:
   return {
       "name": "t5_mixing",
       "seeds": [0, 1, 2],
-      # Rows of 40 input / 24 target tokens, packed: ~2 examples a row, so ~35 examples a step
-      # and ~14,000 draws in 400 steps (less than the 22,400 supervised training examples).
+      # Rows of 40 input / 24 target tokens, packed: ~2 examples a row, so ~32 examples a step
+      # and ~12,800 draws in 400 steps (less than the 22,400 supervised training examples).
       "set": ["train.steps=400", "train.log_every=100", "train.checkpoint_every=400",
               "train.keep_checkpoints=1", "eval.max_examples=200", "data.batch_size=16",
               "data.inputs_length=40", "data.targets_length=24"],
