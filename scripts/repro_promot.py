@@ -289,7 +289,7 @@ def plot(per_seed: dict[str, list[dict]], path: str) -> None:
 
 
 def write_results(args, per_seed: dict[str, list[dict]], seeds: list[int],
-                  seconds: dict) -> str:
+                  seconds: dict, load: list[float] = ()) -> str:
   """Writes the generated part of `args.out` (kept: a `## Design` section before it and a
   `## Notes` section after it, both written by hand) and the plot beside it."""
   command = " ".join(["python scripts/repro_promot.py", *sys.argv[1:]])
@@ -304,7 +304,9 @@ def write_results(args, per_seed: dict[str, list[dict]], seeds: list[int],
       f"Produced by `{command}` ({len(seeds)} seeds: {', '.join(map(str, seeds))}); the run "
       f"took {sum(seconds.values()) / 60:.1f} min (" +
       ", ".join(f"{name} {v / 60:.1f} min" for name, v in seconds.items()) +
-      f"). Mean ± standard deviation over seeds; the pretrained model is one checkpoint. "
+      f") on {os.cpu_count()} CPU cores" +
+      (f", 15-minute load average {min(load):.1f}-{max(load):.1f} at the end of each part"
+       if load else "") + f". Mean ± standard deviation over seeds; the pretrained model is one checkpoint. "
       f"In-context columns: the eight `fmt_*` tasks with the prompt removed, {args.eval_examples} "
       "validation examples each, exact match averaged over the tasks of a family and then over "
       f"the four families; retention = {k}-shot in-context accuracy as % of the pretrained "
@@ -382,6 +384,7 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     out = fn(*a)
     timings.setdefault(name, time.perf_counter() - t)
+    timings.setdefault("load", {}).setdefault(name, os.getloadavg()[2])  # machine share
     with open(timings_path, "w") as fh:
       json.dump(timings, fh, indent=1)
     return out
@@ -394,8 +397,11 @@ def main(argv=None) -> None:
       per_seed[method].append(dict(measures(ev, evals["pretrained"]), seed=seed))
   with open(os.path.join(args.workdir, "per_seed.json"), "w") as fh:
     json.dump(per_seed, fh, indent=1)
-  seconds = {name: timings[name] for name in ["pretraining", *(f"seed {s}" for s in seeds)]}
-  print(write_results(args, per_seed, seeds, seconds))
+  names = ["pretraining", *(f"seed {s}" for s in seeds)]
+  seconds = {name: timings[name] for name in names}
+  load = [timings.get("load", {}).get(name) for name in names]
+  print(write_results(args, per_seed, seeds, seconds,
+                      load=[x for x in load if x is not None]))
   for name, ok, detail in criteria(per_seed):
     print(f"{'PASS' if ok else 'FAIL'}: {name} ({detail})")
 
