@@ -306,7 +306,8 @@ def write_results(args, per_seed: dict[str, list[dict]], seeds: list[int],
       ", ".join(f"{name} {v / 60:.1f} min" for name, v in seconds.items()) +
       f") on {os.cpu_count()} CPU cores" +
       (f", 15-minute load average {min(load):.1f}-{max(load):.1f} at the end of each part"
-       if load else "") + f". Mean ± standard deviation over seeds; the pretrained model is one checkpoint. "
+       if load else "") +
+      ". Mean ± standard deviation over seeds; the pretrained model is one checkpoint. "
       f"In-context columns: the eight `fmt_*` tasks with the prompt removed, {args.eval_examples} "
       "validation examples each, exact match averaged over the tasks of a family and then over "
       f"the four families; retention = {k}-shot in-context accuracy as % of the pretrained "
