@@ -356,7 +356,8 @@ def plot(per_seed: dict[str, list[dict]], path: str) -> None:
   plt.close(fig)
 
 
-def write_results(args, per_seed, seeds, seconds: dict, sources: dict, checks: dict) -> str:
+def write_results(args, per_seed, seeds, seconds: dict, sources: dict, checks: dict,
+                  wall: float) -> str:
   command = " ".join(["python scripts/repro_forgetting.py", *sys.argv[1:]])
   png = os.path.splitext(args.out)[0] + ".png"
   k, f = SHOTS, args.model_steps
@@ -376,7 +377,9 @@ def write_results(args, per_seed, seeds, seconds: dict, sources: dict, checks: d
       f"model (`{os.path.join(args.pretrain_workdir, 'pretrain')}`, scripts/repro_promot.py) "
       "and the evaluation examples are shared. F = "
       f"{f}. Time of this script's first run, beyond the shared pretraining: "
-      f"{total / 60:.1f} min ({', '.join(f'{n} {v / 60:.1f}' for n, v in seconds.items())} min"
+      f"{wall / 60:.1f} min wall clock from the first seed's start to the last seed's end; "
+      f"the parts add up to {total / 60:.1f} min "
+      f"({', '.join(f'{n} {v / 60:.1f}' for n, v in seconds.items())} min"
       + (f"; plus {waits / 60:.1f} min waiting for repro_promot's ProMoT results" if waits else "")
       + ").",
       "",
@@ -444,19 +447,33 @@ def main(argv=None) -> None:
   os.makedirs(args.workdir, exist_ok=True)
   rp.use_compilation_cache(args.workdir)
 
-  # Timings of each part's first run (kept in <workdir>/timings.json; a resumed run reuses them).
-  timings_path = os.path.join(args.workdir, "timings.json")
+  # Timings of each part's first run, per seed in <workdir>/seed<N>/timings.json (seeds may run
+  # in parallel processes); a resumed run keeps them. "wall" holds the seed's first start and
+  # last end (epoch seconds).
   timings = {}
-  if os.path.exists(timings_path):
-    with open(timings_path) as fh:
-      timings = json.load(fh)
+  for seed in seeds:
+    path = os.path.join(args.workdir, f"seed{seed}", "timings.json")
+    timings[seed] = {"parts": {}, "wall": {}}
+    if os.path.exists(path):
+      with open(path) as fh:
+        timings[seed] = json.load(fh)
+
+  def record(seed, name, seconds, start, last=False):
+    mine = timings[seed]
+    mine["parts"].setdefault(name, seconds)
+    mine["wall"].setdefault("start", start)
+    if last:
+      mine["wall"].setdefault("end", time.time())
+    path = os.path.join(args.workdir, f"seed{seed}", "timings.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+      json.dump(mine, fh, indent=1)
 
   def timed(name, fn, *a, **kw):
-    t = time.perf_counter()
+    seed = int(name.split()[1])
+    t, start = time.perf_counter(), time.time()
     out = fn(*a, **kw)
-    timings.setdefault(name, time.perf_counter() - t)
-    with open(timings_path, "w") as fh:
-      json.dump(timings, fh, indent=1)
+    record(seed, name, time.perf_counter() - t, start)
     return out
 
   pretrain(args)
@@ -467,11 +484,11 @@ def main(argv=None) -> None:
     evals[seed], sources[seed] = run_seed(args, seed, timed)
   checks = {}
   for seed in seeds:  # ProMoT last: repro_promot's study may still be producing it
-    t = time.perf_counter()
+    t, start = time.perf_counter(), time.time()
     evals[seed]["promot"], sources[seed]["promot"] = promot_result(args, seed, seeds)
     reused = sources[seed]["promot"].startswith(args.pretrain_workdir)
-    timings.setdefault(f"seed {seed} promot" + (" (reused; waiting)" if reused else ""),
-                       time.perf_counter() - t)
+    record(seed, f"seed {seed} promot" + (" (reused; waiting)" if reused else ""),
+           time.perf_counter() - t, start, last=True)
     for method in METHODS:
       per_seed[method].append(dict(measures(evals[seed][method], evals[seed]["pretrained"]),
                                    seed=seed))
@@ -485,15 +502,15 @@ def main(argv=None) -> None:
               fh, indent=1)
   # seconds per kind of part, over seeds (the promot entry is ~0 when repro_promot's is reused)
   seconds = {}
-  for name, v in timings.items():
-    if not any(name.startswith(f"seed {s} ") for s in seeds):
-      continue
+  for name, v in [kv for seed in seeds for kv in timings[seed]["parts"].items()]:
     kind = name.split(" ", 2)[2]
     kind = "promot (reused; waiting)" if "waiting" in kind else kind
     kind = ("training" if kind.endswith(" train") else "evaluation" if kind.endswith(" eval")
             else "merging" if kind.endswith(" merge") else kind)
     seconds[kind] = seconds.get(kind, 0.0) + v
-  print(write_results(args, per_seed, seeds, seconds, sources, checks))
+  walls = [timings[s]["wall"] for s in seeds]
+  wall = max(w["end"] for w in walls) - min(w["start"] for w in walls)
+  print(write_results(args, per_seed, seeds, seconds, sources, checks, wall))
 
 
 if __name__ == "__main__":
