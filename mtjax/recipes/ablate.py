@@ -73,11 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def plan(base: schema.RunConfig, sweep_path: str, out: str | None = None):
   """(sweep, out dir, members): registers the tasks and caches each variant's mixture."""
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
-  from mtjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtjax.data import modules  # pylint: disable=g-import-not-at-top
 
   sweep = sweep_lib.load(sweep_path)
   out = out or os.path.join("runs", "ablate", sweep.name)
-  loop.import_modules(base.data.modules, vocabularies.for_run(base))
+  modules.import_modules(base.data.modules, vocabularies.for_run(base))
   specs = {}
 
   def spec(name: str):

@@ -33,7 +33,6 @@ from flax import nnx
 from tqdm import tqdm
 
 from mtjax.config import schema, storage
-from mtjax.data.modules import import_modules  # noqa: F401  (recipes/ablate.py's name for it)
 from mtjax.parallel import arrays, distributed
 from mtjax.train import checkpoint as ckpt_lib
 from mtjax.train import eval_loss as eval_loss_lib
