@@ -10,7 +10,8 @@ The pretrained model is scripts/repro_promot.py's (`pretrain(args)`: `decoder_sm
   ProMoT              repro_promot's per-seed result (F prompt steps + F model steps) when its
                       workdir has it, else the same recipe run here
   LoRA                adapters only (rank 8, alpha 16, on all seven projections), F steps, AdamW
-                      1e-3 constant (Adafactor's parameter scaling cannot move a zero-started B)
+                      1e-3 constant (Adafactor's parameter scaling cannot move a zero-started B);
+                      added after the first results: the same at AdamW 1e-4 (`lora_low`)
   HFT                 `train.trainable=hft` (half of each layer's matrices, drawn from the seed), F
   LiNeS(finetune)     `mtjax merge --method lines`, base = pretrained, the finetuned model; two
                       fixed settings: gamma = 0.5 (alpha 0.5, beta 0.5) and gamma = 0 (alpha 0,
@@ -72,6 +73,7 @@ METHODS = {
     "finetune": ("finetune", "train"),
     "promot": ("ProMoT (F prompt + F model steps)", "promot"),
     "lora": ("LoRA (r 8, all projections)", "train"),
+    "lora_low": ("LoRA, lr 1e-4 (added after the first results)", "train"),
     "hft": ("HFT (half of each layer)", "train"),
     "lines_g0.5": ("LiNeS(finetune), gamma 0.5", "merge"),
     "lines_g0": ("LiNeS(finetune), gamma 0", "merge"),
@@ -92,6 +94,7 @@ MERGES = {
                                                 "--lam", "1"]),
 }
 COLORS = {"pretrained": "black", "finetune": "tab:red", "promot": "tab:green", "lora": "tab:blue",
+          "lora_low": "navy",
           "hft": "tab:orange", "lines_g0.5": "tab:purple", "lines_g0": "violet",
           "finetune_greater": "tab:brown", "ta_0.5": "tab:olive", "ta_1": "gold",
           "ties": "tab:cyan", "multitask": "tab:gray"}
@@ -115,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--lora_rank", type=int, default=8)
   p.add_argument("--lora_alpha", type=float, default=16.0)
   p.add_argument("--lora_lr", type=float, default=1e-3)
+  p.add_argument("--lora_lr_low", type=float, default=1e-4,
+                 help="a second LoRA row (added after the first results: is LoRA's forgetting "
+                      "its update size?)")
   p.add_argument("--promot_wait", type=float, default=30.0,
                  help="minutes to wait for repro_promot's ProMoT results while it runs")
   p.add_argument("--out", default="docs/results/forgetting.md")
@@ -202,14 +208,14 @@ def train_stages(args, seed: int) -> dict:
       "hft": stage("hft", TARGET, (TARGET,), trainable=("hft",)),
       "multitask": stage("multitask", MIXTURE, two.TARGETS, steps=2 * args.model_steps),
   }
-  lora = stage("lora", TARGET, (TARGET,), trainable=("lora",))
-  cfg = lora.cfg
-  cfg = dataclasses.replace(
-      cfg, model=dataclasses.replace(cfg.model, lora_rank=args.lora_rank,
-                                     lora_alpha=args.lora_alpha, lora_targets=LORA_TARGETS),
-      optimizer=dataclasses.replace(cfg.optimizer, name="adamw", learning_rate=args.lora_lr,
-                                    schedule="constant", warmup_steps=0, weight_decay=0.0))
-  out["lora"] = promot.Stage("lora", cfg, lora.tasks)
+  for name, lr in (("lora", args.lora_lr), ("lora_low", args.lora_lr_low)):
+    st = stage(name, TARGET, (TARGET,), trainable=("lora",))
+    cfg = dataclasses.replace(
+        st.cfg, model=dataclasses.replace(st.cfg.model, lora_rank=args.lora_rank,
+                                          lora_alpha=args.lora_alpha, lora_targets=LORA_TARGETS),
+        optimizer=dataclasses.replace(st.cfg.optimizer, name="adamw", learning_rate=lr,
+                                      schedule="constant", warmup_steps=0, weight_decay=0.0))
+    out[name] = promot.Stage(name, cfg, st.tasks)
   return out
 
 
@@ -261,7 +267,8 @@ def promot_result(args, seed: int, seeds: list[int]) -> tuple[dict, str]:
     with open(theirs) as fh:
       report = json.load(fh)
     ev = report["methods"].get("promot")
-    want = promot._eval_key(base, ev and ev["step"], rp.LABEL_SET)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    want = promot._eval_key(base, ev and ev["step"], rp.LABEL_SET)
     if ev is not None and ev["key"] == want:
       return ev, theirs
     logging.warning("%s: its ProMoT evaluation settings differ (%s vs %s): running ProMoT here",
@@ -297,7 +304,7 @@ def run_seed(args, seed: int, timed) -> tuple[dict[str, dict], dict]:
                               "pretrained", eval_stage(stages["finetune"]), None, base0,
                               rp.LABEL_SET)
   best = {}
-  for name in ("finetune", "lora", "hft", "finetune_greater", "multitask"):
+  for name in ("finetune", "lora", "hft", "finetune_greater", "multitask", "lora_low"):
     st = stages[name]
     best[name] = timed(f"seed {seed} {name} train", promot.run_stage, st, progress=False)
     evals[name] = timed(f"seed {seed} {name} eval", promot.evaluate_method, name, eval_stage(st),
@@ -351,7 +358,7 @@ def plot(per_seed: dict[str, list[dict]], path: str) -> None:
     ax.grid(alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-  fig.tight_layout(rect=(0, 0.13, 1, 1))
+  fig.tight_layout(rect=(0, 0.16, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -362,6 +369,7 @@ def write_results(args, per_seed, seeds, seconds: dict, sources: dict, checks: d
   png = os.path.splitext(args.out)[0] + ".png"
   k, f = SHOTS, args.model_steps
   steps = {"pretrained": "-", "finetune": f"{f}", "promot": f"{f} + {f}", "lora": f"{f}",
+           "lora_low": f"{f}",
            "hft": f"{f}", "lines_g0.5": f"{f} + merge", "lines_g0": f"{f} + merge",
            "finetune_greater": f"{f}", "ta_0.5": f"2 x {f} + merge",
            "ta_1": f"2 x {f} + merge", "ties": f"2 x {f} + merge", "multitask": f"{2 * f}"}
