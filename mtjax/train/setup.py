@@ -30,7 +30,7 @@ from mtjax.data import cache, modules, pipeline, vocabularies
 from mtjax.models import hf_meta, registry
 from mtjax.parallel import mesh as mesh_lib
 from mtjax.parallel import rules as rules_lib
-from mtjax.peft import filters, prompt_setup, prompts
+from mtjax.peft import filters, lora, prompt_setup, prompts
 from mtjax.train import optimizers
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ def make_optimizer(cfg: schema.RunConfig):
   """The optax transformation of `cfg.optimizer`, its schedule over `train.steps`."""
   o = cfg.optimizer
   lr = optimizers.schedule(o.schedule, o.learning_rate, cfg.train.steps, o.warmup_steps)
+  # LoRA factors start at zero: Adafactor's parameter scaling would keep their steps ~lr * 1e-3.
+  unscaled = lora.is_adapter_path if cfg.model.lora_rank > 0 else None
   return optimizers.make(o.name, lr, o.weight_decay, o.clip_norm, decay_rate=o.decay_rate,
-                         parameter_scale=o.parameter_scale)
+                         parameter_scale=o.parameter_scale, unscaled=unscaled)
 
 
 def trainable_set(cfg: schema.RunConfig, params) -> frozenset | None:

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,3 +43,48 @@ def test_flops_and_mfu():
   assert flops.mfu(f, 2.0, 4, peak=1e6) == f * 2 / 4e6
   assert flops.mfu(f, 2.0, 4, peak=None) is None
   assert flops.device_peak_flops() is None  # CPU: no MFU
+
+
+def _steps(tx, params, grads):
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    upd, state = tx.update(g, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, upd)
+    out.append(params)
+  return out
+
+
+def test_adafactor_exempting_nothing_equals_optax():
+  """The rebuilt chain (used when some parameters skip the scaling) is optax's Adafactor."""
+  rng = np.random.default_rng(0)
+  params = {"k": jnp.asarray(rng.normal(size=(6, 130)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+           for _ in range(3)]
+  for wd in (0.0, 0.01):
+    ours = _steps(optimizers.make("adafactor", 0.01, wd, unscaled=lambda path: False),
+                  params, grads)
+    ref = _steps(optimizers.make("adafactor", 0.01, wd), params, grads)
+    for a, b in zip(ours, ref):
+      jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_lora_factors_skip_adafactors_parameter_scale():
+  """A zero-initialised LoRA `b` moves by ~lr per step, not lr * 1e-3 (Adafactor's floor).
+
+  First Adafactor step on an unfactored leaf: v = g^2, so the update is g / |g| = +-1 per entry
+  (RMS 1, clipping inactive), times lr, times max(RMS(param), 1e-3) where scaled.
+  """
+  lr = 0.01
+  params = {"q_lora": {"a": jnp.full((4, 2), 0.5), "b": jnp.zeros((2, 4))},
+            "q": {"kernel": jnp.full((4, 4), 2.0)}}
+  grads = [{"q_lora": {"a": jnp.ones((4, 2)), "b": -jnp.ones((2, 4))},
+            "q": {"kernel": jnp.ones((4, 4))}}]
+  from mtjax.peft import lora  # pylint: disable=g-import-not-at-top
+  (after,) = _steps(optimizers.make("adafactor", lr, unscaled=lora.is_adapter_path), params, grads)
+  np.testing.assert_allclose(after["q_lora"]["b"], lr, rtol=1e-5)          # was lr * 1e-3
+  np.testing.assert_allclose(after["q_lora"]["a"], 0.5 - lr, rtol=1e-5)   # not scaled by 0.5
+  np.testing.assert_allclose(after["q"]["kernel"], 2.0 - lr * 2.0, rtol=1e-5)  # scaled by RMS 2
+  (old,) = _steps(optimizers.make("adafactor", lr), params, grads)
+  np.testing.assert_allclose(old["q_lora"]["b"], lr * 1e-3, rtol=1e-5)
