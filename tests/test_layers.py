@@ -3,7 +3,8 @@
 Layers, top to bottom (docs/DESIGN.md, "Layers"); a module may import its own layer and any
 layer below it:
 
-  cli -> recipes | merge -> eval -> train -> models -> peft -> data | config | parallel -> base
+  cli -> recipes | merge -> collections -> eval -> train -> models -> peft -> data | config |
+  parallel -> base
 
 `base` is `mtjax/__init__.py`, `errors.py`, `fs.py`, `quiet.py`. Every import counts, at module
 level or inside a function (a lazy import is still a dependency). `mtjax.mixtures` and
@@ -16,7 +17,7 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = (("cli",), ("recipes", "merge"), ("eval",), ("train",), ("models",), ("peft",),
+LAYERS = (("cli",), ("recipes", "merge"), ("collections",), ("eval",), ("train",), ("models",), ("peft",),
           ("data", "config", "parallel"), ("errors", "fs", "quiet", ""))
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -21,6 +21,12 @@ class DataConfig:
   # model.hf_checkpoint when it has one, else SeqIO's ByteVocabulary (mtjax.data.vocabularies)
   tokenizer: str = ""
   cache_dir: str = ".cache/mtjax"
+  # Where the collections (mtjax.collections) find their data while `modules` import: a folder
+  # of local copies of Hugging Face dataset repositories as <dir>/<org>/<name> (searched before
+  # the Hugging Face cache; "" = $MTJAX_HF_DATA_DIR), and PromptSource's templates folder
+  # ("" = $MTJAX_PROMPTSOURCE_DIR, else the installed promptsource package's)
+  hf_data_dir: str = ""
+  promptsource_dir: str = ""
   inputs_length: int = 64
   targets_length: int = 16
   batch_size: int = 32  # global, in packed rows

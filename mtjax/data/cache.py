@@ -40,14 +40,14 @@ NUMPY_POST_CACHE_OPS = ("append_eos_after_trim", "append_eos")
 log = logging.getLogger(__name__)
 
 
-def _describe(obj: Any) -> str:
+def describe(obj: Any) -> str:
   """A stable description of a callable for fingerprints: name, bound args and source."""
   import functools  # pylint: disable=g-import-not-at-top
 
   if isinstance(obj, functools.partial):
-    args = ", ".join([_describe(a) for a in obj.args] +
-                     [f"{k}={_describe(v)}" for k, v in sorted(obj.keywords.items())])
-    return f"partial({_describe(obj.func)}, {args})"
+    args = ", ".join([describe(a) for a in obj.args] +
+                     [f"{k}={describe(v)}" for k, v in sorted(obj.keywords.items())])
+    return f"partial({describe(obj.func)}, {args})"
   if hasattr(obj, "templates"):
     return f"templates{[(t.name, t.inputs, t.targets) for t in obj.templates]}"
   if callable(obj):
@@ -154,9 +154,13 @@ def fingerprint(task, split: str, sequence_length: Mapping[str, int] | None = No
     parts.append(f"sequence_length:{_lengths_key(sequence_length)}")
   if isinstance(source, seqio.TfdsDataSource):
     parts.append(_tfds_identity(task, split))
-  if isinstance(source, seqio.FunctionDataSource):
-    fn = source._dataset_fn  # pylint: disable=protected-access
-    parts.append(_describe(fn))
+  fn = getattr(source, "_dataset_fn", None)
+  if isinstance(source, seqio.FunctionDataSource) and hasattr(fn, "fingerprint_parts"):
+    # A source that knows its own identity (mtjax.collections.hf_tasks: repo, config, split,
+    # commit, files, templates), instead of the function's description and file stats.
+    parts += list(fn.fingerprint_parts(split))
+  elif isinstance(source, seqio.FunctionDataSource):
+    parts.append(describe(fn))
     for path in getattr(fn, "data_files", ()):  # files read by the function: size and mtime
       st = os.stat(path)
       parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
@@ -170,7 +174,7 @@ def fingerprint(task, split: str, sequence_length: Mapping[str, int] | None = No
       for path in sorted(tf.io.gfile.glob(pattern)):
         st = tf.io.gfile.stat(path)
         parts.append(f"{path}:{st.length}:{st.mtime_nsec}")
-  parts += [_describe(p) for p in pre] + post
+  parts += [describe(p) for p in pre] + post
   for name, feature in sorted(task.output_features.items()):
     vocab = feature.vocabulary
     # `fingerprint`: a vocabulary's own identity (e.g. a hash of an HF tokenizer's files)

@@ -8,6 +8,7 @@ data concern: nothing here knows about models, training or evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -21,9 +22,38 @@ from mtjax.data import vocabularies
 
 log = logging.getLogger(__name__)
 
+# Where registrations find their data, for the collections (`mtjax.collections`): the run's
+# `data.hf_data_dir` / `data.promptsource_dir` while `data.modules` import, else these
+# environment variables.
+OPTION_ENV = {"hf_data_dir": "MTJAX_HF_DATA_DIR", "promptsource_dir": "MTJAX_PROMPTSOURCE_DIR"}
+_options: dict[str, str] = {}
+
+
+def option(name: str) -> str | None:
+  """A data-location option for registrations: the importing run's value, else its environment
+  variable (`OPTION_ENV`), else None."""
+  if name not in OPTION_ENV:
+    raise KeyError(f"unknown data option {name!r}; known: {sorted(OPTION_ENV)}")
+  return _options.get(name) or os.environ.get(OPTION_ENV[name]) or None
+
+
+def run_options(data_config) -> dict[str, str]:
+  """The options of a run's `DataConfig` (`data.hf_data_dir`, `data.promptsource_dir`)."""
+  return {k: getattr(data_config, k, "") for k in OPTION_ENV if getattr(data_config, k, "")}
+
+
+@contextlib.contextmanager
+def options_set(options: dict[str, str] | None):
+  global _options
+  saved, _options = _options, dict(options or {})
+  try:
+    yield
+  finally:
+    _options = saved
+
 
 def import_modules(modules: Iterable[str], vocabulary=None, *, hint: str = "",
-                   missing_seqio_ok: bool = True) -> None:
+                   missing_seqio_ok: bool = True, options: dict[str, str] | None = None) -> None:
   """Imports the modules that register the config's SeqIO tasks and mixtures.
 
   `vocabulary` (`mtjax.data.vocabularies.for_run`): the default vocabulary of tasks registered
@@ -37,14 +67,15 @@ def import_modules(modules: Iterable[str], vocabulary=None, *, hint: str = "",
 
   A module that cannot import for want of seqio or TensorFlow is skipped with a warning when
   `missing_seqio_ok` (training on an existing cache needs neither); `mtjax infer` needs the
-  tasks themselves and passes False. `hint`: the `hint:` line of the error.
+  tasks themselves and passes False. `hint`: the `hint:` line of the error. `options`: where
+  collections find their data (`run_options`; see `option`).
   """
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   for name in modules:
     name = builtin_name(name)
     try:
-      with vocabularies.defaulting_to(vocabulary):
+      with vocabularies.defaulting_to(vocabulary), options_set(options):
         importlib.import_module(name)
     except ImportError as e:
       if missing_seqio_ok and getattr(e, "name", None) in ("seqio", "tensorflow"):

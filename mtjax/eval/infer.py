@@ -146,7 +146,7 @@ def _import_run_modules(run_cfg) -> None:
   from mtjax.data import modules, vocabularies  # pylint: disable=g-import-not-at-top
 
   modules.import_modules(run_cfg.data.modules, vocabularies.for_run(run_cfg),
-                         missing_seqio_ok=False,
+                         missing_seqio_ok=False, options=modules.run_options(run_cfg.data),
                          hint="run from where the run's task modules import, or give the "
                               "vocabulary with --tokenizer")
 

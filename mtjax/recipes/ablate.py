@@ -77,7 +77,8 @@ def plan(base: schema.RunConfig, sweep_path: str, out: str | None = None):
 
   sweep = sweep_lib.load(sweep_path)
   out = out or os.path.join("runs", "ablate", sweep.name)
-  modules.import_modules(base.data.modules, vocabularies.for_run(base))
+  modules.import_modules(base.data.modules, vocabularies.for_run(base),
+                         options=modules.run_options(base.data))
   specs = {}
 
   def spec(name: str):

@@ -492,7 +492,8 @@ def run(cfg: schema.RunConfig, *, progress: bool = True) -> dict:
 def _run(cfg: schema.RunConfig, progress: bool) -> dict:
   from mtjax.data import modules  # pylint: disable=g-import-not-at-top
 
-  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg))
+  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg),
+                         options=modules.run_options(cfg.data))
   if not cfg.train.init_from:
     log.warning("promot: train.init_from is empty, so the 'pretrained' model is %s's fresh "
                 "init (seed %d)", cfg.model.preset, cfg.train.seed)

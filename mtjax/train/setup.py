@@ -59,7 +59,8 @@ def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True) -> Set
   """The run's tasks, cache, mesh, model (+ LoRA, + soft prompt) and, with `optimizer`, the
   trainable set and optimizer state. `devices`: the mesh's (default: all)."""
   prompt_setup.check_config(cfg)
-  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg))
+  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg),
+                         options=modules.run_options(cfg.data))
   modules.ensure_shot_task(cfg.data.mixture)
   spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
                              sequence_length=cfg.data.sequence_length,

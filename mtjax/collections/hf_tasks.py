@@ -1,0 +1,194 @@
+"""SeqIO tasks over Hugging Face datasets: `register_hf_task`.
+
+    register_hf_task("rte_t5", HFDataset("nyu-mll/glue", "rte", revision=SHA),
+                     prepare=functools.partial(glue.t5_example, benchmark="rte"),
+                     splits={"train": "train", "validation": "validation"},
+                     class_label_names=("label",))
+
+A task split (`validation`) reads a dataset split (`validation`, or ANLI's `dev_r1`). Each record
+goes through `map_record` (rename, derive, drop), then ClassLabel fields named in
+`class_label_names` become their label names (from the dataset's own features), then
+`prepare(record)`, which returns the example (a dict with `inputs`, `targets` and any other
+fields, e.g. `answer_choices`), a list of examples (rank-classification rows), or None (dropped).
+The examples are tokenized and cached like file tasks' (`mtjax.data.file_tasks`): rendered in
+Python once, when the split is cached, with `idx` (the example's position) and `example_json`
+(the record `prepare` saw) kept beside them.
+
+The cache fingerprint of such a task is mtjax's own (`fingerprint_parts`): the dataset's
+`hf_datasets.identity` (repo, config, split, commit, files) plus a description of `prepare`,
+`map_record` and the label options, never `datasets`' fingerprint. `prepare` and `map_record`
+should be module-level functions or `functools.partial`s of them, as for file tasks: their
+source and arguments are what the fingerprint sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+from mtjax import errors
+from mtjax.collections import hf_datasets
+from mtjax.data import vocabularies
+
+Prepare = Callable[[dict], "dict | list[dict] | None"]
+
+
+@dataclasses.dataclass(eq=False)
+class HFSource:
+  """What a task reads and how it turns records into examples (see the module docstring)."""
+
+  dataset: hf_datasets.HFDataset
+  prepare: Prepare
+  splits: Mapping[str, str]  # task split -> dataset split
+  map_record: Callable[[dict], dict | None] | None = None
+  class_label_names: tuple[str, ...] = ()
+  data_root: str | None = None
+  task: str = ""
+  _memo: tuple | None = dataclasses.field(default=None, repr=False)
+
+  def dataset_split(self, split: str) -> str:
+    if split not in self.splits:
+      raise errors.DataError(f"task {self.task!r} has no split {split!r}; it has "
+                             f"{', '.join(self.splits)}")
+    return self.splits[split]
+
+  def resolve(self, split: str) -> hf_datasets.Resolved:
+    try:
+      return hf_datasets.resolve(self.dataset, self.dataset_split(split), self.data_root)
+    except errors.UserError as e:
+      raise type(e)(f"task {self.task!r} split {split!r}: {e}", hint=e.hint) from None
+
+  def records(self, split: str):
+    """(where, record) the task's `prepare` sees, after map_record and label names."""
+    resolved = self.resolve(split)
+    labels = {f: n for f, n in resolved.class_labels().items() if f in self.class_label_names}
+    missing = [f for f in self.class_label_names if f not in labels]
+    if missing:
+      raise errors.DataError(f"task {self.task!r}: {missing} are not ClassLabel features of "
+                             f"{self.dataset.label} (its ClassLabels: "
+                             f"{sorted(resolved.class_labels()) or 'none'})")
+    for where, record in hf_datasets.iter_records(resolved):
+      if self.map_record is not None:
+        record = _call(self.map_record, record, where, "map_record")
+        if record is None:
+          continue
+      for field, names in labels.items():
+        value = record.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+          record[field] = names[value] if 0 <= value < len(names) else ""  # -1: no label
+      yield where, record
+
+  def examples(self, split: str) -> list[dict[str, Any]]:
+    """The split's examples, in dataset order (memoised: counting and caching render once)."""
+    if self._memo is not None and self._memo[0] == split:
+      return self._memo[1]
+    out = []
+    for where, record in self.records(split):
+      made = _call(self.prepare, record, where, "prepare")
+      if made is None:
+        continue
+      for ex in made if isinstance(made, list) else [made]:
+        ex = dict(ex)
+        ex.setdefault("idx", len(out))
+        ex["example_json"] = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+        out.append(ex)
+    if not out:
+      raise errors.DataError(f"task {self.task!r} split {split!r}: no examples (every record of "
+                             f"{self.dataset.label} was dropped or the split is empty)")
+    self._memo = (split, out)
+    return out
+
+  def fingerprint_parts(self, split: str) -> list[str]:
+    """mtjax's fingerprint of this task split (read by `mtjax.data.cache.fingerprint`)."""
+    from mtjax.data.cache import describe  # pylint: disable=g-import-not-at-top
+
+    try:
+      ident = hf_datasets.identity(self.dataset, self.dataset_split(split), self.data_root)
+    except errors.UserError as e:
+      raise type(e)(f"task {self.task!r} split {split!r}: {e}", hint=e.hint) from None
+    return [ident, describe(self.prepare), describe(self.map_record),
+            f"class_label_names={self.class_label_names}"]
+
+  def __getstate__(self):  # worker processes re-read the data rather than receive it pickled
+    return dict(self.__dict__, _memo=None)
+
+
+def _call(fn, record, where: str, what: str):
+  try:
+    return fn(record)
+  except errors.UserError as e:
+    raise type(e)(f"{where}: {e}", hint=e.hint) from None
+  except Exception as e:  # the collection's or the user's function
+    name = getattr(fn, "__qualname__", None) or getattr(getattr(fn, "func", None), "__qualname__",
+                                                        type(fn).__name__)
+    raise errors.DataError(f"{where}: {what} {name} failed: {type(e).__name__}: {e}") from e
+
+
+class _LazyCounts(Mapping):
+  """`num_input_examples` that counts a split's examples only when SeqIO asks (at cache time)."""
+
+  def __init__(self, source: HFSource):
+    self._source = source
+
+  def __getitem__(self, split):
+    return len(self._source.examples(split))
+
+  def __iter__(self):
+    return iter(self._source.splits)
+
+  def __len__(self):
+    return len(self._source.splits)
+
+
+def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, source: HFSource):
+  from mtjax.data import file_tasks  # pylint: disable=g-import-not-at-top
+
+  del shuffle_files, seed  # dataset order is the canonical order; Grain shuffles later
+  return file_tasks.to_dataset(source.examples(split))
+
+
+def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare, *,
+                     splits: Mapping[str, str] | Sequence[str] = ("train", "validation"),
+                     vocabulary=None, metric_fns: Sequence[Callable] = (),
+                     postprocess_fn: Callable | None = None, add_eos: bool = True,
+                     map_record: Callable | None = None,
+                     class_label_names: Sequence[str] = (), data_root: str | None = None):
+  """Registers (replacing any previous definition) and returns a SeqIO task over a dataset.
+
+  `splits`: the task's splits, as names shared with the dataset or as {task split: dataset
+  split} (ANLI: {"train": "train_r1", "validation": "dev_r1"}). Nothing is read here.
+  `add_eos`: SeqIO's feature option for both features (T0: inputs without EOS is
+  `add_eos=False` on inputs; pass a pair (inputs, targets) to set them apart).
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  split_map = dict(splits) if isinstance(splits, Mapping) else {s: s for s in splits}
+  if not split_map:
+    raise errors.DataError(f"task {name!r}: give at least one split")
+  source = HFSource(dataset, prepare, split_map, map_record, tuple(class_label_names),
+                    data_root, task=name)
+  dataset_fn = functools.partial(_dataset_fn, source=source)
+  dataset_fn.fingerprint_parts = source.fingerprint_parts
+  dataset_fn.hf_source = source  # for `mtjax tasks` (listing, --show)
+  vocabulary = vocabulary or vocabularies.default()
+  eos = tuple(add_eos) if isinstance(add_eos, (tuple, list)) else (add_eos, add_eos)
+  features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=e)
+              for k, e in zip(("inputs", "targets"), eos)}
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=tuple(split_map),
+                                      num_input_examples=_LazyCounts(source)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=features,
+      postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns))
+
+
+def hf_source(task) -> HFSource | None:
+  """The `HFSource` of a task registered here (None for other tasks)."""
+  fn = getattr(getattr(task, "source", None), "_dataset_fn", None)
+  return getattr(fn, "hf_source", None)
