@@ -1,4 +1,4 @@
-"""`mtjax <command>`: train, eval, infer, cache, convert, export, ablate, promot.
+"""`mtjax <command>`: train, eval, infer, cache, convert, export, ablate, promot, merge, tasks.
 
 Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a python config
 (`--config=configs/x.py --set a.b=VALUE`). Unknown keys are errors that name the key.
@@ -33,6 +33,7 @@ COMMANDS = {
     "ablate": "run a sweep of mixture variants x seeds (resumable) and tabulate the results",
     "promot": "ProMoT: prompt tuning, then model tuning with the prompt frozen; report vs baselines",
     "merge": "merge finetuned models into their base (task arithmetic, TIES, DARE, LiNeS, ...)",
+    "tasks": "list registered collections, mixtures and tasks; show a task's rendered examples",
 }
 
 CONFIG_HELP = """configuration (exactly one front end):
@@ -304,6 +305,7 @@ def _cmd_cache(argv):
   parser.add_argument("--targets_length", type=int, default=0)
   parser.add_argument("--tokenizer", default="",
                       help="an HF tokenizer dir: the default vocabulary (as data.tokenizer)")
+  _data_location_flags(parser)
   args = parser.parse_args(argv)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
@@ -316,8 +318,12 @@ def _cmd_cache(argv):
 
   from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
 
-  import_modules(args.module or ["mtjax.mixtures.synthetic"],
-                 hf_vocab.HFVocabulary.from_dir(args.tokenizer) if args.tokenizer else None)
+  from mtjax.collections import catalog  # pylint: disable=g-import-not-at-top
+
+  vocabulary = hf_vocab.HFVocabulary.from_dir(args.tokenizer) if args.tokenizer else None
+  collection = catalog.collection_of(args.mixture_or_task)
+  default = [catalog.COLLECTIONS[collection].module] if collection else ["mtjax.mixtures.synthetic"]
+  import_modules(args.module or default, vocabulary, options=_data_options(args))
   lengths = None
   if args.inputs_length or args.targets_length:
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
@@ -329,6 +335,62 @@ def _cmd_cache(argv):
     fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):
     print(f"{entry.name}\trate={entry.rate:g}\tweight={weight:.4f}")
+
+
+def _data_location_flags(parser) -> None:
+  parser.add_argument("--hf_data_dir", default="",
+                      help="local copies of Hugging Face dataset repos as <dir>/<org>/<name> "
+                           "(as data.hf_data_dir; default $MTJAX_HF_DATA_DIR)")
+  parser.add_argument("--promptsource_dir", default="",
+                      help="PromptSource's templates folder (as data.promptsource_dir; default "
+                           "$MTJAX_PROMPTSOURCE_DIR, else the promptsource package's)")
+
+
+def _data_options(args) -> dict[str, str]:
+  return {k: v for k, v in (("hf_data_dir", args.hf_data_dir),
+                            ("promptsource_dir", args.promptsource_dir)) if v}
+
+
+def _cmd_tasks(argv):
+  parser = argparse.ArgumentParser(
+      prog="mtjax tasks", description=COMMANDS["tasks"], epilog=(
+          "examples:\n  mtjax tasks\n  mtjax tasks --mixture t0_train --promptsource_dir "
+          "DIR\n  mtjax tasks --show super_glue_rte_GPT_3_style -n 3 --split validation"),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--mixture", default="",
+                      help="list this mixture's (or task's) tasks: rate, share, train examples "
+                           "(from the cache or the collection's records), cached splits")
+  parser.add_argument("--show", default="", metavar="TASK",
+                      help="print the first examples of TASK as text")
+  parser.add_argument("-n", type=int, default=3, help="how many examples --show prints")
+  parser.add_argument("--split", default="train", help="the split --show reads")
+  parser.add_argument("--module", action="append", default=[],
+                      help="module registering tasks (repeatable, as data.modules); the "
+                           "collections' own modules are found by name")
+  parser.add_argument("--cache_dir", default=".cache/mtjax",
+                      help="where to look for cached splits (as data.cache_dir)")
+  parser.add_argument("--json", action="store_true", help="machine-readable output")
+  _data_location_flags(parser)
+  args = parser.parse_args(argv)
+  if args.n < 1:
+    fail(f"-n must be at least 1, got {args.n}")
+  from mtjax.collections import catalog  # pylint: disable=g-import-not-at-top
+  from mtjax.data import modules  # pylint: disable=g-import-not-at-top
+
+  with modules.options_set(_data_options(args)):
+    names = [modules.builtin_name(m) for m in args.module]
+    if not args.mixture and not args.show:
+      print(catalog.overview(names))
+      return
+    if args.mixture:
+      catalog.ensure_registered(args.mixture, names)
+      rows = catalog.mixture_rows(args.mixture, args.cache_dir)
+      print(json.dumps(rows, indent=1) if args.json else catalog.format_rows(args.mixture, rows))
+    if args.show:
+      catalog.ensure_registered(args.show, names)
+      examples = catalog.show(args.show, args.split, args.n)
+      print(json.dumps(examples, indent=1, ensure_ascii=False) if args.json else
+            catalog.format_examples(args.show, args.split, examples))
 
 
 def _cmd_convert(argv):
@@ -478,7 +540,8 @@ def _main(argv: list[str]) -> None:
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,
               "cache": _cmd_cache, "convert": _cmd_convert, "export": _cmd_export,
-              "ablate": _cmd_ablate, "promot": _cmd_promot, "merge": _cmd_merge}
+              "ablate": _cmd_ablate, "promot": _cmd_promot, "merge": _cmd_merge,
+              "tasks": _cmd_tasks}
   if command not in handlers:
     fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
   from mtjax import fs  # pylint: disable=g-import-not-at-top

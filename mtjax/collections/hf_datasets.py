@@ -172,10 +172,10 @@ def _from_hub(ds: HFDataset, data_root: str | None) -> tuple[str, str]:
           f"dataset {ds.label}: revision {ds.revision} does not match the cached files "
           f"(cached snapshots: {', '.join(cached)}; searched {', '.join(searched)})",
           hint=_fill_hint(ds, data_root)) from None
-    why = ("offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if local_only
+    why = ("mtjax is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if local_only
            else f"the Hub could not be reached ({str(e).splitlines()[0]})")
     raise errors.MissingError(
-        f"dataset {ds.label} is not cached and mtjax is {why}; searched "
+        f"dataset {ds.label} is not cached and {why}; searched "
         f"{', '.join(searched)}", hint=_fill_hint(ds, data_root)) from None
   return folder, os.path.basename(os.path.normpath(folder))
 
@@ -226,8 +226,8 @@ def _readme_yaml(folder: str) -> dict:
     return {}
   import yaml  # pylint: disable=g-import-not-at-top
 
-  try:
-    meta = yaml.safe_load(match.group(1))
+  try:  # every scalar as written: label names such as no / yes / False are names, not booleans
+    meta = yaml.load(match.group(1), Loader=yaml.BaseLoader)  # noqa: S506
   except yaml.YAMLError as e:
     raise errors.DataError(f"{path}: unreadable YAML header ({' '.join(str(e).split())})") from None
   return meta if isinstance(meta, dict) else {}
@@ -251,7 +251,7 @@ def _readme_configs(meta: dict) -> dict[str, dict[str, list[str]]]:
       splits.setdefault(item.get("split", "train"), []).extend(
           f"{base}/{p}" if base else p for p in paths)
     out[name] = splits
-    if entry.get("default"):
+    if str(entry.get("default", "")).lower() == "true":
       out.setdefault("__default__", {"name": name})
   return out
 
@@ -376,6 +376,23 @@ def available_splits(ds: HFDataset, data_root: str | None = None) -> list[str]:
         return list(json.load(f).get("splits", []))
     return ["train"]
   return sorted(s for s, f in split_files(ds, folder).items() if f)
+
+
+def available_splits_cached(ds: HFDataset) -> list[str]:
+  """The splits of a Hub dataset as far as the Hub cache shows them, without any download
+  ([] when it is not cached)."""
+  if not ds.repo:
+    return []
+  folder = os.path.join(hub_cache_dir(), "datasets--" + ds.repo.replace("/", "--"))
+  ref = os.path.join(folder, "refs", ds.revision or "main")
+  commit = ds.revision if ds.pinned else None
+  if commit is None and os.path.isfile(ref):
+    with open(ref, encoding="utf-8") as f:
+      commit = f.read().strip()
+  snapshot = os.path.join(folder, "snapshots", commit or "")
+  if not commit or not os.path.isdir(snapshot):
+    return []
+  return sorted(s for s, f in split_files(ds, snapshot).items() if f)
 
 
 def resolve(ds: HFDataset, split: str, data_root: str | None = None) -> Resolved:

@@ -9,7 +9,8 @@ A task split (`validation`) reads a dataset split (`validation`, or ANLI's `dev_
 goes through `map_record` (rename, derive, drop), then ClassLabel fields named in
 `class_label_names` become their label names (from the dataset's own features), then
 `prepare(record)`, which returns the example (a dict with `inputs`, `targets` and any other
-fields, e.g. `answer_choices`), a list of examples (rank-classification rows), or None (dropped).
+fields, e.g. `answer_choices`), a list of examples (rank-classification rows, `idx` = [example,
+row]), or None (dropped).
 The examples are tokenized and cached like file tasks' (`mtjax.data.file_tasks`): rendered in
 Python once, when the split is cached, with `idx` (the example's position) and `example_json`
 (the record `prepare` saw) kept beside them.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 from mtjax import errors
@@ -46,7 +48,26 @@ class HFSource:
   class_label_names: tuple[str, ...] = ()
   data_root: str | None = None
   task: str = ""
+  recorded: Mapping[str, int] = dataclasses.field(default_factory=dict)  # known split sizes
   _memo: tuple | None = dataclasses.field(default=None, repr=False)
+  _available: tuple | None = dataclasses.field(default=None, repr=False)
+
+  def available(self, declared: Sequence[str]) -> tuple[str, ...]:
+    """The declared task splits whose dataset split exists, where the dataset can be looked at
+    without a download (a folder, the local copy, the Hub cache); else all declared ones."""
+    if self._available is None:
+      try:
+        if hf_datasets.offline() or self.dataset.path or self.dataset.data_dir or (
+            self.data_root and os.path.isdir(os.path.join(self.data_root, self.dataset.repo))):
+          have = set(hf_datasets.available_splits(self.dataset, self.data_root))
+        else:
+          have = set(hf_datasets.available_splits_cached(self.dataset))
+        self._available = tuple(s for s in declared if self.splits[s] in have) if have else None
+      except errors.UserError:
+        self._available = None
+      if self._available is None:
+        return tuple(declared)
+    return self._available
 
   def dataset_split(self, split: str) -> str:
     if split not in self.splits:
@@ -84,20 +105,34 @@ class HFSource:
     """The split's examples, in dataset order (memoised: counting and caching render once)."""
     if self._memo is not None and self._memo[0] == split:
       return self._memo[1]
-    out = []
+    out, count = [], 0
     for where, record in self.records(split):
       made = _call(self.prepare, record, where, "prepare")
       if made is None:
         continue
-      for ex in made if isinstance(made, list) else [made]:
-        ex = dict(ex)
-        ex.setdefault("idx", len(out))
-        ex["example_json"] = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-        out.append(ex)
+      record_json = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+      if isinstance(made, list):  # one example's rows: idx = [example, row] (T5's rank rows)
+        for row, ex in enumerate(made):
+          out.append(dict(ex, idx=ex.get("idx", [count, row]), example_json=record_json))
+      else:
+        out.append(dict(made, idx=made.get("idx", count), example_json=record_json))
+      count += 1
     if not out:
       raise errors.DataError(f"task {self.task!r} split {split!r}: no examples (every record of "
                              f"{self.dataset.label} was dropped or the split is empty)")
     self._memo = (split, out)
+    return out
+
+  def first(self, split: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` examples of a split (or rows of its first examples), reading no further:
+    what `mtjax tasks --show` prints."""
+    out = []
+    for where, record in self.records(split):
+      made = _call(self.prepare, record, where, "prepare")
+      if made is not None:
+        out.append(made)
+      if len(out) >= n:
+        break
     return out
 
   def fingerprint_parts(self, split: str) -> list[str]:
@@ -112,7 +147,7 @@ class HFSource:
             f"class_label_names={self.class_label_names}"]
 
   def __getstate__(self):  # worker processes re-read the data rather than receive it pickled
-    return dict(self.__dict__, _memo=None)
+    return dict(self.__dict__, _memo=None, _available=None)
 
 
 def _call(fn, record, where: str, what: str):
@@ -126,22 +161,6 @@ def _call(fn, record, where: str, what: str):
     raise errors.DataError(f"{where}: {what} {name} failed: {type(e).__name__}: {e}") from e
 
 
-class _LazyCounts(Mapping):
-  """`num_input_examples` that counts a split's examples only when SeqIO asks (at cache time)."""
-
-  def __init__(self, source: HFSource):
-    self._source = source
-
-  def __getitem__(self, split):
-    return len(self._source.examples(split))
-
-  def __iter__(self):
-    return iter(self._source.splits)
-
-  def __len__(self):
-    return len(self._source.splits)
-
-
 def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, source: HFSource):
   from mtjax.data import file_tasks  # pylint: disable=g-import-not-at-top
 
@@ -149,18 +168,39 @@ def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, source: H
   return file_tasks.to_dataset(source.examples(split))
 
 
+def _source_class():
+  """`seqio.FunctionDataSource` whose `splits` are those the dataset has (see
+  `HFSource.available`): a collection declares train/validation/test and a dataset without a
+  validation split is not asked for one. (A function, so seqio is imported only when used.)"""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  class HFDataSource(seqio.FunctionDataSource):
+
+    @property
+    def splits(self):
+      return self._dataset_fn.hf_source.available(self._splits)
+
+    def num_input_examples(self, split: str) -> int:
+      """Counted when asked (at cache time), by rendering the split once (memoised)."""
+      return len(self._dataset_fn.hf_source.examples(split))
+
+  return HFDataSource
+
+
 def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare, *,
                      splits: Mapping[str, str] | Sequence[str] = ("train", "validation"),
                      vocabulary=None, metric_fns: Sequence[Callable] = (),
                      postprocess_fn: Callable | None = None, add_eos: bool = True,
                      map_record: Callable | None = None,
-                     class_label_names: Sequence[str] = (), data_root: str | None = None):
+                     class_label_names: Sequence[str] = (), data_root: str | None = None,
+                     recorded: Mapping[str, int] | None = None):
   """Registers (replacing any previous definition) and returns a SeqIO task over a dataset.
 
   `splits`: the task's splits, as names shared with the dataset or as {task split: dataset
   split} (ANLI: {"train": "train_r1", "validation": "dev_r1"}). Nothing is read here.
-  `add_eos`: SeqIO's feature option for both features (T0: inputs without EOS is
-  `add_eos=False` on inputs; pass a pair (inputs, targets) to set them apart).
+  `add_eos`: SeqIO's feature option for both features, or a pair (inputs, targets): T0's inputs
+  have no EOS. `recorded`: split sizes known from the collection's metadata (shown by `mtjax
+  tasks`; the cache counts the examples itself).
   """
   import seqio  # pylint: disable=g-import-not-at-top
 
@@ -168,7 +208,7 @@ def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare
   if not split_map:
     raise errors.DataError(f"task {name!r}: give at least one split")
   source = HFSource(dataset, prepare, split_map, map_record, tuple(class_label_names),
-                    data_root, task=name)
+                    data_root, task=name, recorded=dict(recorded or {}))
   dataset_fn = functools.partial(_dataset_fn, source=source)
   dataset_fn.fingerprint_parts = source.fingerprint_parts
   dataset_fn.hf_source = source  # for `mtjax tasks` (listing, --show)
@@ -179,8 +219,7 @@ def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(dataset_fn, splits=tuple(split_map),
-                                      num_input_examples=_LazyCounts(source)),
+      source=_source_class()(dataset_fn, splits=tuple(split_map)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
       output_features=features,

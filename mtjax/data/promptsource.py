@@ -137,7 +137,11 @@ class PromptTemplate:
     """The rendered answer choices (empty if the template has none)."""
     return self._choices(_protect(example), example_rng(example)) or []
 
-  def render(self, example: Mapping[str, Any]) -> dict[str, Any]:
+  def parts(self, example: Mapping[str, Any]) -> tuple[list[str], list[str] | None]:
+    """(the rendered text split at the template's `|||`, each part stripped; the answer
+    choices or None), as PromptSource's `Template.apply` and `get_answer_choices_list`: one
+    part when the render has no separator (T0 drops such examples), more than two when a
+    template splits wrongly."""
     if "answer_choices" in example:
       raise errors.DataError(
           f"PromptSource template {self.name!r}: the record has a field 'answer_choices', a name "
@@ -147,7 +151,17 @@ class PromptTemplate:
     choices = self._choices(protected, rng)
     source = truncated(self.jinja, self.truncate) if self.truncate else self.jinja
     text = self._render(source, dict(protected, answer_choices=choices, **{_RNG: rng}), "")
-    parts = [p.replace(_PIPE, SEPARATOR).strip() for p in text.split(SEPARATOR)]
+    return [p.replace(_PIPE, SEPARATOR).strip() for p in text.split(SEPARATOR)], choices
+
+  def fixed_choices(self) -> list[str] | None:
+    """The answer choices when they do not depend on the example (no Jinja in them), as
+    PromptSource's `get_fixed_answer_choices_list`; else None."""
+    if not self.answer_choices or "{{" in self.answer_choices or "{%" in self.answer_choices:
+      return None
+    return [c.strip() for c in self.answer_choices.split(SEPARATOR)]
+
+  def render(self, example: Mapping[str, Any]) -> dict[str, Any]:
+    parts, choices = self.parts(example)
     if len(parts) > 2:
       raise errors.DataError(f"PromptSource template {self.name!r} rendered {len(parts)} parts; "
                              f"expected input {SEPARATOR} target")
