@@ -43,6 +43,15 @@ COLLECTIONS = {
 }
 
 
+def _import(module: str):
+  """Imports a registering module; a collection that could not register raises its error."""
+  from mtjax.data import modules  # pylint: disable=g-import-not-at-top
+
+  imported = importlib.import_module(module)
+  modules.check_registered(imported)
+  return imported
+
+
 def collection_of(name: str) -> str | None:
   """The collection whose module registers `name` (a mixture or task name), if any."""
   for key, info in COLLECTIONS.items():
@@ -56,12 +65,12 @@ def ensure_registered(name: str, modules: Iterable[str] = ()) -> Any:
   import seqio  # pylint: disable=g-import-not-at-top
 
   for module in modules:
-    importlib.import_module(module)
+    _import(module)
   if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
     return seqio.get_mixture_or_task(name)
   key = collection_of(name)
   if key is not None:
-    importlib.import_module(COLLECTIONS[key].module)
+    _import(COLLECTIONS[key].module)
   if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
     return seqio.get_mixture_or_task(name)
   mixtures = sorted(seqio.MixtureRegistry.names())
@@ -159,7 +168,7 @@ def show(task_name: str, split: str = "train", n: int = 3) -> list[dict[str, Any
                            f"{', '.join(_declared_splits(task))}")
   source = hf_tasks.hf_source(task)
   if source is not None:
-    return [{k: v for k, v in ex.items() if k != "example_json"} for ex in source.first(split, n)]
+    return source.first(split, n)
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
 
   out = []
@@ -200,7 +209,7 @@ def overview(modules: Iterable[str] = ()) -> str:
   import seqio  # pylint: disable=g-import-not-at-top
 
   for module in modules:
-    importlib.import_module(module)
+    _import(module)
   lines = ["collections (data.modules=mtjax.collections.<name>):"]
   for key, info in COLLECTIONS.items():
     mixtures = [n for n in info.names if "*" not in n]

@@ -424,14 +424,15 @@ def register(templates: str | None = None, data_root: str | None = None,
   rates, datasets, skipped = {}, {}, []
   one_og, all_og, twins = {}, [], set()
 
-  def add(name: str, row: T0Dataset, template: ps.PromptTemplate, splits: Mapping[str, str]):
+  def add(name: str, row: T0Dataset, template: ps.PromptTemplate, splits: Mapping[str, str],
+          recorded: bool = True):
     source, map_record = _dataset(row, hub, revisions, data_root)
     choices = template.fixed_choices()
     post = (functools.partial(class_id_postprocessor, label_classes=tuple(choices)) if choices
             else strip_postprocessor)
     common = dict(splits=splits, vocabulary=vocabulary, add_eos=(False, True),
                   map_record=map_record, data_root=data_root,
-                  recorded={"train": row.train_size} if row.train_size else None)
+                  recorded={"train": row.train_size} if recorded and row.train_size else None)
     hf_tasks.register_hf_task(name, source, functools.partial(apply_template, template=template),
                               metric_fns=_metrics(template, row), postprocess_fn=post, **common)
     datasets[name] = row
@@ -451,7 +452,7 @@ def register(templates: str | None = None, data_root: str | None = None,
         for template in found:
           name = task_name(row.name, row.subset, template.name) + f"_{r}"
           add(name, row, template, {"train": f"train_{r}", "validation": f"dev_{r}",
-                                    "test": f"test_{r}"})
+                                    "test": f"test_{r}"}, recorded=False)
           if template.metadata.get("original_task"):
             eval_tasks["BASE"].append(name)
       continue
@@ -520,12 +521,12 @@ def describe_rate(task: str) -> str:
   return "examples, at most 500,000"
 
 
-def _register_on_import() -> None:
-  try:
-    register()
-  except errors.MissingError as e:  # no templates: say how to get them when a mixture is asked
-    log.warning("%s (%s)", e, e.hint)
-    raise
-
-
-_register_on_import()
+# Registered at import with the run's options (`data.promptsource_dir`, `data.hf_data_dir`).
+# Without templates the import itself succeeds (tests, `mtjax tasks`, other collections use
+# this module's functions) and keeps the error: `mtjax.data.modules.import_modules` and
+# `mtjax tasks` raise it for a run that asks for this collection.
+REGISTRATION_ERROR: errors.UserError | None = None
+try:
+  register()
+except errors.MissingError as _e:
+  REGISTRATION_ERROR = _e

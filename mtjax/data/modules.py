@@ -76,12 +76,30 @@ def import_modules(modules: Iterable[str], vocabulary=None, *, hint: str = "",
     name = builtin_name(name)
     try:
       with vocabularies.defaulting_to(vocabulary), options_set(options):
-        importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as e:
       if missing_seqio_ok and getattr(e, "name", None) in ("seqio", "tensorflow"):
         log.warning("cannot import %s without %s; using the existing cache", name, e.name)
         continue
       raise errors.ModuleError(f"data.modules: cannot import {name!r}: {e}", hint=hint) from e
+    with vocabularies.defaulting_to(vocabulary), options_set(options):
+      check_registered(module)
+
+
+def check_registered(module) -> None:
+  """A module that registers at import may defer its failure (`REGISTRATION_ERROR`, e.g. a
+  collection whose templates were not found): try its `register()` again under the current
+  options, and raise the error if it still fails."""
+  if getattr(module, "REGISTRATION_ERROR", None) is None:
+    return
+  if callable(getattr(module, "register", None)):
+    try:
+      module.register()
+      module.REGISTRATION_ERROR = None
+      return
+    except errors.UserError as e:
+      module.REGISTRATION_ERROR = e
+  raise module.REGISTRATION_ERROR
 
 
 def builtin_name(name: str) -> str:
