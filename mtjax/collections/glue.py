@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,8 +46,6 @@ from mtjax.collections import hf_datasets, hf_tasks
 from mtjax.collections import t5_postprocessors as post
 from mtjax.data import modules
 from mtjax.eval import metrics
-
-log = logging.getLogger(__name__)
 
 GLUE_REPO = "nyu-mll/glue"
 SUPER_GLUE_REPO = "aps/super_glue"
@@ -82,7 +79,7 @@ SUPER_GLUE_FEATURES = {
     "copa": ("choice1", "choice2", "premise", "question"),
     "multirc": ("question", "answer", "paragraph"), "rte": ("hypothesis", "premise"),
     "wic": ("sentence1", "sentence2", "word"),
-    "axb": ("hypothesis", "premise"),  # after T5's rekey premise <- sentence1, hypothesis <- sentence2
+    "axb": ("hypothesis", "premise"),  # after T5's rekey: premise, hypothesis <- sentence1, 2
     "axg": ("hypothesis", "premise")}
 
 # t5.data.glue_utils.GLUE_WEIGHT_MAPPING / SUPER_GLUE_WEIGHT_MAPPING (TFDS train sizes after
@@ -329,7 +326,7 @@ def wnli_simple_example(record: Mapping[str, Any], *, label: str = "wsc:") -> di
           "label": int(record.get("label", 0)), "idx": int(record["idx"])}
 
 
-# ---- metrics and postprocessors (t5.data.glue_utils) ----------------------------------------------
+# ---- metrics and postprocessors (t5.data.glue_utils) ---------------------------------------------
 
 
 def _metric_table() -> dict[tuple[str, str], list[Callable]]:
@@ -375,7 +372,7 @@ def postprocess_fn(dataset: str, config: str) -> Callable:
   return functools.partial(post.string_label_to_class_id, label_classes=labels)
 
 
-# ---- the task table and registration --------------------------------------------------------------
+# ---- the task table and registration -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ def _check_lengths(targets, predictions):
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
 
 
-# ---- T5's metrics (t5/evaluation/metrics.py, qa_utils.py) -----------------------------------------
+# ---- T5's metrics (t5/evaluation/metrics.py, qa_utils.py) ----------------------------------------
 # Ports of the metric functions T5 attaches to its GLUE / SuperGLUE tasks (`t5.data.glue_utils`),
 # same keys and numbers (0-100 scale), without TensorFlow or scikit-learn: where T5 calls
 # sklearn, the formula sklearn computes is written out here. Bad input (lengths that differ, no

@@ -22,6 +22,8 @@ def main(out: str, cache_dir: str, *recipes: str) -> None:
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   for name in recipes or RECIPES:  # stage 2 starts from stage 1's run, as in ProMoT
     extra = [f"run_dir={os.path.join(out, name)}", f"data.cache_dir={cache_dir}"]
+    if name in ("t0", "flan_t5", "mt0_xp3"):  # their real collections: the synthetic suite here
+      extra += ["data.mixture=synthetic", "data.modules=mtjax.mixtures.synthetic"]
     if name.startswith("promot"):
       extra.append("model.prompt_length=4")
     if name == "promot_stage2":
