@@ -71,6 +71,14 @@ def ensure_registered(name: str, modules: Iterable[str] = ()) -> Any:
   key = collection_of(name)
   if key is not None:
     _import(COLLECTIONS[key].module)
+  else:  # a task of a collection (T0's names are its datasets' and templates'): look in each
+    for info in COLLECTIONS.values():
+      try:
+        _import(info.module)
+      except errors.UserError:  # that collection's data or templates are not here
+        continue
+      if name in seqio.TaskRegistry.names():
+        break
   if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
     return seqio.get_mixture_or_task(name)
   mixtures = sorted(seqio.MixtureRegistry.names())

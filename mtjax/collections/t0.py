@@ -357,26 +357,28 @@ COLLECTION: Collection | None = None
 
 
 def _metrics(template: ps.PromptTemplate, dataset: T0Dataset) -> list:
-  """T0's metric choice where mtjax has the metric: T5's GLUE / SuperGLUE metric of the subset,
-  else the template's `metadata.metrics` (accuracy stands for those mtjax lacks yet)."""
+  """T0's metric choice where mtjax has the metric: T5's GLUE / SuperGLUE metric of the subset
+  (for templates with fixed answer choices), else the template's `metadata.metrics`; metrics
+  mtjax does not have yet (BLEU, ROUGE, AUC, ...: issue 27) are left out."""
   from mtjax.eval import metrics  # pylint: disable=g-import-not-at-top
 
   names = {"Accuracy": "accuracy", "Squad": "squad", "Trivia QA": "trivia_qa",
            "Sequence Accuracy": "sequence_accuracy", "Pearson Correlation": "pearson_corrcoef",
            "Spearman Correlation": "spearman_corrcoef", "BLEU": "bleu", "ROUGE": "rouge",
            "Span Squad": "span_squad", "MultiRC": "multirc_f1_over_all_answers", "AUC": "auc",
-           "Other": "accuracy"}
-  if dataset.name in ("glue", "super_glue"):
-    try:
-      from mtjax.collections import glue  # pylint: disable=g-import-not-at-top
+           "Other": "accuracy"}  # T0's GET_METRICS names -> mtjax.eval.metrics
+  if dataset.name in ("glue", "super_glue") and template.fixed_choices():
+    # (T5's label metrics compare class ids: the fixed-choice templates' postprocessor; free
+    # text templates, e.g. paraphrase generation, keep their own metadata metrics below)
+    from mtjax.collections import t5_metrics  # pylint: disable=g-import-not-at-top
 
-      if dataset.name == "super_glue" and dataset.subset in ("wsc.fixed", "multirc"):
-        return [metrics.accuracy]  # as T0: these need T5's special pre/postprocessing
-      found = glue.metric_fns(dataset.name, dataset.subset)
-      if found is not None:
-        return list(found)
-    except (ImportError, AttributeError):
-      pass
+    if dataset.name == "super_glue" and dataset.subset in ("wsc.fixed", "multirc", "record"):
+      # as T0 for wsc.fixed and multirc (they need T5's own pre/postprocessing); record's T5
+      # metric reads T5's record postprocessor's dicts, which T0's templates do not produce
+      return [metrics.accuracy]
+    found = t5_metrics.metric_fns(dataset.name, dataset.subset)
+    if found is not None:
+      return found
   out = []
   for name in (template.metadata or {}).get("metrics") or []:
     fn = getattr(metrics, names.get(name, ""), None)

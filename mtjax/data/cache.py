@@ -646,14 +646,34 @@ def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
     for task in getattr(provider, "tasks", None) or [provider]:
       check_source(task)
   spec = mixing.from_seqio(name)
-  for entry in spec.tasks:
-    task = seqio.get_mixture_or_task(entry.name)
+  training = set(spec.task_names)
+  members = [seqio.get_mixture_or_task(n) for n in spec.task_names]
+  members += [t for t in getattr(provider, "tasks", None) or [] if t.name not in training]
+  for task in members:  # zero-rate members (T5's eval-only tasks): their evaluation splits
     for split in splits:
-      if split in task.splits:
+      if split in task.splits and (task.name in training or split != "train"):
         cache_task_split(task, split, cache_dir, num_shards=num_shards, num_workers=num_workers,
                          sequence_length=sequence_length)
   mixing.write_spec(spec, cache_dir)
   return spec
+
+
+def eval_task_names(name: str, split: str, training: tuple[str, ...]) -> tuple[str, ...]:
+  """The tasks evaluated on `split` for mixture `name`, as SeqIO's evaluator picks them: every
+  member that has the split, zero-rate members included (T5's GLUE mixture lists MNLI matched /
+  mismatched at rate 0 to evaluate them; MNLI itself has no `validation`). Without SeqIO, or
+  when no member has the split: the training tasks (`training`), as before."""
+  try:
+    import seqio  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return tuple(training)
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError:
+    return tuple(training)
+  members = getattr(provider, "tasks", None) or [provider]
+  found = tuple(t.name for t in members if split in t.splits)
+  return found or tuple(training)
 
 
 def ensure_cached(name: str, cache_dir: str, splits=("train", "validation"),

@@ -156,8 +156,11 @@ def evaluate_setup(setup, params, step: int | None = None, output_dir: str | Non
     log.warning("seqio is not installed: skipping metric evaluation (it needs the tasks' "
                 "postprocessors and metric functions)")
     return []
+  from mtjax.data import cache  # pylint: disable=g-import-not-at-top
+
+  tasks = cache.eval_task_names(cfg.data.mixture, cfg.eval.split, setup.spec.task_names)
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    results = evaluate_config(setup.graphdef, params, setup.spec.task_names, cfg,
+    results = evaluate_config(setup.graphdef, params, tasks, cfg,
                               mesh=setup.mesh, rules=setup.rules)
   evaluate.report(results, output_dir or cfg.run_dir, cfg.train.steps if step is None else step)
   return results
