@@ -9,6 +9,8 @@ One module per collection, each built on `hf_tasks` (SeqIO tasks over Hugging Fa
   flan2022  Flan 2022's pre-rendered submixes: flan2022 and its submixes, re-weightable
   xp3       xP3 (mT0 / BLOOMZ) per-language files and the mT0 held-out suite
 
+(`prerendered` is what flan2022 and xp3 share: tasks over rows that already are examples.)
+
 Import a module (`data.modules=("mtjax.collections.t0",)`) to register it; where its data and
 templates come from is `data.hf_data_dir` / `data.promptsource_dir` (or their environment
 variables, `mtjax.data.modules.option`). `catalog` says which module registers a name.

@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import importlib
 import json
+import sys
 from typing import Any, Iterable, Sequence
 
 from mtjax import errors
@@ -81,6 +82,10 @@ def ensure_registered(name: str, modules: Iterable[str] = ()) -> Any:
         break
   if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
     return seqio.get_mixture_or_task(name)
+  for info in COLLECTIONS.values():  # a collection that registered only what it found
+    missing = getattr(sys.modules.get(info.module), "MISSING", None) or {}
+    if name in missing:
+      raise errors.MissingError(f"{name}: {missing[name]}")
   mixtures = sorted(seqio.MixtureRegistry.names())
   raise errors.DataError(
       f"no mixture or task {name!r} is registered"
@@ -90,11 +95,16 @@ def ensure_registered(name: str, modules: Iterable[str] = ()) -> Any:
       hint="name the module that registers it with --module (as data.modules)")
 
 
-def _rate_text(mixture, task_name: str) -> str:
-  rate = mixture._task_to_rate[task_name]  # pylint: disable=protected-access
+def _rate(mixture, task) -> float | None:
+  """A task's rate in a mixture as SeqIO gives it (through nested mixtures too); None for a
+  rate computed from example counts (listing never counts)."""
+  rate = mixture._task_to_rate.get(task.name)  # pylint: disable=protected-access
   if callable(rate):
-    return "by size"
-  return f"{rate:g}"
+    return None
+  try:
+    return float(mixture.get_rate(task))
+  except Exception:  # pylint: disable=broad-except  (a nested rate function that would count)
+    return None
 
 
 def _cached(cache_dir: str | None, task: str, splits: Sequence[str]) -> tuple[list[str], Any]:
@@ -122,11 +132,10 @@ def mixture_rows(name: str, cache_dir: str | None = None) -> list[dict[str, Any]
 
   provider = seqio.get_mixture_or_task(name)
   tasks = list(getattr(provider, "tasks", None) or [provider])
-  rates = {}
-  if isinstance(provider, seqio.Mixture):
-    rates = {t.name: provider._task_to_rate[t.name] for t in tasks}  # pylint: disable=protected-access
-  fixed = [r for r in rates.values() if not callable(r)]
-  total = sum(fixed) if len(fixed) == len(rates) and fixed else None
+  rates = {t.name: _rate(provider, t) for t in tasks} if isinstance(provider, seqio.Mixture) \
+      else {}
+  known = [r for r in rates.values() if r is not None]
+  total = sum(known) if rates and len(known) == len(rates) and sum(known) > 0 else None
   rows = []
   for task in sorted(tasks, key=lambda t: t.name):
     source = hf_tasks.hf_source(task)
@@ -135,7 +144,8 @@ def mixture_rows(name: str, cache_dir: str | None = None) -> list[dict[str, Any]
     recorded = (source.recorded.get("train") if source is not None else None)
     rows.append({
         "task": task.name,
-        "rate": _rate_text(provider, task.name) if rates else "",
+        "rate": ("by size" if rates[task.name] is None else f"{rates[task.name]:g}")
+                if rates else "",
         "share": 100.0 * rates[task.name] / total if total else None,
         "train_examples": cached_train if cached_train is not None else recorded,
         "examples_from": "cache" if cached_train is not None else (

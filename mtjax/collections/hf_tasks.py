@@ -168,6 +168,7 @@ def _dataset_fn(split: str, shuffle_files: bool = False, seed=None, *, source: H
   return file_tasks.to_dataset(source.examples(split))
 
 
+@functools.lru_cache(maxsize=None)
 def _source_class():
   """`seqio.FunctionDataSource` whose `splits` are those the dataset has (see
   `HFSource.available`): a collection declares train/validation/test and a dataset without a
@@ -202,13 +203,24 @@ def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare
   have no EOS. `recorded`: split sizes known from the collection's metadata (shown by `mtjax
   tasks`; the cache counts the examples itself).
   """
-  import seqio  # pylint: disable=g-import-not-at-top
-
   split_map = dict(splits) if isinstance(splits, Mapping) else {s: s for s in splits}
   if not split_map:
     raise errors.DataError(f"task {name!r}: give at least one split")
   source = HFSource(dataset, prepare, split_map, map_record, tuple(class_label_names),
                     data_root, task=name, recorded=dict(recorded or {}))
+  return register_source_task(name, source, vocabulary=vocabulary, metric_fns=metric_fns,
+                              postprocess_fn=postprocess_fn, add_eos=add_eos)
+
+
+def register_source_task(name: str, source: HFSource, *, vocabulary=None,
+                         metric_fns: Sequence[Callable] = (),
+                         postprocess_fn: Callable | None = None, add_eos=True):
+  """Registers (replacing any previous definition) and returns a SeqIO task reading `source`
+  (an `HFSource` or a subclass: `mtjax.collections.prerendered` filters rows of shared files).
+  `register_hf_task` builds the plain source and calls this."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  source.task = name
   dataset_fn = functools.partial(_dataset_fn, source=source)
   dataset_fn.fingerprint_parts = source.fingerprint_parts
   dataset_fn.hf_source = source  # for `mtjax tasks` (listing, --show)
@@ -219,7 +231,7 @@ def register_hf_task(name: str, dataset: hf_datasets.HFDataset, prepare: Prepare
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name,
-      source=_source_class()(dataset_fn, splits=tuple(split_map)),
+      source=_source_class()(dataset_fn, splits=tuple(source.splits)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
       output_features=features,

@@ -31,9 +31,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mtjax import errors
 from mtjax.collections import hf_datasets, hf_tasks
-from mtjax.data import vocabularies
 
-# ---- names ----------------------------------------------------------------------------------------
+# ---- names ---------------------------------------------------------------------------------------
 
 
 def sanitize(text: str) -> str:
@@ -58,7 +57,7 @@ def glob_literal(name: str) -> str:
   return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-# ---- where the data is ----------------------------------------------------------------------------
+# ---- where the data is ---------------------------------------------------------------------------
 
 
 def hub_snapshot(repo: str, revision: str | None = None) -> tuple[str, str] | None:
@@ -94,12 +93,12 @@ def download_hint(repo: str, data_root: str | None, include: str = "") -> str:
   return f"`hf download --repo-type dataset {repo}{include} --local-dir {where}`"
 
 
-# ---- counting -------------------------------------------------------------------------------------
+# ---- counting ------------------------------------------------------------------------------------
 
 
 def _identity(path: str) -> tuple[str, int, int]:
-  st = os.stat(path)
-  return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+  st = os.stat(path)  # (through a Hub-cache symlink: its blob's size and time)
+  return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -109,7 +108,7 @@ def _rows_of(identity: tuple[str, int, int]) -> int:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
     return pq.ParquetFile(path).metadata.num_rows
-  if path.endswith((".jsonl", ".json")) and identity[1]:
+  if path.endswith(".jsonl") and identity[1]:
     count, last = 0, b"\n"
     with open(path, "rb") as f:
       for chunk in iter(lambda: f.read(1 << 24), b""):
@@ -120,13 +119,13 @@ def _rows_of(identity: tuple[str, int, int]) -> int:
 
 
 def count_rows(paths: Sequence[str]) -> int:
-  """Rows of data files: parquet from its metadata, JSON lines by counting lines (xP3's files
-  have no blank lines) at disk speed, other formats by reading them; memoised per file
+  """Rows of data files: parquet from its metadata, `.jsonl` by counting lines at disk speed
+  (blank lines count: xP3's files have none), other formats by reading them; memoised per file
   (path, size, mtime)."""
   return sum(_rows_of(_identity(p)) for p in paths)
 
 
-# ---- the key index of a parquet file ---------------------------------------------------------------
+# ---- the key index of a parquet file -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,17 +157,18 @@ def _column_codes(column) -> tuple[Any, list]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
 
-  values: dict[Any, int] = {}
-  parts = []
-  for chunk in column.chunks:
-    if not pa.types.is_dictionary(chunk.type):
-      chunk = chunk.dictionary_encode()
-    remap = np.array([values.setdefault(v, len(values)) for v in chunk.dictionary.to_pylist()]
-                     + [-1], np.int64)
-    indices = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    parts.append(remap[indices])
-  codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-  return codes, list(values)
+  if not pa.types.is_dictionary(column.type):
+    column = column.dictionary_encode()
+  column = pa.table({"c": column}).unify_dictionaries().column("c")  # one shared dictionary
+  if not column.num_chunks:
+    return np.zeros(0, np.int64), []
+  values = column.chunk(0).dictionary.to_pylist()
+  codes = np.concatenate([c.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                          for c in column.chunks]).astype(np.int64)
+  # a dictionary may repeat a value (unified from differently encoded chunks): first wins
+  first = {}
+  remap = np.array([first.setdefault(v, len(first)) for v in values] + [-1], np.int64)
+  return remap[codes], list(first)
 
 
 def _build_index(path: str, columns: tuple[str, ...]) -> FileIndex:
@@ -192,22 +192,30 @@ def _build_index(path: str, columns: tuple[str, ...]) -> FileIndex:
     combined += np.where(codes < 0, 0, codes) * radix
     radix *= max(len(column_values), 1)
     values.insert(0, column_values)
-  combined[null] = -1
-  unique, inverse, counts = np.unique(combined, return_inverse=True, return_counts=True)
-  keep = unique >= 0
+  valid = ~null
+  if radix <= 4 * table.num_rows + 1024:  # few key values (the usual case): count them
+    counts = np.bincount(combined[valid], minlength=radix)
+    present = np.flatnonzero(counts)
+    counts = counts[present]
+    lookup = np.zeros(radix, np.int64)
+    lookup[present] = np.arange(len(present))
+    inverse = lookup[combined[valid]]
+  else:
+    present, inverse, counts = np.unique(combined[valid], return_inverse=True,
+                                         return_counts=True)
+  codes = np.full(table.num_rows, -1, np.int32 if len(present) < 2**31 else np.int64)
+  codes[valid] = inverse
   keys = []
-  for value in unique[keep]:
+  for value in present:
     key, rest = [], int(value)
     for column_values in reversed(values):
       rest, digit = divmod(rest, max(len(column_values), 1))
       key.insert(0, column_values[digit])
     keys.append(tuple(key))
-  offset = 0 if not len(unique) or unique[0] >= 0 else 1  # the null group sorts first
-  codes = inverse.astype(np.int32 if len(unique) < 2**31 else np.int64) - offset
   row_groups = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
   starts = np.concatenate([[0], np.cumsum(row_groups, dtype=np.int64)])
-  return FileIndex(path, tuple(columns), tuple(keys), tuple(int(c) for c in counts[keep]),
-                   codes, starts)
+  return FileIndex(path, tuple(columns), tuple(keys), tuple(int(c) for c in counts), codes,
+                   starts)
 
 
 _INDEXES: collections.OrderedDict = collections.OrderedDict()
@@ -280,7 +288,7 @@ def select_rows(path: str, where: Sequence[tuple[str, str]],
       yield int(row) + 1, record
 
 
-# ---- the source and the task ----------------------------------------------------------------------
+# ---- the source and the task ---------------------------------------------------------------------
 
 
 def text_example(record: Mapping[str, Any], *, inputs: str = "inputs",
@@ -316,30 +324,18 @@ class PreRenderedSource(hf_tasks.HFSource):
     return super().fingerprint_parts(split) + [f"where={self.where}", f"columns={self.columns}"]
 
 
-def register_task(name: str, source: hf_tasks.HFSource, *, vocabulary=None,
-                  add_eos: bool | tuple[bool, bool] = True, metric_fns: Sequence = (),
-                  postprocess_fn=None):
-  """Registers (replacing any previous definition) and returns a SeqIO task over `source`, as
-  `hf_tasks.register_hf_task` does for the `HFSource` it builds itself."""
-  import seqio  # pylint: disable=g-import-not-at-top
+def register_task(name: str, source: hf_tasks.HFSource, **options):
+  """Registers a SeqIO task over `source` (`hf_tasks.register_source_task`)."""
+  return hf_tasks.register_source_task(name, source, **options)
 
-  source.task = name
-  dataset_fn = functools.partial(hf_tasks._dataset_fn, source=source)  # pylint: disable=protected-access
-  dataset_fn.fingerprint_parts = source.fingerprint_parts
-  dataset_fn.hf_source = source
-  vocabulary = vocabulary or vocabularies.default()
-  eos = tuple(add_eos) if isinstance(add_eos, (tuple, list)) else (add_eos, add_eos)
-  features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=e)
-              for k, e in zip(("inputs", "targets"), eos)}
-  seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
-      name,
-      source=hf_tasks._source_class()(dataset_fn, splits=tuple(source.splits)),  # pylint: disable=protected-access
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=features,
-      postprocess_fn=postprocess_fn,
-      metric_fns=list(metric_fns))
+
+def forget_mixtures(names: Iterable[str]) -> None:
+  """Removes mixtures a previous registration made (if SeqIO was ever imported, it has them)."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  if "seqio" in sys.modules:
+    for name in names:
+      sys.modules["seqio"].MixtureRegistry.remove(name)
 
 
 def register_mixture(name: str, members: Sequence[tuple[str, Any]]):

@@ -75,7 +75,10 @@ def test_fresh_adapters_change_nothing_and_trained_ones_equal_merged_kernels(fam
     var.set_value(merged["/".join(map(str, path))])
   want = np.asarray(by_hand(batch))
   assert np.abs(want - np.asarray(plain(batch))).max() > 1e-2  # the adapters matter
-  np.testing.assert_allclose(np.asarray(adapted(batch)), want, atol=2e-5, rtol=1e-5)
+  # float32: x @ W + (x @ A) @ B and x @ (W + A @ B) round differently; on one CI machine the T5
+  # scanned case differed by 2.2e-5 in 1 of 3,840 logits (the same at the commit before any
+  # change of this file's subject), so the bound is 5e-5 (the adapters move logits by > 1e-2)
+  np.testing.assert_allclose(np.asarray(adapted(batch)), want, atol=5e-5, rtol=1e-5)
   # ... and `merged_kernels` (what export writes) is that formula.
   for path, kernel in lora.merged_kernels(adapted).items():
     np.testing.assert_allclose(np.asarray(kernel), merged[path.replace(".", "/")], atol=1e-6)
