@@ -36,7 +36,8 @@ def test_wheel_holds_every_package_the_configs_and_the_extras(wheel):
     assert name in names, name
   assert not [n for n in names if n.startswith(("mixtures/", "configs/"))]  # nothing top-level
   lines = metadata.splitlines()
-  for extra, jax_extra in (("tpu", "tpu"), ("cuda", "cuda12"), ("recipes", None), ("test", None)):
+  for extra, jax_extra in (("tpu", "tpu"), ("cuda", "cuda12"), ("recipes", None), ("test", None),
+                           ("hf", None)):
     assert f"Provides-Extra: {extra}" in lines
     if jax_extra:
       assert any(line.startswith(f"Requires-Dist: jax[{jax_extra}]") and f'extra == "{extra}"'
@@ -89,6 +90,13 @@ def test_pip_installed_mtjax_runs_packaged_configs_from_an_empty_folder(
   results = json.load(open(os.path.join(run_dir, "eval_results.json")))
   assert {r["task"] for r in results} == {f"synthetic_{t}" for t in
                                           ("add", "compare", "copy", "reverse", "sort")}
+
+  # The collections are packaged: `mtjax tasks` lists them and a registered mixture's tasks
+  # (GLUE's registration reads no data) from the empty folder.
+  out = _mtjax(venv, "tasks", "--mixture", "glue_v002_proportional", cwd=work, env=env,
+               timeout=200)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "glue_v002_proportional: 11 task(s)" in out.stdout and "392702" in out.stdout
 
   # Gin, T5X style: a user file in a search-path folder includes the packaged quickstart.gin.
   (work / "gin").mkdir()
