@@ -127,7 +127,10 @@ def _declared_splits(task) -> tuple[str, ...]:
 
 
 def mixture_rows(name: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
-  """One row per task of a mixture (or the task itself): rate, share, sizes, cached splits."""
+  """One row per task of a mixture (or the task itself): rate, share, cached splits, and the
+  train examples: the cache's count, else the collection's recorded size, else the dataset
+  files' row count where they are on this machine (parquet / arrow metadata; nothing is
+  downloaded or rendered)."""
   import seqio  # pylint: disable=g-import-not-at-top
 
   provider = seqio.get_mixture_or_task(name)
@@ -141,15 +144,18 @@ def mixture_rows(name: str, cache_dir: str | None = None) -> list[dict[str, Any]
     source = hf_tasks.hf_source(task)
     splits = _declared_splits(task)
     cached, cached_train = _cached(cache_dir, task.name, splits)
-    recorded = (source.recorded.get("train") if source is not None else None)
+    recorded = source.recorded.get("train") if source is not None else None
+    local = None
+    if source is not None and cached_train is None and not recorded and "train" in splits:
+      local = source.local_rows("train")
     rows.append({
         "task": task.name,
         "rate": ("by size" if rates[task.name] is None else f"{rates[task.name]:g}")
                 if rates else "",
         "share": 100.0 * rates[task.name] / total if total else None,
-        "train_examples": cached_train if cached_train is not None else recorded,
-        "examples_from": "cache" if cached_train is not None else (
-            "recorded" if recorded else ""),
+        "train_examples": next((n for n in (cached_train, recorded, local) if n), None),
+        "examples_from": ("cache" if cached_train is not None else "recorded" if recorded
+                          else "data files" if local else ""),
         "dataset": source.dataset.label if source is not None else type(task.source).__name__,
         "splits": list(splits),
         "cached": cached,

@@ -144,8 +144,9 @@ def _cached_revisions(repo: str) -> list[str]:
   return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-def _from_hub(ds: HFDataset, data_root: str | None) -> tuple[str, str]:
-  """(snapshot folder, commit) of the repo in the Hub cache; downloads when online."""
+def _from_hub(ds: HFDataset, data_root: str | None, download: bool = True) -> tuple[str, str]:
+  """(snapshot folder, commit) of the repo in the Hub cache; downloads when online and
+  `download`."""
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
     from huggingface_hub import errors as hub_errors  # pylint: disable=g-import-not-at-top
@@ -153,7 +154,7 @@ def _from_hub(ds: HFDataset, data_root: str | None) -> tuple[str, str]:
     raise errors.MissingError(
         f"dataset {ds.label}: reading the Hugging Face Hub needs huggingface_hub "
         "(pip install 'mtjax[hf]')") from None
-  local_only = offline()
+  local_only = offline() or not download
   try:
     folder = huggingface_hub.snapshot_download(
         ds.repo, repo_type="dataset", revision=ds.revision, cache_dir=hub_cache_dir(),
@@ -191,8 +192,10 @@ def _local_copy_revision(folder: str) -> str | None:
   return None
 
 
-def locate(ds: HFDataset, data_root: str | None = None) -> tuple[str, str, str | None]:
-  """(folder, origin, commit or None): the first place holding the dataset (see the module)."""
+def locate(ds: HFDataset, data_root: str | None = None, download: bool = True
+           ) -> tuple[str, str, str | None]:
+  """(folder, origin, commit or None): the first place holding the dataset (see the module);
+  `download=False` looks only at what is on this machine."""
   for folder in (ds.data_dir, ds.path):
     if folder:
       if not os.path.isdir(folder):
@@ -208,7 +211,7 @@ def locate(ds: HFDataset, data_root: str | None = None) -> tuple[str, str, str |
             f"dataset {ds.label}: the local copy {copy} holds revision {commit}, not the pinned "
             f"{ds.revision}", hint=_fill_hint(ds, data_root))
       return copy, "local copy", commit
-  folder, commit = _from_hub(ds, data_root)
+  folder, commit = _from_hub(ds, data_root, download)
   return folder, "hub cache", commit
 
 
@@ -395,9 +398,11 @@ def available_splits_cached(ds: HFDataset) -> list[str]:
   return sorted(s for s, f in split_files(ds, snapshot).items() if f)
 
 
-def resolve(ds: HFDataset, split: str, data_root: str | None = None) -> Resolved:
-  """The files of `split` (a dataset split name, e.g. ANLI's `dev_r1`) and their features."""
-  folder, origin, commit = locate(ds, data_root)
+def resolve(ds: HFDataset, split: str, data_root: str | None = None,
+            download: bool = True) -> Resolved:
+  """The files of `split` (a dataset split name, e.g. ANLI's `dev_r1`) and their features
+  (`download=False`: only from what is on this machine)."""
+  folder, origin, commit = locate(ds, data_root, download)
   if _is_save_to_disk(folder) or (ds.config and _is_save_to_disk(os.path.join(folder, ds.config))):
     where, names = _save_to_disk_split(ds, folder, split)
     info = os.path.join(where, "dataset_info.json")

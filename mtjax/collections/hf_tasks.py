@@ -123,6 +123,17 @@ class HFSource:
     self._memo = (split, out)
     return out
 
+  def local_rows(self, split: str) -> int | None:
+    """The dataset split's record count from the files' metadata when the files are on this
+    machine (no download, no rendering); None otherwise."""
+    try:
+      resolved = hf_datasets.resolve(self.dataset, self.dataset_split(split), self.data_root,
+                                     download=False)
+      return hf_datasets.num_rows(resolved) if all(
+          f.endswith((".parquet", ".arrow")) for f in resolved.files) else None
+    except errors.UserError:
+      return None
+
   def first(self, split: str, n: int) -> list[dict[str, Any]]:
     """The first `n` examples of a split (or rows of its first examples), reading no further:
     what `mtjax tasks --show` prints."""

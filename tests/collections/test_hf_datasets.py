@@ -171,3 +171,18 @@ def test_task_caches_with_label_names_and_split_aliases(tmp_path):
     hf_tasks.register_hf_task("hfd_bad", hfd.HFDataset(path=str(tmp_path / "anli")), prepare,
                               splits={"train": "train_r1"},
                               class_label_names=("premise",)).num_input_examples("train")
+
+
+def test_listing_counts_rows_from_local_metadata_only(hub, monkeypatch):
+  """`mtjax tasks` counts a split from the files' metadata when they are here, and never
+  downloads to do it (online, a dataset that is not cached has no count)."""
+
+  def prepare(record):
+    return {"inputs": record["premise"], "targets": record["hypothesis"]}
+
+  task = hf_tasks.register_hf_task("hfd_count", hfd.HFDataset("nyu-mll/glue", "rte"), prepare)
+  assert hf_tasks.hf_source(task).local_rows("train") == 4
+  monkeypatch.delenv("HF_HUB_OFFLINE")
+  monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a call would fail
+  other = hf_tasks.register_hf_task("hfd_count2", hfd.HFDataset("nyu-mll/other", "rte"), prepare)
+  assert hf_tasks.hf_source(other).local_rows("train") is None
