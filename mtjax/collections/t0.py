@@ -38,12 +38,13 @@ import os
 from typing import Any, Mapping
 
 from mtjax import errors
-from mtjax.collections import hf_datasets, hf_tasks
+from mtjax.collections import hf_datasets, hf_tasks, t5_postprocessors
 from mtjax.collections.promptsource_tasks import (  # noqa: F401  (re-exported: T0's own names)
     NO_LABEL, apply_template, class_id_postprocessor, load_templates, remove_hyphens,
     score_eval_rows, strip_postprocessor, task_name, templates_dir)
 from mtjax.data import modules
 from mtjax.data import promptsource as ps
+from mtjax.eval import metrics
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +274,13 @@ COLLECTION: Collection | None = None
 
 def _metrics(template: ps.PromptTemplate, dataset: T0Dataset) -> list:
   """T0's metric choice where mtjax has the metric: T5's GLUE / SuperGLUE metric of the subset
-  (for templates with fixed answer choices), else the template's `metadata.metrics`; metrics
-  mtjax does not have yet (BLEU, ROUGE, AUC, ...: issue 27) are left out."""
-  from mtjax.eval import metrics  # pylint: disable=g-import-not-at-top
-
+  (for templates with fixed answer choices), else the template's `metadata.metrics` mapped as
+  T0's GET_METRICS maps them (BLEU, ROUGE, Squad, Trivia QA, AUC, ...)."""
   names = {"Accuracy": "accuracy", "Squad": "squad", "Trivia QA": "trivia_qa",
            "Sequence Accuracy": "sequence_accuracy", "Pearson Correlation": "pearson_corrcoef",
            "Spearman Correlation": "spearman_corrcoef", "BLEU": "bleu", "ROUGE": "rouge",
            "Span Squad": "span_squad", "MultiRC": "multirc_f1_over_all_answers", "AUC": "auc",
+           "COQA F1": "coqa_f1", "Edit Distance": "edit_distance",
            "Other": "accuracy"}  # T0's GET_METRICS names -> mtjax.eval.metrics
   if dataset.name in ("glue", "super_glue") and template.fixed_choices():
     # (T5's label metrics compare class ids: the fixed-choice templates' postprocessor; free
@@ -353,9 +353,13 @@ def register(templates: str | None = None, data_root: str | None = None,
     hf_tasks.register_hf_task(name, source, functools.partial(apply_template, template=template),
                               metric_fns=_metrics(template, row), postprocess_fn=post, **common)
     datasets[name] = row
-    if template.answer_choices:
-      hf_tasks.register_hf_task(name + "_score_eval", source,
-                                functools.partial(score_eval_rows, template=template), **common)
+    if template.answer_choices:  # T0's twin: T5's rank_classification metric, its num_classes
+      # the number of fixed choices (None when the choices depend on the example)
+      hf_tasks.register_hf_task(
+          name + "_score_eval", source, functools.partial(score_eval_rows, template=template),
+          metric_fns=[functools.partial(metrics.rank_classification,
+                                        num_classes=len(choices) if choices else None)],
+          postprocess_fn=t5_postprocessors.rank_classification, **common)
       datasets[name + "_score_eval"] = row
       twins.add(name)
 

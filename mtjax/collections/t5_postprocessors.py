@@ -96,3 +96,15 @@ def wsc_simple(prediction, example=None, is_target=False) -> int:
     return 0
   predicted, gold = set(prediction.split(" ")), set(referent.split(" "))
   return int(predicted.issubset(gold) or gold.issubset(predicted))
+
+
+def rank_classification(score, example=None, is_target=False):
+  """T5's `rank_classification` postprocessor (for the rank-classification row format and the
+  `rank_classification` metric): a target row becomes (idx, is_correct, weight, number of target
+  tokens as cached, without EOS); a prediction (the row's score) stays as it is."""
+  if not is_target:
+    return score
+  idx = tuple(int(i) for i in getattr(example["idx"], "tolist", lambda: example["idx"])())
+  weight = example.get("weight", 1.0)
+  weight = float(getattr(weight, "item", lambda: weight)())
+  return (idx, bool(_int(example["is_correct"])), weight, len(example["targets"]))

@@ -1,6 +1,15 @@
-"""SeqIO-style metric functions: `fn(targets, predictions) -> {name: value}` (percentages)."""
+"""SeqIO-style metric functions: `fn(targets, predictions) -> {name: value}` (percentages).
+
+T5's metrics without TensorFlow, same names, keys and scale (t5/evaluation/metrics.py): the
+classification and QA ones here; BLEU, ROUGE, TriviaQA, span SQuAD, CoQA F1 and edit distance in
+`metrics_text`; AUC and rank classification in `metrics_rank`. All are reachable as
+`mtjax.eval.metrics.<name>` (the other two modules load when first asked for), so a SeqIO task
+lists any of them in `metric_fns`.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from collections.abc import Mapping, Sequence
 
@@ -26,8 +35,8 @@ def _check_lengths(targets, predictions):
 
 # ---- T5's metrics (t5/evaluation/metrics.py, qa_utils.py) ----------------------------------------
 # Ports of the metric functions T5 attaches to its GLUE / SuperGLUE tasks (`t5.data.glue_utils`),
-# same keys and numbers (0-100 scale), without TensorFlow or scikit-learn: where T5 calls
-# sklearn, the formula sklearn computes is written out here. Bad input (lengths that differ, no
+# same keys and numbers (0-100 scale), without TensorFlow: where T5 calls sklearn, the formula
+# sklearn computes is written out here (the tests hold each equal to sklearn's). Bad input (lengths that differ, no
 # examples, a correlation over non-numbers) is a ValueError, never a quiet 0.
 
 
@@ -322,3 +331,15 @@ def _group(target, key: str):
   elif isinstance(group, list):
     group = tuple(group)
   return group
+
+
+_ELSEWHERE = {name: "metrics_text" for name in ("bleu", "rouge", "trivia_qa", "span_squad",
+                                                "coqa_f1", "edit_distance",
+                                                "normalize_trivia_qa")}
+_ELSEWHERE.update({name: "metrics_rank" for name in ("auc", "score_auc", "rank_classification")})
+
+
+def __getattr__(name: str):  # PEP 562: `metrics.bleu` loads metrics_text on first use
+  if name in _ELSEWHERE:
+    return getattr(importlib.import_module(f"mtjax.eval.{_ELSEWHERE[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

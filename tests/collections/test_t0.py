@@ -154,6 +154,13 @@ def test_score_eval_rows(collection, tmp_path):
   assert [r["targets_pretokenized"] for r in rows] == ["yes", "no"] * 3
   assert [int(r["is_correct"]) for r in rows] == [1, 0, 0, 1, 1, 0]  # labels 0, 1, 0
   assert rows[0]["inputs_pretokenized"] == rows[1]["inputs_pretokenized"]
+  # T0's metric for the twin: T5's rank_classification over the rows' scores, through SeqIO's
+  # metric machinery (predicted choices 0, 0, 1 for correct 0, 1, 0; see tests/eval)
+  from mtjax.eval import evaluate  # pylint: disable=g-import-not-at-top
+
+  got = evaluate.task_metrics(task, rows, scores=[-1.0, -2.0, -1.0, -3.0, -5.0, -1.0])
+  assert got == pytest.approx({"accuracy": 100 / 3, "f1": 0.0, "auc-roc": 0.0,
+                               "auc-pr": 100 / 3})
 
 
 def test_story_cloze_reads_the_manual_download(collection):
