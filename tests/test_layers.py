@@ -94,13 +94,14 @@ def test_the_check_sees_lazy_and_relative_imports():
 
 
 def test_the_module_map_names_every_module_of_the_layers_it_maps():
-  """docs/DESIGN.md's module map stays true for train, eval, peft and recipes: a module added
-  there without a line in the map fails here."""
+  """docs/DESIGN.md's module map stays true for train, eval, peft, recipes and collections: a
+  module added there without a line in the map fails here."""
   with open(os.path.join(ROOT, "docs", "DESIGN.md"), encoding="utf-8") as f:
     design = f.read()
   start = design.index("### Module map")
   the_map = design[start:design.index("\n## ", start)]
-  missing = [f"mtjax/{part}/{name}" for part in ("train", "eval", "peft", "recipes")
+  missing = [f"mtjax/{part}/{name}" for part in ("train", "eval", "peft", "recipes",
+                                                  "collections")
              for name in sorted(os.listdir(os.path.join(ROOT, "mtjax", part)))
              if name.endswith(".py") and name != "__init__.py" and name not in the_map]
   assert missing == [], f"add {missing} to the module map in docs/DESIGN.md"
