@@ -1,4 +1,5 @@
-"""`mtjax <command>`: train, eval, infer, cache, convert, export, ablate, promot, merge, tasks.
+"""`mtjax <command>`: train, eval, infer, lm-eval, cache, convert, export, ablate, promot, merge,
+tasks.
 
 Configuration comes from gin (`--gin_file=... --gin.KEY=VALUE`, T5X style) or a python config
 (`--config=configs/x.py --set a.b=VALUE`). Unknown keys are errors that name the key.
@@ -27,6 +28,7 @@ COMMANDS = {
     "train": "train (or resume) a run from a config; evaluates every task at the end",
     "eval": "evaluate a checkpoint on each task of a mixture (decoding, scoring, metrics)",
     "infer": "predict (and score answer choices) with a checkpoint for prompts in a file",
+    "lm-eval": "run lm-evaluation-harness tasks on a checkpoint (pip install 'mtjax[lmeval]')",
     "cache": "materialise a SeqIO mixture or task into the ArrayRecord cache",
     "convert": "load a local Hugging Face checkpoint into an mtjax model directory",
     "export": "write an mtjax model or run checkpoint as a Hugging Face checkpoint",
@@ -289,6 +291,55 @@ def _cmd_infer(argv):
                     "lengths": model.lengths, "checkpoint": model.source}))
 
 
+def _cmd_lm_eval(argv):
+  parser = argparse.ArgumentParser(
+      prog="mtjax lm-eval", description=COMMANDS["lm-eval"], epilog=(
+          "Results: <output>/lm_eval/<step or the checkpoint dir's name>.json (lm-eval's "
+          "results) and .samples.jsonl (every request); for a run, also a row of "
+          "eval_metrics.jsonl and TensorBoard scalars lm_eval/<task>/<metric> at its step. "
+          "Metrics are lm-eval's (accuracies in 0-1). Example: mtjax lm-eval --checkpoint "
+          "runs/try --tasks my_task --include_path my_tasks/ --num_fewshot 5 --limit 100"))
+  parser.add_argument("--checkpoint", required=True,
+                      help="a run dir (latest step), its checkpoints/ dir, a step dir, an mtjax "
+                           "model dir (mtjax convert) or a Hugging Face checkpoint dir")
+  parser.add_argument("--tasks", required=True,
+                      help="comma-separated lm-eval task (or group) names")
+  parser.add_argument("--num_fewshot", type=int, default=None,
+                      help="demonstrations per prompt (default: each task's own)")
+  parser.add_argument("--limit", type=float, default=None,
+                      help="examples per task (below 1: a fraction of each task)")
+  parser.add_argument("--include_path", default="",
+                      help="a folder of task YAMLs; only its tasks are indexed (not lm-eval's "
+                           "~14,700 built-in ones)")
+  parser.add_argument("--output", default="",
+                      help="results folder (default: the run dir, else the current folder)")
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="rows per batch (rounded up to the data parallelism)")
+  parser.add_argument("--max_length", type=int, default=0,
+                      help="context tokens (default: an HF dir's config, else the run's "
+                           "inputs + targets lengths; T5: the inputs length)")
+  parser.add_argument("--tokenizer", default="",
+                      help="an HF tokenizer dir (default: the run's tasks' vocabulary, an HF "
+                           "dir's tokenizer.json)")
+  parser.add_argument("--seed", type=int, default=0, help="sampling rng (do_sample tasks)")
+  args = parser.parse_args(argv)
+  from mtjax import fs  # pylint: disable=g-import-not-at-top
+  from mtjax.eval import lm_eval  # pylint: disable=g-import-not-at-top
+
+  try:
+    fs.check_usable(args.checkpoint, "--checkpoint")
+    if args.output:
+      fs.check_usable(args.output, "--output")
+    summary = lm_eval.run_checkpoint(
+        args.checkpoint, args.tasks.split(","), num_fewshot=args.num_fewshot, limit=args.limit,
+        include_path=args.include_path, output=args.output, batch_size=args.batch_size,
+        max_length=args.max_length, tokenizer=args.tokenizer, seed=args.seed)
+  except (FileNotFoundError, KeyError, ValueError, fs.StorageError) as e:
+    fail_on(e)
+  if summary is not None:
+    print(json.dumps(summary))
+
+
 def _cmd_cache(argv):
   parser = argparse.ArgumentParser(prog="mtjax cache", description=COMMANDS["cache"])
   parser.add_argument("--mixture_or_task", required=True)
@@ -539,7 +590,8 @@ def _main(argv: list[str]) -> None:
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,
-              "cache": _cmd_cache, "convert": _cmd_convert, "export": _cmd_export,
+              "lm-eval": _cmd_lm_eval, "cache": _cmd_cache, "convert": _cmd_convert,
+              "export": _cmd_export,
               "ablate": _cmd_ablate, "promot": _cmd_promot, "merge": _cmd_merge,
               "tasks": _cmd_tasks}
   if command not in handlers:

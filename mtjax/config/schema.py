@@ -152,6 +152,17 @@ class EvalConfig:
   # tasks outside the mixture, evaluated with the soft prompt removed, zero-shot and at each k
   # of `few_shot` (ProMoT: does finetuning keep the base model's in-context abilities?)
   other_tasks: tuple[str, ...] = ()
+  # lm-evaluation-harness tasks (`pip install 'mtjax[lmeval]'`; mtjax.eval.lm_eval), run on the
+  # current parameters every `lm_eval_every` steps and after the final step; results in
+  # <run_dir>/lm_eval/<step>.json, metrics `lm_eval/<task>/<metric>` (as lm-eval reports them:
+  # accuracies in 0-1) in eval_metrics.jsonl / TensorBoard, usable as `train.best_metric`
+  lm_eval_tasks: tuple[str, ...] = ()
+  lm_eval_every: int = 0  # steps (0: only after the final step)
+  lm_eval_num_fewshot: int = -1  # -1: each task's own default
+  lm_eval_limit: float = 0.0  # examples per task (0: all; below 1: a fraction, as lm-eval's)
+  lm_eval_include_path: str = ""  # a folder of task YAMLs (then only those, not lm-eval's own)
+  lm_eval_batch_size: int = 32  # rows per scoring / generation batch
+  lm_eval_max_length: int = 0  # context tokens (0: inputs_length + targets_length; T5: inputs)
 
 
 @gin.configurable

@@ -384,10 +384,11 @@ def flat_metrics(results: list[dict]) -> dict[str, float]:
 
 
 def log_results(results: list[dict], output_dir: str, step: int, *,
-                tensorboard: bool = True) -> dict[str, float]:
-  """Appends one row (`<task>/<metric>` and `average/<metric>`) to `eval_metrics.jsonl` and
-  TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns the row."""
-  row = flat_metrics(results)
+                tensorboard: bool = True, row: dict[str, float] | None = None) -> dict[str, float]:
+  """Appends one row (`<task>/<metric>` and `average/<metric>`, or the `row` given) to
+  `eval_metrics.jsonl` and TensorBoard (`<output_dir>/tensorboard`, tags `eval/...`); returns
+  the row."""
+  row = flat_metrics(results) if row is None else row
   fs.append_text(fs.join(output_dir, "eval_metrics.jsonl"),
                  json.dumps({"step": int(step), **row}) + "\n")
   if tensorboard:

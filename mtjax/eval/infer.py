@@ -71,6 +71,8 @@ class InferenceModel:
   mesh: Any = None
   rules: Any = rules_lib.DEFAULT_RULES
   source: str = ""  # what was loaded, for messages
+  run_dir: str = ""  # a run's checkpoint: its run directory ("" otherwise)
+  step: int | None = None  # a run's checkpoint: the step loaded
 
   @property
   def eos_id(self) -> int:
@@ -115,10 +117,10 @@ def _run_config(run_dir: str):
   return schema.from_dict(fs.read_json(path))
 
 
-def _family(model, run_cfg=None) -> str:
+def _family(model_cfg, run_cfg=None) -> str:
   from mtjax.models import registry, t5  # pylint: disable=g-import-not-at-top
 
-  if registry.family(model.cfg) is t5:
+  if registry.family(model_cfg) is t5:
     return "enc_dec"
   if run_cfg is not None:
     return run_cfg.data.feature_converter
@@ -232,13 +234,36 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
       model = store.load_any(path)
       if run_cfg is not None and run_cfg.model.prompt_length > 0:
         _attach_prompt(model, path, run_cfg, task)
-    family = _family(model, run_cfg)
+    family = _family(model.cfg, run_cfg)
     graphdef, params = _place(model, mesh, rules)
   inputs_eos = task_inputs_eos if inputs_eos is None else bool(inputs_eos)
+  run_dir, step = "", None
+  if kind == "run":
+    where = store.locate(path)
+    run_dir, step = where.run_dir, where.step
+    step = store.latest_step(where.ckpt_dir) if step is None else step
   return InferenceModel(graphdef=graphdef, params=params, vocab=vocab, family=family,
                         lengths=lengths, start_id=cache.vocab_start_id(vocab),
                         inputs_eos=inputs_eos, targets_eos=targets_eos, postprocess=postprocess,
-                        mesh=mesh, rules=rules, source=path)
+                        mesh=mesh, rules=rules, source=path, run_dir=run_dir, step=step)
+
+
+def from_setup(setup, params, *, task: str = "") -> InferenceModel:
+  """A built run (`mtjax.train.setup.Setup`, its tasks registered) with `params` (e.g. training's
+  current ones, on the run's mesh) as `load` gives a checkpoint of that run: the targets
+  vocabulary and features of `task` (default: the first task of the mixture), the run's
+  lengths and model family. The parameters are used as they are (soft prompt included)."""
+  cfg = setup.cfg
+  features = _task_of(cfg, task).output_features
+  vocab = features["targets"].vocabulary
+  return InferenceModel(
+      graphdef=setup.graphdef, params=params, vocab=vocab,
+      family=_family(setup.model_cfg, cfg),
+      lengths={"inputs": cfg.data.inputs_length, "targets": cfg.data.targets_length},
+      start_id=cache.vocab_start_id(vocab),
+      inputs_eos=bool(features["inputs"].add_eos) if "inputs" in features else False,
+      targets_eos=bool(features["targets"].add_eos), mesh=setup.mesh, rules=setup.rules,
+      source=cfg.run_dir, run_dir=cfg.run_dir)
 
 
 def _attach_prompt(model, path: str, run_cfg, task: str) -> None:

@@ -39,12 +39,16 @@ def target_log_probs(logits: jax.Array, targets: jax.Array, weights: jax.Array) 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def score_batch(graphdef, params, batch) -> dict[str, jax.Array]:
-  """`{"sum": [B], "length": [B]}`: summed target log-probability and number of target tokens."""
+  """`{"sum": [B], "length": [B], "greedy": [B]}`: summed target log-probability, number of
+  target tokens, and whether every target token is the argmax of its logits (what greedy
+  decoding would produce given the same prefix: lm-evaluation-harness's `is_greedy`)."""
   model = nnx.merge(graphdef, params)
   logits = model(batch)
   weights = batch["decoder_loss_weights"]
-  lp = target_log_probs(logits, batch["decoder_target_tokens"], weights)
-  return {"sum": lp.sum(-1), "length": (weights > 0).sum(-1)}
+  targets = batch["decoder_target_tokens"]
+  lp = target_log_probs(logits, targets, weights)
+  greedy = jnp.all((jnp.argmax(logits, -1) == targets) | (weights <= 0), axis=-1)
+  return {"sum": lp.sum(-1), "length": (weights > 0).sum(-1), "greedy": greedy}
 
 
 def _enc_dec(inputs, targets, lengths, start_id: int = feature_converters.BOS_ID):
@@ -91,9 +95,10 @@ def pair_features(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], lengths:
 def score_pairs(graphdef, params, pairs, *, lengths, family: str = "enc_dec",
                 batch_size: int = 64, mesh=None, rules=None,
                 start_id: int = feature_converters.BOS_ID) -> dict[str, np.ndarray]:
-  """`{"sum", "length", "mean"}` per pair (numpy); `start_id` as in `pair_features`."""
+  """`{"sum", "length", "mean", "greedy"}` per pair (numpy); `start_id` as in `pair_features`."""
   if not pairs:
-    return {"sum": np.zeros(0), "length": np.zeros(0, np.int64), "mean": np.zeros(0)}
+    return {"sum": np.zeros(0), "length": np.zeros(0, np.int64), "mean": np.zeros(0),
+            "greedy": np.zeros(0, bool)}
   features = pair_features(pairs, lengths, family, start_id)
   out = batching.map_batches(functools.partial(score_batch, graphdef, params), features,
                              batch_size=batch_size, mesh=mesh, rules=rules)

@@ -91,6 +91,16 @@ def locate(path: str) -> Location:
   return Location(run_dir=os.path.dirname(path), ckpt_dir=path)
 
 
+def latest_step(ckpt_dir: str) -> int:
+  """The newest step of a run's `checkpoints/` dir (`load_any` loads it)."""
+  steps = [int(d) for d in fs.listdir(ckpt_dir) if d.isdigit()] if fs.isdir(ckpt_dir) else []
+  if fs.is_url(ckpt_dir):  # a bucket step folder exists while it uploads: committed ones only
+    steps = [s for s in steps if fs.exists(os.path.join(ckpt_dir, str(s), "commit_success.txt"))]
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+  return max(steps)
+
+
 def load_any(path: str):
   """A model directory (`save`), or a training run's checkpoint (latest step unless a step
   dir is given), rebuilt with the run's `model` config."""
@@ -105,12 +115,7 @@ def load_any(path: str):
   from mtjax.config import schema  # pylint: disable=g-import-not-at-top
   run_cfg = schema.from_dict(fs.read_json(config_path))
   if step is None:
-    steps = [int(d) for d in fs.listdir(ckpt_dir) if d.isdigit()] if fs.isdir(ckpt_dir) else []
-    if fs.is_url(ckpt_dir):  # a bucket step folder exists while it uploads: committed ones only
-      steps = [s for s in steps if fs.exists(os.path.join(ckpt_dir, str(s), "commit_success.txt"))]
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-    step = max(steps)
+    step = latest_step(ckpt_dir)
   prompt = getattr(run_cfg.model, "prompt_length", 0) > 0
   if prompt:
     logging.getLogger(__name__).info(

@@ -107,3 +107,46 @@ def share_error(name: str, message: str | None, timeout_s: int = 900) -> str | N
     return message
   value = client.blocking_key_value_get(key, timeout_s * 1000)
   return None if value == "ok" else value[len("error:"):]
+
+
+_broadcasts: dict[str, int] = {}
+_sent: dict[str, list[str]] = {}
+BROADCAST_PART = 1 << 20  # bytes per key-value entry (the store's messages stay small)
+
+
+def broadcast_bytes(name: str, payload: bytes | None, timeout_s: int = 6 * 3600) -> bytes:
+  """Process 0's `payload` on every process (process 0 passes it, the others None), through the
+  coordinator's key-value store rather than a device collective: a process may wait here for as
+  long as process 0 works alone (e.g. builds an evaluation's requests), which the first gloo
+  collective on CPU would not survive (module doc of `barrier`). Every process calls this in the
+  same order with the same `name`; the keys are numbered per name (a payload over
+  BROADCAST_PART bytes is split over several, its part count set last), and process 0 frees the
+  ones every process has read with `drop_broadcasts`. Single process: returns `payload`."""
+  if jax.process_count() == 1:
+    return payload
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  _broadcasts[name] = _broadcasts.get(name, 0) + 1
+  key = f"mtjax_broadcast_{name}_{_broadcasts[name]}"
+  if jax.process_index() == 0:
+    parts = [payload[i:i + BROADCAST_PART]
+             for i in range(0, len(payload), BROADCAST_PART)] or [b""]
+    for i, part in enumerate(parts):
+      client.key_value_set_bytes(f"{key}_{i}", part)
+    client.key_value_set(key, str(len(parts)))
+    _sent.setdefault(name, []).extend([key] + [f"{key}_{i}" for i in range(len(parts))])
+    return payload
+  count = int(client.blocking_key_value_get(key, timeout_s * 1000))
+  return b"".join(client.blocking_key_value_get_bytes(f"{key}_{i}", 60 * 1000)
+                  for i in range(count))
+
+
+def drop_broadcasts(name: str) -> None:
+  """Frees `name`'s broadcast keys (process 0; call it once every process is known to have read
+  them, e.g. after a computation they all took part in)."""
+  if jax.process_count() == 1 or jax.process_index() != 0:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  for key in _sent.pop(name, []):
+    client.key_value_delete(key)

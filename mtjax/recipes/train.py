@@ -3,7 +3,8 @@
 The loop (`mtjax.train.loop`) sits below `mtjax.eval` and never imports it; evaluation builds
 its models through `mtjax.train.setup`. This module, above both, composes them: the loop gets
 `mtjax.eval`'s full evaluation (`eval.every`, `eval.at_end`; its metrics rank checkpoints) as a
-`mtjax.train.hooks.Evaluation`. Everything that trains a run with evaluation goes through `run`:
+`mtjax.train.hooks.Evaluation`, and `eval.lm_eval_*`'s lm-evaluation-harness tasks as a
+`PeriodicEvaluation`. Everything that trains a run with evaluation goes through `run`:
 the CLI, each ProMoT stage, each ablation member, the notebook.
 """
 
@@ -25,10 +26,20 @@ def evaluation() -> hooks_lib.Evaluation:
       metrics=evaluate.flat_metrics)
 
 
+def evaluations(cfg: schema.RunConfig) -> tuple[hooks_lib.PeriodicEvaluation, ...]:
+  """The evaluations with their own schedules that `cfg.eval` asks for: lm-evaluation-harness
+  tasks (`eval.lm_eval_tasks`, `mtjax.eval.lm_eval`)."""
+  if not cfg.eval.lm_eval_tasks:
+    return ()
+  from mtjax.eval import lm_eval  # pylint: disable=g-import-not-at-top
+
+  return (lm_eval.training_evaluation(cfg),)
+
+
 def run(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax train",
         hooks: Sequence[hooks_lib.LoopHook] = ()) -> dict:
   """Trains (or resumes) `cfg`'s run and evaluates it as `cfg.eval` says (`loop.train`)."""
   from mtjax.train import loop  # pylint: disable=g-import-not-at-top
 
   return loop.train(cfg, progress=progress, command=command, evaluation=evaluation(),
-                    hooks=hooks)
+                    hooks=hooks, evaluations=evaluations(cfg))

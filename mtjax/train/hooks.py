@@ -8,6 +8,9 @@ stops. Two things happen at its events that belong to other layers, so they are 
   checkpointer), so the loop cannot import it; the composition root `mtjax.recipes.train`
   passes `mtjax.eval`'s. Its metrics rank checkpoints (`train.best_metric`). Without one, the
   loop trains and saves but does not evaluate (it says so once).
+- `PeriodicEvaluation`s: other evaluations with their own schedule (`eval.lm_eval_*`: the
+  lm-evaluation-harness tasks of `mtjax.eval.lm_eval`), handed in the same way; their metrics
+  are logged to the trackers and kept with the step's checkpoint metrics like full evaluation's.
 - `LoopHook`s: `before_step` may replace the parameters before a step runs; `after_step` runs
   once a step's log and evaluation events are done, before its checkpoint decision (a signal
   raised there is seen by that step's save). Hooks passed to `loop.train` apply to that run;
@@ -29,6 +32,22 @@ class Evaluation:
   run: Callable[[Any, Any, int | None], list[dict]]
   # results -> one flat row (`<task>/<metric>`, `average/<metric>`): trackers and checkpoints.
   metrics: Callable[[list[dict]], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicEvaluation:
+  """An evaluation the loop runs every `every` steps (0: never mid-run) and, with `at_end`,
+  after the final step (not after a SIGTERM: the save comes first)."""
+  name: str
+  every: int
+  at_end: bool
+  # (setup, params, step) -> per-task results; writes its own reports (every process calls it).
+  run: Callable[[Any, Any, int], list[dict]]
+  # results -> one flat row (e.g. `lm_eval/<task>/<metric>`): trackers and checkpoint metrics.
+  metrics: Callable[[list[dict]], dict[str, float]]
+
+  def due(self, step: int, final: bool) -> bool:
+    return (self.every > 0 and step % self.every == 0) or (final and self.at_end)
 
 
 class LoopHook:

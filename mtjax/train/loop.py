@@ -11,7 +11,8 @@ when a prompt is attached); metrics every `log_every` with the learning rate and
 `seen/*` counts, which checkpoints keep; a jax.profiler trace of `train.profile_steps`;
 teacher-forced eval loss every `eval.loss_every` (`mtjax.train.eval_loss`); full evaluation
 every `eval.every` through the `Evaluation` handed in (`mtjax.train.hooks`; its decoded samples
-to the trackers); hooks' `after_step`; a checkpoint every `checkpoint_every`. SIGTERM ends the
+to the trackers); each `PeriodicEvaluation` handed in that is due (lm-eval tasks); hooks'
+`after_step`; a checkpoint every `checkpoint_every`. SIGTERM ends the
 loop after the current step with a checkpoint; a non-finite loss or gradient stops it before
 anything is saved.
 
@@ -53,12 +54,14 @@ Setup = setup_lib.Setup
 
 def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax train",
           evaluation: hooks_lib.Evaluation | None = None,
-          hooks: Sequence[hooks_lib.LoopHook] = ()) -> dict:
+          hooks: Sequence[hooks_lib.LoopHook] = (),
+          evaluations: Sequence[hooks_lib.PeriodicEvaluation] = ()) -> dict:
   """Runs (or resumes) training to `train.steps`, then evaluates. Returns a summary dict.
 
   `evaluation`: the full evaluation of `eval.every` / `eval.at_end` (None: none; the composition
   root `mtjax.recipes.train.run` passes `mtjax.eval`'s). `hooks`: step hooks for this run, after
-  those `hooks_lib.install`ed for the process.
+  those `hooks_lib.install`ed for the process. `evaluations`: other evaluations on their own
+  schedules (`eval.lm_eval_*`, passed by `mtjax.recipes.train.run`).
 
   One writer per run dir: a second `train` on the same run dir while this one runs raises
   errors.RunDirError naming this one (`command`, pid, host), before it writes anything.
@@ -75,14 +78,15 @@ def train(cfg: schema.RunConfig, *, progress: bool = True, command: str = "mtjax
   lock = runlock.hold(cfg.run_dir, command)
   try:
     return _train(cfg, progress, lock, t_start, evaluation,
-                  hooks_lib.installed() + tuple(hooks))
+                  hooks_lib.installed() + tuple(hooks), tuple(evaluations))
   finally:
     if lock is not None:
       lock.release()
 
 
 def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float,
-           evaluation: hooks_lib.Evaluation | None, hooks: Sequence[hooks_lib.LoopHook]) -> dict:
+           evaluation: hooks_lib.Evaluation | None, hooks: Sequence[hooks_lib.LoopHook],
+           evaluations: Sequence[hooks_lib.PeriodicEvaluation] = ()) -> dict:
   setup = setup_lib.build(cfg)
   setup_lib.check_microbatches(setup)
   k = max(cfg.train.microbatches, 1)
@@ -176,11 +180,22 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float,
           final_results = results if final else None
           last_eval = {**last_eval, **flat}
           t0 = time.perf_counter()
+        ranked = False  # another evaluation produced the metric that ranks checkpoints
+        for extra in evaluations:
+          if stop["signal"] or not extra.due(done, final):
+            continue
+          _check_finite(int(bad), checkpointer.directory)
+          results = extra.run(setup, params, done)
+          flat = extra.metrics(results)
+          writer.write_eval(done, results, flat)
+          last_eval = {**last_eval, **flat}
+          ranked = ranked or cfg.train.best_metric in flat
+          t0 = time.perf_counter()
         for hook in hooks:
           hook.after_step(done)  # a SIGTERM raised here is handled here: this step saves
         # An evaluated step is also saved when checkpoints are ranked, so the best is on disk.
         if (final or stop["signal"] or checkpointer.should_save(done)
-            or (full_eval and cfg.train.best_metric)):
+            or (full_eval and cfg.train.best_metric) or ranked):
           _check_finite(int(bad), checkpointer.directory)  # never save a NaN state
           if lock is not None:
             lock.check()  # another writer took the run dir over (a gs:// lock gone stale)
