@@ -114,11 +114,13 @@ class Reference(TemplateLM):
     new = out[0, ids.shape[1]:] if self.backend == "causal" else out[0, 1:]
     return self.tok.decode(new, skip_special_tokens=True)
 
+  # TemplateLM's abstract methods: this reference answers loglikelihood requests only (rolling
+  # and generation are compared through `generate` and a hand sum above).
   def loglikelihood_rolling(self, requests, disable_tqdm=False):
-    raise NotImplementedError
+    raise NotImplementedError("the transformers reference scores loglikelihood requests only")
 
   def generate_until(self, requests, disable_tqdm=False):
-    raise NotImplementedError
+    raise NotImplementedError("the transformers reference scores loglikelihood requests only")
 
 
 def _instances(kind, args):
