@@ -325,9 +325,4 @@ def register_mixture(name: str, submix_weights: Mapping[str, float] | None = Non
 # Registered at import with the run's options (`data.hf_data_dir`). With no release here the
 # import still succeeds and keeps the error, which `mtjax.data.modules.check_registered` raises
 # (after trying again under the run's options) for a run that asks for this collection.
-REGISTRATION_ERROR: errors.UserError | None = None
-try:
-  register()
-except errors.MissingError as _e:
-  REGISTRATION_ERROR = _e
-  log.warning("%s (%s)", _e, _e.hint)
+REGISTRATION_ERROR = modules.register_or_defer(register)

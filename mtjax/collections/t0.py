@@ -37,7 +37,6 @@ import logging
 import os
 from typing import Any, Mapping
 
-from mtjax import errors
 from mtjax.collections import hf_datasets, hf_tasks, t5_postprocessors
 from mtjax.collections.promptsource_tasks import (  # noqa: F401  (re-exported: T0's own names)
     NO_LABEL, apply_template, class_id_postprocessor, load_templates, remove_hyphens,
@@ -446,8 +445,4 @@ def describe_rate(task: str) -> str:
 # Without templates the import itself succeeds (tests, `mtjax tasks`, other collections use
 # this module's functions) and keeps the error: `mtjax.data.modules.import_modules` and
 # `mtjax tasks` raise it for a run that asks for this collection.
-REGISTRATION_ERROR: errors.UserError | None = None
-try:
-  register()
-except errors.MissingError as _e:
-  REGISTRATION_ERROR = _e
+REGISTRATION_ERROR = modules.register_or_defer(register)

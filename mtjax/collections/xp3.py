@@ -362,9 +362,4 @@ def register(data_root: str | None = None, path: str | None = None,
 # With neither xP3's files nor templates here the import still succeeds and keeps the error,
 # which `mtjax.data.modules.check_registered` raises (after trying again under the run's
 # options) for a run that asks for this collection.
-REGISTRATION_ERROR: errors.UserError | None = None
-try:
-  register()
-except errors.MissingError as _e:
-  REGISTRATION_ERROR = _e
-  log.warning("%s (%s)", _e, _e.hint)
+REGISTRATION_ERROR = modules.register_or_defer(register)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mtjax import errors
 from mtjax.data import vocabularies
@@ -84,6 +84,19 @@ def import_modules(modules: Iterable[str], vocabulary=None, *, hint: str = "",
       raise errors.ModuleError(f"data.modules: cannot import {name!r}: {e}", hint=hint) from e
     with vocabularies.defaulting_to(vocabulary), options_set(options):
       check_registered(module)
+
+
+def register_or_defer(register: Callable[[], object]) -> errors.UserError | None:
+  """For a module that registers a collection at import: runs `register()`; when its data or
+  templates are not on this machine (`errors.MissingError`) logs that once and returns the error
+  for the module to keep as `REGISTRATION_ERROR` (see `check_registered`), so importing the
+  module still succeeds (other code, tests and `mtjax tasks` use its functions)."""
+  try:
+    register()
+  except errors.MissingError as e:
+    log.warning("%s (%s)", e, e.hint)
+    return e
+  return None
 
 
 def check_registered(module) -> None:

@@ -360,28 +360,12 @@ def test_training_hook_logs_what_the_command_computes(tmp_path, synthetic_cache,
 def test_two_processes_follow_process_0(llama_dir, tmp_path):
   """Parameters sharded over two processes' devices: process 0 runs the harness and process 1
   runs each batch it broadcasts; both end with process 0's numbers, which are one process's."""
-  import socket
-  import subprocess
-  import sys
+  from tests import two_processes  # pylint: disable=g-import-not-at-top
 
   tasks = _tasks(tmp_path / "tasks")
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  out, procs = str(tmp_path / "rows"), []
-  for pid in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=("--xla_force_host_platform_device_count=2"
-                          " --xla_backend_optimization_level=0"),
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid))
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "lm_eval_two_hosts_worker.py"),
-         llama_dir, tasks, out], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True))
-  for p in procs:
-    log = p.communicate(timeout=300)[0]
-    assert p.returncode == 0, log[-3000:]
+  out = str(tmp_path / "rows")
+  two_processes.run(os.path.join(os.path.dirname(__file__), "lm_eval_two_hosts_worker.py"),
+                    llama_dir, tasks, out)
   got = []
   for pid in range(2):
     with open(f"{out}.{pid}.json") as f:

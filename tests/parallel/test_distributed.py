@@ -1,7 +1,6 @@
 """Multi-host: when to join, and two localhost processes assembling the one-host global batch."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 
 from mtjax.data import mixing, pipeline
 from mtjax.parallel import distributed
+from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,27 +29,9 @@ def test_settings_from_flags_and_environment():
   assert distributed.settings(env={"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_assemble_the_single_host_global_batch(tmp_path, synthetic_cache):
-  port, out = _free_port(), str(tmp_path / "global.npz")
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=("--xla_force_host_platform_device_count=2"
-                          " --xla_backend_optimization_level=0"),
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid))
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "two_hosts_worker.py"), synthetic_cache, out, "8"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  for p in procs:
-    log = p.communicate(timeout=300)[0]
-    assert p.returncode == 0, log[-3000:]
+  out = str(tmp_path / "global.npz")
+  two_processes.run(os.path.join(HERE, "two_hosts_worker.py"), synthetic_cache, out, "8")
   gathered = np.load(out)
   spec = mixing.read_spec("synthetic", synthetic_cache)
   one_host = next(iter(pipeline.train_batches(
@@ -77,7 +59,7 @@ def test_two_processes_train_like_one(tmp_path, synthetic_cache):
   """Two localhost processes x 2 devices train together; losses equal one process x 4."""
   import json  # pylint: disable=g-import-not-at-top
 
-  port = _free_port()
+  port = two_processes.free_port()
   pair = [_train(str(tmp_path / "two"), synthetic_cache, 2, {
       "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
       "JAX_PROCESS_ID": str(pid)}) for pid in range(2)]
