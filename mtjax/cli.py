@@ -38,6 +38,21 @@ COMMANDS = {
     "tasks": "list registered collections, mixtures and tasks; show a task's rendered examples",
 }
 
+# Options every command takes, anywhere on the command line (read by `main`, not by a command's
+# parser; the documentation's CLI reference lists them from here).
+GLOBAL_OPTIONS = {
+    "--debug": "show the traceback of a user error (also MTJAX_DEBUG=1)",
+    "--verbose": "show TensorFlow's C++ start-up logging, hidden by default (also "
+                 "MTJAX_VERBOSE=1)",
+    "--progress=MODE": "progress of training, caching and evaluation on stderr: bar (redrawn "
+                       "in place), lines (a plain line every --progress_every seconds, for "
+                       "logs), none, or auto (the default: bar on a terminal, lines otherwise); "
+                       "also MTJAX_PROGRESS=MODE",
+    "--progress_every=SECONDS": "seconds between two progress lines in lines mode (default 30; "
+                                "also MTJAX_PROGRESS_EVERY)",
+}
+_VALUED_GLOBALS = {"--progress": "MTJAX_PROGRESS", "--progress_every": "MTJAX_PROGRESS_EVERY"}
+
 CONFIG_HELP = """configuration (exactly one front end):
   --gin_file=FILE          gin file (repeatable); --gin.MACRO=VALUE or --gin.Class.param=VALUE
                            override bindings, as in T5X
@@ -137,7 +152,8 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 def _cmd_train(argv):
   argv, bindings = _split_gin_flags(argv)
   parser = _config_parser("train", COMMANDS["train"])
-  parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+  parser.add_argument("--no_progress", action="store_true",
+                      help="report no progress (as --progress=none)")
   multi = parser.add_argument_group(
       "multi-host (default: JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID or the "
       "cluster launcher's variables; none: one process)")
@@ -145,6 +161,8 @@ def _cmd_train(argv):
   multi.add_argument("--num_processes", type=int)
   multi.add_argument("--process_id", type=int)
   args = parser.parse_args(argv)
+  if args.no_progress:
+    os.environ["MTJAX_PROGRESS"] = "none"  # the evaluation's and the cache's too
   cfg = _load_or_exit(args, bindings)
   from mtjax.parallel import distributed  # pylint: disable=g-import-not-at-top
   from mtjax.recipes import train as train_recipe  # pylint: disable=g-import-not-at-top
@@ -521,8 +539,11 @@ def _cmd_promot(argv):
       "on eval.other_tasks (prompt removed, zero- and eval.few_shot-shot, format rate vs "
       "eval.label_set) into <run_dir>/report.{json,md}. Every stage is a resumable run dir "
       "under run_dir; rerunning resumes.")
-  parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+  parser.add_argument("--no_progress", action="store_true",
+                      help="report no progress (as --progress=none)")
   args = parser.parse_args(argv)
+  if args.no_progress:
+    os.environ["MTJAX_PROGRESS"] = "none"
   cfg = _load_or_exit(args, bindings)
   from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
 
@@ -560,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
   _DEBUG = "--debug" in argv or _debug_from_env()
   verbose = "--verbose" in argv or _flag_from_env("MTJAX_VERBOSE")
   argv = [a for a in argv if a not in ("--debug", "--verbose")]
+  argv = _take_valued_globals(argv)
   # TensorFlow (imported by SeqIO for caching and metrics) prints C++ start-up lines (failed
   # CUDA probes, twice) that no user needs; --verbose keeps them. Before anything imports it.
   from mtjax import quiet  # pylint: disable=g-import-not-at-top  (imports nothing heavy)
@@ -570,6 +592,32 @@ def main(argv: list[str] | None = None) -> None:
     _main(argv)
   finally:
     quiet.uninstall()
+
+
+def _take_valued_globals(argv: list[str]) -> list[str]:
+  """Pulls `--progress[=]MODE` and `--progress_every[=]SECONDS` out of argv (anywhere) into
+  their environment variables, which `mtjax.progress` reads (and child processes inherit);
+  a bad value is one `error:` line."""
+  rest, i = [], 0
+  while i < len(argv):
+    flag, _, value = argv[i].partition("=")
+    if flag in _VALUED_GLOBALS:
+      if not value:
+        if "=" in argv[i] or i + 1 >= len(argv):
+          fail(f"{flag} needs a value")
+        value, i = argv[i + 1], i + 1
+      os.environ[_VALUED_GLOBALS[flag]] = value
+    else:
+      rest.append(argv[i])
+    i += 1
+  from mtjax import progress  # pylint: disable=g-import-not-at-top  (imports nothing heavy)
+
+  try:
+    progress.requested_mode()
+    progress.every_seconds()
+  except errors.UserError as e:
+    fail_on(e)
+  return rest
 
 
 def _main(argv: list[str]) -> None:
@@ -584,9 +632,12 @@ def _main(argv: list[str]) -> None:
     for name, text in COMMANDS.items():
       print(f"  {name:<8}{text}")
     print("\nRun `mtjax <command> --help` for a command's options. A mistake in the input is "
-          "one `error:` line\n(exit status 2); add --debug (or set MTJAX_DEBUG=1) for its "
-          "traceback. --verbose (or MTJAX_VERBOSE=1)\nshows TensorFlow's C++ start-up logging, "
-          "hidden by default.")
+          "one `error:` line\n(exit status 2).\n\noptions of every command (anywhere on the "
+          "command line):")
+    import textwrap  # pylint: disable=g-import-not-at-top
+
+    for flag, text in GLOBAL_OPTIONS.items():
+      print(textwrap.fill(text, 100, initial_indent=f"  {flag:<26}", subsequent_indent=" " * 28))
     return
   command, rest = argv[0], argv[1:]
   handlers = {"train": _cmd_train, "eval": _cmd_eval, "infer": _cmd_infer,

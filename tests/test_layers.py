@@ -6,7 +6,7 @@ layer below it:
   cli -> recipes | merge -> collections -> eval -> train -> models -> peft -> data | config |
   parallel -> base
 
-`base` is `mtjax/__init__.py`, `errors.py`, `fs.py`, `quiet.py`. Every import counts, at module
+`base` is `mtjax/__init__.py`, `errors.py`, `fs.py`, `quiet.py`, `progress.py`. Every import counts, at module
 level or inside a function (a lazy import is still a dependency). `mtjax.mixtures` and
 `mtjax.configs` are user-level registrations (imported by name from `data.modules` / `--config`)
 and may import any layer; they are not checked. The test reads the sources with `ast`, so it
@@ -18,7 +18,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = (("cli",), ("recipes", "merge"), ("collections",), ("eval",), ("train",), ("models",), ("peft",),
-          ("data", "config", "parallel"), ("errors", "fs", "quiet", ""))
+          ("data", "config", "parallel"), ("errors", "fs", "quiet", "progress", ""))
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

@@ -442,7 +442,7 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
   separately, so a split larger than `block_size` gets block-local positions.)
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from mtjax import progress  # pylint: disable=g-import-not-at-top
 
   check_source(task, split)
   if split not in task.splits:
@@ -477,10 +477,10 @@ def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed
     lengths: dict[str, list[int]] = {k: [] for k in token_features}
     tokens: dict[str, list] = {k: [] for k in token_features}
     features: dict[str, dict] = {}
-    stream = tqdm(_encoded_examples(task, split, seed, num_workers, block_size, tmp,
-                                    sequence_length),
-                  total=task.num_input_examples(split), unit=" examples", disable=None,
-                  desc=f"caching {task.name}/{split}", leave=False)
+    stream = progress.wrap(_encoded_examples(task, split, seed, num_workers, block_size, tmp,
+                                             sequence_length),
+                           total=task.num_input_examples(split), unit="examples",
+                           desc=f"caching {task.name}/{split}", leave=False)
     for i, (record, example) in enumerate(stream):
       if i == 0:
         features = {k: _feature_spec(v) for k, v in example.items()}

@@ -14,7 +14,7 @@ soft prompt attached (the prompt module is another issue; pass both parameter se
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mtjax.eval import evaluate
@@ -32,10 +32,13 @@ def shot_task(task_name: str, k: int, seed: int = 0) -> str:
 def evaluate_few_shot(graphdef, variants: Mapping[str, Any], task_names: Sequence[str],
                       ks: Sequence[int], *, cache_dir: str, split: str, inputs_length: int,
                       seed: int = 0, reuse: Mapping[tuple[str, str], dict] | None = None,
+                      on_result: Callable[[dict], None] | None = None,
                       **kwargs) -> list[dict]:
   """One result per (variant, task, k): `evaluate_task`'s dict plus `base_task`, `k`, `variant`.
 
   `reuse[(variant, task)]`: an existing 0-shot result of the task (not evaluated again).
+  `on_result(result)`: called after each evaluation (not for reused results), e.g. to report
+  progress.
 
   Task names in the results are `<task>_<k>shot` (`<variant>/...` when there are several
   variants), so the table, JSONL and TensorBoard rows keep them apart.
@@ -59,4 +62,6 @@ def evaluate_few_shot(graphdef, variants: Mapping[str, Any], task_names: Sequenc
         r.update(task=label if len(variants) == 1 else f"{variant}/{label}", base_task=task,
                  k=k, variant=variant)
         results.append(r)
+        if on_result is not None and not (k == 0 and (variant, task) in reuse):
+          on_result(r)
   return results

@@ -95,26 +95,40 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
   without one, and every other task, with the prompt removed), as ProMoT's inference does.
   """
   # (imported here: finding a checkpoint, and the errors of a wrong path, need no JAX)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from mtjax import progress as progress_lib  # pylint: disable=g-import-not-at-top
   from mtjax.eval import evaluate, few_shot  # pylint: disable=g-import-not-at-top
   from mtjax.peft import prompt_setup, prompts  # pylint: disable=g-import-not-at-top
 
   kwargs = evaluate.config_kwargs(cfg)
+  ks = sorted({0, *cfg.eval.few_shot})
+  total = (len(task_names) * (1 + sum(k != 0 for k in set(cfg.eval.few_shot)))
+           + len(cfg.eval.other_tasks) * len(ks))
   by_task, shots = {}, []
-  for g, p, tasks in prompt_setup.by_row(graphdef, params, cfg.model.prompt_tasks, task_names):
-    for r in evaluate.evaluate_mixture(g, p, tasks, mesh=mesh, rules=rules, **kwargs):
-      by_task[r["task"]] = r
-    if cfg.eval.few_shot:
-      plain = {("", t): by_task[t] for t in tasks}
-      shots += few_shot.evaluate_few_shot(g, {"": p}, tasks, cfg.eval.few_shot, mesh=mesh,
-                                          rules=rules, reuse=plain, **kwargs)
-  order = {t: i for i, t in enumerate(task_names)}
-  results = [by_task[t] for t in task_names]
-  results += sorted(shots, key=lambda r: (r["k"], order[r["base_task"]]))
-  if cfg.eval.other_tasks:
-    g, p = prompts.detach(graphdef, params)
-    ks = sorted({0, *cfg.eval.few_shot})
-    results += few_shot.evaluate_few_shot(g, {"": p}, list(cfg.eval.other_tasks), ks, mesh=mesh,
-                                          rules=rules, **kwargs)
+  with progress_lib.Progress(total, desc="eval", unit="tasks", leave=False,
+                             enabled=jax.process_index() == 0) as bar:
+
+    def done(r: dict) -> None:  # one (task, k) evaluated: the progress report moves on
+      bar.set_postfix(task=r["task"], examples=str(r.get("num_examples", "?")))
+      bar.update(1)
+
+    for g, p, tasks in prompt_setup.by_row(graphdef, params, cfg.model.prompt_tasks,
+                                           task_names):
+      for name in tasks:
+        by_task[name] = evaluate.evaluate_task(g, p, name, mesh=mesh, rules=rules, **kwargs)
+        done(by_task[name])
+      if cfg.eval.few_shot:
+        plain = {("", t): by_task[t] for t in tasks}
+        shots += few_shot.evaluate_few_shot(g, {"": p}, tasks, cfg.eval.few_shot, mesh=mesh,
+                                            rules=rules, reuse=plain, on_result=done, **kwargs)
+    order = {t: i for i, t in enumerate(task_names)}
+    results = [by_task[t] for t in task_names]
+    results += sorted(shots, key=lambda r: (r["k"], order[r["base_task"]]))
+    if cfg.eval.other_tasks:
+      g, p = prompts.detach(graphdef, params)
+      results += few_shot.evaluate_few_shot(g, {"": p}, list(cfg.eval.other_tasks), ks,
+                                            mesh=mesh, rules=rules, on_result=done, **kwargs)
   return results
 
 

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import jax
 from flax import nnx
-from tqdm import tqdm
 
+from mtjax import progress as progress_lib
 from mtjax.config import schema, storage
 from mtjax.parallel import arrays, distributed
 from mtjax.train import checkpoint as ckpt_lib
@@ -130,9 +130,8 @@ def _train(cfg: schema.RunConfig, progress: bool, lock, t_start: float,
   meta = {"mixture": cfg.data.mixture, "tasks": list(setup.spec.task_names),
           "config": schema.to_dict(cfg)}
   perf = _Perf(setup)
-  bar = tqdm(total=cfg.train.steps, initial=start, dynamic_ncols=True,
-             disable=not progress or jax.process_index() != 0,
-             desc="train")
+  bar = progress_lib.Progress(cfg.train.steps, initial=start, desc="train", unit="step",
+                             enabled=progress and jax.process_index() == 0)
   if evaluation is None and (cfg.eval.every > 0 or cfg.eval.at_end):
     log.warning("no evaluation was handed to the loop: eval.every / eval.at_end are skipped "
                 "(mtjax.recipes.train.run trains with mtjax.eval's)")
