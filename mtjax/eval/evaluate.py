@@ -232,11 +232,12 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
     tokens = np.stack([feature_converters.pad_to(x, inputs_length) for x in inputs])
     rng = jax.random.key(seed)
     counter = iter(range(1 << 30))
+    prompt_lengths = [min(len(x), inputs_length) for x in inputs]
     predicted_ids, beam_scores = run(
         lambda b: generate.generate(graphdef, params, b, jax.random.fold_in(rng, next(counter)),
                                     options=decode),
-        generate.prompt_batch(family, tokens, [min(len(x), inputs_length) for x in inputs],
-                              start_id=start_id))
+        generate.prompt_batch(family, tokens, prompt_lengths, start_id=start_id),
+        row_lengths=generate.prompt_row_lengths(family, prompt_lengths), name="generate")
     predictions = postprocessed_predictions(task, examples, predicted_ids)
     if kind.PREDICTION_WITH_AUX in kinds:
       aux = {"scores": beam_scores if decode.method == "beam" else _sequence_scores(

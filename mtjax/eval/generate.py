@@ -101,6 +101,13 @@ def prompt_batch(family: str, tokens, lengths=None, start_id: int = BOS_ID):
   return batch
 
 
+def prompt_row_lengths(family: str, lengths) -> list[int]:
+  """Each `prompt_batch` row's real width (decoders: the start token too), for
+  `batching.map_batches(row_lengths=...)` to cut batches to their longest prompt."""
+  extra = 0 if family == "enc_dec" else 1
+  return [int(n) + extra for n in lengths]
+
+
 def decode_functions(model):
   """(start_decode, decode_step) of the model's family, as functions of (model, ...)."""
   module = sys.modules.get(type(model).__module__)

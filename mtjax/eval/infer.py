@@ -322,12 +322,12 @@ def predict(model: InferenceModel, texts: Sequence[str], *,
                                     max_length=lengths["targets"], eos_id=model.eos_id)
       tokens = np.stack([feature_converters.pad_to(x, lengths["inputs"]) for x in inputs])
       rng, counter = jax.random.key(seed), iter(range(1 << 30))
+      prompt_lengths = [min(len(x), lengths["inputs"]) for x in inputs]
       predicted, _ = run(
           lambda b: generate.generate(model.graphdef, model.params, b,
                                       jax.random.fold_in(rng, next(counter)), options=options),
-          generate.prompt_batch(model.family, tokens,
-                                [min(len(x), lengths["inputs"]) for x in inputs],
-                                start_id=model.start_id))
+          generate.prompt_batch(model.family, tokens, prompt_lengths, start_id=model.start_id),
+          row_lengths=generate.prompt_row_lengths(model.family, prompt_lengths), name="generate")
       for row, ids in zip(rows, predicted):
         row["prediction"] = _decode_text(model, ids)
     if answer_choices is not None and any(answer_choices):

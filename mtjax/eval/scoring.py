@@ -25,16 +25,10 @@ import numpy as np
 from flax import nnx
 
 from mtjax.data import feature_converters
-from mtjax.eval import batching
+from mtjax.eval import batching, prefix_sharing
+from mtjax.eval.log_probs import target_log_probs
 
 MODES = ("sum", "mean")
-
-
-def target_log_probs(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-  """Per-token `log p(target)` `[B, T]`, zero where the weight is zero."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), -1)[..., 0]
-  return jnp.where(weights > 0, picked, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -94,15 +88,58 @@ def pair_features(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], lengths:
 
 def score_pairs(graphdef, params, pairs, *, lengths, family: str = "enc_dec",
                 batch_size: int = 64, mesh=None, rules=None,
-                start_id: int = feature_converters.BOS_ID) -> dict[str, np.ndarray]:
-  """`{"sum", "length", "mean", "greedy"}` per pair (numpy); `start_id` as in `pair_features`."""
+                start_id: int = feature_converters.BOS_ID,
+                share_inputs: bool = True) -> dict[str, np.ndarray]:
+  """`{"sum", "length", "mean", "greedy"}` per pair (numpy); `start_id` as in `pair_features`.
+
+  Inputs and targets are cut to `lengths`; batches are padded to the length buckets of their
+  longest pair (`batching`), not to `lengths`. When pairs share inputs (answer choices) and
+  `share_inputs`, each input runs once for all its targets (`prefix_sharing`); otherwise each
+  pair is one row of the model's teacher-forced forward (`score_batch`)."""
   if not pairs:
     return {"sum": np.zeros(0), "length": np.zeros(0, np.int64), "mean": np.zeros(0),
             "greedy": np.zeros(0, bool)}
-  features = pair_features(pairs, lengths, family, start_id)
-  out = batching.map_batches(functools.partial(score_batch, graphdef, params), features,
-                             batch_size=batch_size, mesh=mesh, rules=rules)
+  if family not in FEATURES:
+    raise ValueError(f"unknown model family {family!r} for scoring; known: {sorted(FEATURES)}")
+  pairs = [(np.asarray(i, np.int32)[:lengths["inputs"]], np.asarray(t, np.int32)[:lengths["targets"]])
+           for i, t in pairs]
+  grouped = prefix_sharing.groups(pairs) if share_inputs else None
+  if grouped is not None and len(grouped) < len(pairs) and prefix_sharing.supported(graphdef):
+    out = prefix_sharing.score(graphdef, params, pairs, family=family, batch_size=batch_size,
+                               mesh=mesh, rules=rules, start_id=start_id, grouped=grouped)
+  else:
+    out = _score_each(graphdef, params, pairs, family=family, batch_size=batch_size, mesh=mesh,
+                      rules=rules, start_id=start_id)
   out["mean"] = out["sum"] / np.maximum(out["length"], 1)
+  return out
+
+
+def _bucket_features(pairs, family: str, start_id: int) -> dict[str, np.ndarray]:
+  """`pair_features` of (already cut) pairs, padded to the length buckets of the longest."""
+  convert = FEATURES[family]
+  if family == "enc_dec":
+    lengths = {"inputs": batching.bucket(max(len(i) for i, _ in pairs)),
+               "targets": batching.bucket(max(len(t) for _, t in pairs))}
+    rows = [convert(i, t, lengths, start_id=start_id) for i, t in pairs]
+  else:  # one concatenated row: the inputs take what the targets leave
+    total = batching.bucket(max(len(i) + len(t) for i, t in pairs))
+    rows = [convert(i, t, {"inputs": total - len(t), "targets": len(t)}, start_id=start_id)
+            for i, t in pairs]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _score_each(graphdef, params, pairs, *, family, batch_size, mesh, rules, start_id):
+  """Pair by pair: `score_batch` over length-bucketed batches, results in pair order."""
+  out = {"sum": np.zeros(len(pairs), np.float32), "length": np.zeros(len(pairs), np.int64),
+         "greedy": np.zeros(len(pairs), bool)}
+  sizes = [len(i) + len(t) for i, t in pairs]
+  for chunk, rows in batching.plan(sizes, batch_size, mesh):
+    features = _bucket_features([pairs[i] for i in chunk], family, start_id)
+    features = {k: batching.pad_rows(v, rows) for k, v in features.items()}
+    batching.SHAPES.add("score", features)
+    result = score_batch(graphdef, params, batching.put(features, mesh, rules))
+    for key in out:
+      out[key][chunk] = np.asarray(result[key])[:len(chunk)]
   return out
 
 

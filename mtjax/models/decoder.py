@@ -432,14 +432,46 @@ def start_decode(model: Decoder, batch: Mapping[str, jax.Array], max_decode_len:
 
 def decode_step(model: Decoder, cache, tokens: jax.Array):
   """Feeds `tokens [B]` at each example's next slot; returns (logits `[B, V]`, cache)."""
+  logits, cache = extend(model, cache, jnp.asarray(tokens, jnp.int32)[:, None])
+  return logits[:, 0], cache
+
+
+def extend(model: Decoder, cache, tokens: jax.Array, offsets: jax.Array | None = None):
+  """Feeds `tokens [B, W]` after each example's cached tokens; returns (logits `[B, W, V]`,
+  cache advanced by `W` slots).
+
+  `offsets [B, W]` (default `0..W-1`) lay several continuations of one prompt side by side:
+  token `w` is the `offsets[w]`-th of its continuation, which starts at `w - offsets[w]`. It
+  sits at position `prompt + offsets[w]` and sees the cached prompt and the earlier tokens of
+  its own continuation only, so each continuation gets exactly the logits it would get alone
+  after the prompt (rank classification scores every answer choice of a prompt in one row,
+  without running the prompt again per choice).
+  """
   index, position = cache["index"], cache["position"]
-  x, _, _ = model.embed(jnp.asarray(tokens, jnp.int32)[:, None], None, position[:, None],
-                        hook=False)
+  tokens = jnp.asarray(tokens, jnp.int32)
+  w = tokens.shape[1]
+  steps = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), tokens.shape)
+  offsets = steps if offsets is None else jnp.asarray(offsets, jnp.int32)
+  positions = position[:, None] + offsets
+  x, _, _ = model.embed(tokens, None, positions, hook=False)
   size = cache["k"][0].shape[1] if isinstance(cache["k"], list) else cache["k"].shape[2]
-  mask = jnp.arange(size)[None] <= index[:, None]
+  slot = jnp.arange(size)[None, None, :]  # [1, 1, S]
+  here = (index[:, None] + steps)[:, :, None]  # [B, W, 1]: each token's own slot
+  mask = (slot < index[:, None, None]) | ((slot <= here) & (slot >= here - offsets[:, :, None]))
   if "key_mask" in cache:
-    mask = mask & cache["key_mask"]
-  mask = mask[:, None, None, :]  # [B, 1, 1, S]
-  x, kvs = model._blocks(x, position[:, None], mask, caches=_layer_caches(model, cache))
-  new = dict(cache, **_cache_kv(model, kvs), index=index + 1, position=position + 1)
-  return model.logits(x)[:, 0], new
+    mask = mask & cache["key_mask"][:, None, :]
+  mask = mask[:, None]  # [B, 1, W, S]
+  x, kvs = model._blocks(x, positions, mask, caches=_layer_caches(model, cache))
+  new = dict(cache, **_cache_kv(model, kvs), index=index + w, position=position + w)
+  return model.logits(x), new
+
+
+def continuation_logits(model: Decoder, prompts: Mapping[str, jax.Array], tokens: jax.Array,
+                        offsets: jax.Array) -> jax.Array:
+  """The logits each of `tokens [B, W]` is predicted from (`[B, W, V]`), after the prompts
+  (`start_decode`'s batch), with continuations laid side by side by `offsets` (`extend`): the
+  prompt's last logits for a continuation's first token, else the previous token's."""
+  first, cache = start_decode(model, prompts, tokens.shape[1])
+  logits, _ = extend(model, cache, tokens, offsets)
+  shifted = jnp.concatenate([first[:, None], logits[:, :-1]], axis=1)
+  return jnp.where((offsets == 0)[..., None], first[:, None], shifted)

@@ -318,15 +318,18 @@ class T5(nnx.Module):
     return layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000)), seg
 
   def decode(self, encoded, encoder_segment_ids, decoder_input_tokens,
-             decoder_segment_ids=None, *, rng=None):
-    """Logits `[B, T, V]` (float32) for teacher-forced decoder inputs."""
+             decoder_segment_ids=None, *, rng=None, cross_segment_ids=None):
+    """Logits `[B, T, V]` (float32) for teacher-forced decoder inputs.
+
+    `cross_segment_ids` (default `decoder_segment_ids`): the encoder segment each decoder
+    position reads; several decoder segments may read the same one (`continuation_logits`)."""
     t = decoder_input_tokens.shape[1]
     # Causal within decoder segments; cross-attention to the same segment's encoder positions
     # (unpacked: to every non-padding one). Described for the flash kernel (layers.Mask).
     self_mask = layers.Mask(q_segment_ids=decoder_segment_ids,
                             kv_segment_ids=decoder_segment_ids, causal=True)
-    cross_mask = layers.Mask(q_segment_ids=decoder_segment_ids,
-                             kv_segment_ids=encoder_segment_ids)
+    cross_q = decoder_segment_ids if cross_segment_ids is None else cross_segment_ids
+    cross_mask = layers.Mask(q_segment_ids=cross_q, kv_segment_ids=encoder_segment_ids)
     x = layers.activation_names(self.token_embed(decoder_input_tokens, self.dtype))
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 2000))
     bias = self.decoder_relpos(t, t, self.dtype)
@@ -375,6 +378,26 @@ def _stack(cfg: T5Config, cross: bool, n: int, rngs: nnx.Rngs):
   if cfg.scan_layers:
     return layers.stacked(lambda r: Block(cfg, cross=cross, rngs=r), n, rngs)
   return nnx.List([Block(cfg, cross=cross, rngs=rngs) for _ in range(n)])
+
+
+def continuation_logits(model: T5, prompts: Mapping[str, jax.Array], tokens: jax.Array,
+                        offsets: jax.Array) -> jax.Array:
+  """The logits each of `tokens [B, W]` is predicted from (`[B, W, V]`), with several target
+  sequences of one encoder input laid side by side in one decoder row: token `w` is the
+  `offsets[w]`-th of its sequence. Each input is encoded once; each sequence is its own decoder
+  segment (causal inside it, starting from 0 as T5's decoder does) reading the whole input.
+  Relative-position biases depend on distances only, so every sequence gets the logits it gets
+  alone. `prompts`: `encoder_input_tokens [B, S]` (0 = padding)."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  offsets = jnp.asarray(offsets, jnp.int32)
+  encoded, seg = model.encode_with_segments(
+      jnp.asarray(prompts["encoder_input_tokens"], jnp.int32), prompt_ids=prompts.get("prompt_ids"))
+  previous = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+  inputs = jnp.where(offsets == 0, 0, previous)  # each sequence shifted right from 0
+  segments = jnp.cumsum((offsets == 0).astype(jnp.int32), axis=1)
+  reads = jnp.ones_like(segments)  # every decoder position reads the input (segment 1)
+  return model.decode(encoded, (seg > 0).astype(jnp.int32), inputs, segments,
+                      cross_segment_ids=reads)
 
 
 def start_decode(model: T5, batch: Mapping[str, jax.Array], max_decode_len: int):
