@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from mtjax import fs
-from mtjax.models import decoder, t5
+from mtjax.models import decoder, families, hf_meta, t5
 from mtjax.parallel import rules as rules_lib
 from mtjax.peft import lora
 
@@ -405,7 +405,7 @@ def load(hf_dir: str, *, mesh=None, rules=None, **overrides):
 
 
 def family_of(model) -> str:
-  return "t5" if isinstance(model, t5.T5) else "decoder"
+  return families.name(model)
 
 
 def export(model, out_dir: str, meta: dict | None = None) -> list[str]:
@@ -414,8 +414,6 @@ def export(model, out_dir: str, meta: dict | None = None) -> list[str]:
   the tokenizer files, so `transformers` generates as the run trained. Returns the file names.
   LoRA adapters are merged into their kernels; a soft prompt is left out."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-
-  from mtjax.models import hf_meta  # pylint: disable=g-import-not-at-top
 
   family = family_of(model)
   table = {path: (template, layout) for path, template, layout in _table(family)}

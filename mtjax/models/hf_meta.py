@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from mtjax import fs
+from mtjax.models import families, locations
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +274,6 @@ def _max_positions(src: dict, lengths: dict | None, model_cfg) -> int | None:
 # ---------------------------------------------------------------------------------- writing
 
 
-def _family(model_cfg) -> str:
-  from mtjax.models import registry, t5  # pylint: disable=g-import-not-at-top
-
-  return "t5" if registry.family(model_cfg) is t5 else "decoder"
-
-
 def collect(cfg, task_names, family: str, model_cfg=None, registered: bool = True) -> dict:
   """The export facts of a run (`cfg`: its RunConfig; `task_names`: its mixture's tasks;
   `registered`: they are registered SeqIO tasks, else the cache manifests and the run's tokenizer
@@ -336,14 +331,13 @@ def _write(meta: dict, root: str) -> None:
 
 def record(setup, run_dir: str) -> None:
   """Records the run's tokenizer and special-token facts in `run_dir/hf/` (process 0 only).
+  `setup`: a `mtjax.train.setup.Setup` (its `cfg`, `spec.task_names` and built `model_cfg`).
 
   Never fails the run: what cannot be recorded is logged, and `mtjax export` derives it from
   the run's config.json instead."""
   try:
-    from mtjax.models import registry  # pylint: disable=g-import-not-at-top
-
-    model_cfg = setup.model_cfg or registry.architecture(setup.cfg.model)
-    _write(collect(setup.cfg, setup.spec.task_names, _family(model_cfg), model_cfg), run_dir)
+    model_cfg = setup.model_cfg
+    _write(collect(setup.cfg, setup.spec.task_names, families.name(model_cfg), model_cfg), run_dir)
   except Exception as e:  # pylint: disable=broad-except  (a convenience for export, see above)
     log.warning("could not record export metadata in %s/%s: %s: %s", run_dir, DIR,
                 type(e).__name__, e)
@@ -370,9 +364,7 @@ def load(path: str, model_cfg) -> dict | None:
   (None: nothing known, e.g. a model dir written by an older `mtjax convert`). Keys: those of
   `collect`, with `_generation_base` (the source's generation config, or None) and
   `_tokenizer` (where its files are)."""
-  from mtjax.models import store  # pylint: disable=g-import-not-at-top
-
-  where = store.locate(path)
+  where = locations.locate(path)
   root = where.model_dir or where.run_dir
   folder = fs.join(root, DIR)
   meta = _read_json(fs.join(folder, META))
@@ -404,7 +396,7 @@ def _from_run_config(run_dir: str, model_cfg) -> dict | None:
     tasks = [t["name"] for t in spec.get("tasks", [])] or [cfg.data.mixture]
   # Export does not import the run's task modules (SeqIO, TensorFlow): the cache manifests say
   # what the tasks' vocabulary was.
-  return collect(cfg, tasks, _family(model_cfg), model_cfg, registered=False)
+  return collect(cfg, tasks, families.name(model_cfg), model_cfg, registered=False)
 
 
 def generation_config(meta: dict | None, config: dict) -> dict | None:

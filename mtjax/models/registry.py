@@ -9,23 +9,14 @@ trainer calls: a preset initialised from `seed`, or a local HF checkpoint when
 from __future__ import annotations
 
 import dataclasses
-from types import ModuleType
-
 from flax import nnx
 
 from mtjax import errors
-from mtjax.models import decoder, t5
+from mtjax.models import decoder, families, t5
 
 PRESETS = {**t5.PRESETS, **decoder.PRESETS}
 
-
-def family(model_or_config) -> ModuleType:
-  """The family module (`t5` or `decoder`) of a model or config."""
-  if isinstance(model_or_config, (t5.T5, t5.T5Config)):
-    return t5
-  if isinstance(model_or_config, (decoder.Decoder, decoder.DecoderConfig)):
-    return decoder
-  raise TypeError(f"not an mtjax model or config: {type(model_or_config).__name__}")
+family = families.family  # the family module (`t5` or `decoder`) of a model or config
 
 
 def config(name: str, **overrides):

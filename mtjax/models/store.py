@@ -19,14 +19,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mtjax import fs
-from mtjax.models import decoder, registry, t5
+from mtjax.models import decoder, families, registry, t5
+# (where a path points: below this module, so that hf_meta finds model dirs without importing it)
+from mtjax.models.locations import MODEL_FILE, Location, latest_step, locate  # noqa: F401
 
-MODEL_FILE = "model.json"
 _CONFIGS = {"t5": t5.T5Config, "decoder": decoder.DecoderConfig}
-
-
-def _family_name(cfg) -> str:
-  return "t5" if registry.family(cfg) is t5 else "decoder"
 
 
 def save(model, out_dir: str) -> None:
@@ -34,7 +31,7 @@ def save(model, out_dir: str) -> None:
   out_dir = fs.abspath(out_dir)  # a URL: Orbax writes it directly
   fs.makedirs(out_dir)
   fs.write_text(os.path.join(out_dir, MODEL_FILE), json.dumps(
-      {"family": _family_name(model.cfg), "config": dataclasses.asdict(model.cfg)}, indent=1))
+      {"family": families.name(model.cfg), "config": dataclasses.asdict(model.cfg)}, indent=1))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(out_dir, "params"), nnx.state(model).to_pure_dict(), force=True)
   checkpointer.wait_until_finished()
@@ -65,40 +62,6 @@ def load(model_dir: str):
   """The module saved by `save`."""
   cfg = _config_from_json(fs.read_json(os.path.join(model_dir, MODEL_FILE)))
   return _restore(cfg, os.path.join(model_dir, "params"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Location:
-  """What a `--checkpoint` path names: a model dir, or a run's checkpoint (step None: latest)."""
-  model_dir: str | None = None
-  run_dir: str | None = None
-  ckpt_dir: str | None = None
-  step: int | None = None
-
-
-def locate(path: str) -> Location:
-  """Where `path` (a model dir, a run dir, its `checkpoints/` dir or one step's dir) lives, so
-  that the weights and what was recorded next to them (`mtjax.models.hf_meta`) are found the
-  same way."""
-  path = fs.abspath(path)
-  if fs.exists(os.path.join(path, MODEL_FILE)):
-    return Location(model_dir=path)
-  if fs.isdir(os.path.join(path, "checkpoints")):
-    return Location(run_dir=path, ckpt_dir=os.path.join(path, "checkpoints"))
-  if os.path.basename(path).isdigit():
-    return Location(run_dir=os.path.dirname(os.path.dirname(path)), ckpt_dir=os.path.dirname(path),
-                    step=int(os.path.basename(path)))
-  return Location(run_dir=os.path.dirname(path), ckpt_dir=path)
-
-
-def latest_step(ckpt_dir: str) -> int:
-  """The newest step of a run's `checkpoints/` dir (`load_any` loads it)."""
-  steps = [int(d) for d in fs.listdir(ckpt_dir) if d.isdigit()] if fs.isdir(ckpt_dir) else []
-  if fs.is_url(ckpt_dir):  # a bucket step folder exists while it uploads: committed ones only
-    steps = [s for s in steps if fs.exists(os.path.join(ckpt_dir, str(s), "commit_success.txt"))]
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-  return max(steps)
 
 
 def load_any(path: str):

@@ -219,7 +219,7 @@ def test_a_run_with_an_hf_tokenizer_exports_its_ids_and_files(tmp_path):
   try:
     _write_run(cfg, registry.create(cfg.model, seed=0))
     setup = types.SimpleNamespace(cfg=cfg, spec=types.SimpleNamespace(task_names=(name,)),
-                                  model_cfg=None)
+                                  model_cfg=registry.architecture(cfg.model))
     hf_meta.record(setup, cfg.run_dir)
     hf_meta.record(setup, cfg.run_dir)  # a resume records the same again
   finally:
