@@ -20,20 +20,20 @@ class DataConfig:
   # registered while `modules` import (file tasks without `vocabulary=`); "" = the tokenizer of
   # model.hf_checkpoint when it has one, else SeqIO's ByteVocabulary (mtjax.data.vocabularies)
   tokenizer: str = ""
-  cache_dir: str = ".cache/mtjax"
+  cache_dir: str = ".cache/mtjax"  # the ArrayRecord cache of the tasks (local or gs://...)
   # Where the collections (mtjax.collections) find their data while `modules` import: a folder
   # of local copies of Hugging Face dataset repositories as <dir>/<org>/<name> (searched before
   # the Hugging Face cache; "" = $MTJAX_HF_DATA_DIR), and PromptSource's templates folder
   # ("" = $MTJAX_PROMPTSOURCE_DIR, else the installed promptsource package's)
   hf_data_dir: str = ""
-  promptsource_dir: str = ""
-  inputs_length: int = 64
-  targets_length: int = 16
+  promptsource_dir: str = ""  # PromptSource's templates folder (see hf_data_dir)
+  inputs_length: int = 64  # tokens of the inputs feature (longer inputs are trimmed)
+  targets_length: int = 16  # tokens of the targets feature (longer targets are trimmed)
   batch_size: int = 32  # global, in packed rows
-  pack: bool = True
+  pack: bool = True  # several examples per row (False: one example per row, padded)
   packer: str = "window"  # window (mtjax.data.packing) | best_fit | first_fit (Grain's)
   packing_bins: int = 0  # window: examples per window (0 = 4096); Grain: open rows (0 = batch)
-  seed: int = 0
+  seed: int = 0  # shuffling and mixing of the data stream
   feature_converter: str = "enc_dec"  # enc_dec | decoder_only | prefix_lm
   rate_stages: tuple = ()  # ((start_step, {task: rate}), ...): other rates from that step on
   worker_count: int = 0  # batch-preparing processes (Grain mp_prefetch); 0: one thread
@@ -48,7 +48,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   preset: str = "t5_quickstart"  # see mtjax.models.registry.PRESETS (T5 and decoder families)
-  dropout_rate: float = 0.0
+  dropout_rate: float = 0.0  # dropout rate while training (evaluation runs without dropout)
   dtype: str = "float32"  # compute dtype; parameters stay float32
   remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   scan_layers: bool = False  # one compiled layer under lax.scan: faster compiles, same maths
@@ -59,8 +59,8 @@ class ModelConfig:
   # LoRA (mtjax.peft.lora): rank > 0 adds adapters to `lora_targets` (decoder: query key value
   # out gate up down; T5: query key value out wi_0 wi_1 wo); train them with train.trainable=lora.
   lora_rank: int = 0
-  lora_alpha: float = 16.0
-  lora_targets: tuple[str, ...] = ("query", "value")
+  lora_alpha: float = 16.0  # adapter scale: W + alpha / rank * A @ B
+  lora_targets: tuple[str, ...] = ("query", "value")  # projections that get adapters
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0
@@ -78,10 +78,10 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   name: str = "adafactor"  # adafactor | adamw
-  learning_rate: float = 1e-3
+  learning_rate: float = 1e-3  # peak learning rate (after warmup)
   schedule: str = "constant"  # constant | linear | cosine | rsqrt
-  warmup_steps: int = 0
-  weight_decay: float = 0.0
+  warmup_steps: int = 0  # linear warmup from 0 to learning_rate over this many steps
+  weight_decay: float = 0.0  # AdamW's weight_decay / Adafactor's weight_decay_rate (0 = none)
   clip_norm: float = 0.0  # 0 disables global-norm clipping
   decay_rate: float = 0.8  # adafactor: second-moment decay exponent (T5X 0.8)
   parameter_scale: bool = True  # adafactor: scale updates by parameter RMS (prompt tuning: off)
@@ -90,12 +90,12 @@ class OptimizerConfig:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 1000
-  log_every: int = 50
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  label_smoothing: float = 0.0
-  z_loss: float = 0.0
+  steps: int = 1000  # total training steps (a resumed run trains up to this step)
+  log_every: int = 50  # a metrics row (metrics.jsonl, TensorBoard, progress) every N steps
+  checkpoint_every: int = 500  # save a checkpoint every N steps (and at the last step)
+  keep_checkpoints: int = 2  # newest checkpoints kept (plus the best one with best_metric)
+  label_smoothing: float = 0.0  # cross-entropy label smoothing
+  z_loss: float = 0.0  # coefficient of the log(Z)^2 auxiliary loss (T5X: 1e-4)
   seed: int = 0  # parameter init and dropout
   # all | prompt | all_but_prompt | lora, or path regexes (mtjax.peft.filters); frozen parameters
   # get no optimizer state
@@ -122,7 +122,7 @@ class TrainConfig:
   # metrics destinations besides metrics.jsonl and TensorBoard (mtjax.train.trackers): "wandb"
   # (pip install 'mtjax[wandb]'), or "module:name" for a tracker of your own
   trackers: tuple[str, ...] = ()
-  wandb_project: str = "mtjax"
+  wandb_project: str = "mtjax"  # W&B project of the run (with trackers=("wandb",))
   wandb_entity: str = ""  # W&B team or user ("" = the API key's default)
   wandb_name: str = ""  # the W&B run's display name ("" = the run dir's name)
 
@@ -135,12 +135,12 @@ class EvalConfig:
   #   metrics (`<task>/<metric>`, `average/<metric>`) can rank checkpoints (`train.best_metric`)
   loss_every: int = 0  # teacher-forced loss per task on `split` every N train steps (0 = off)
   loss_batches: int = 4  # batches (of data.batch_size rows) per teacher-forced loss evaluation
-  split: str = "validation"
+  split: str = "validation"  # the split every evaluation reads
   max_examples: int = 0  # per task; 0 = the whole split (a cap that cuts a split is logged
   #   with the number of examples left out, and the table shows "<n> of <split size>")
-  batch_size: int = 200
+  batch_size: int = 200  # examples per decoding / scoring batch
   decode: str = "greedy"  # greedy | beam | sample (mtjax.eval.generate)
-  beam_size: int = 4
+  beam_size: int = 4  # beams of decode=beam
   alpha: float = 0.6  # beam length penalty ((5 + length) / 6) ** alpha; 0 = plain log-prob
   temperature: float = 1.0  # sampling; 0 = greedy
   top_k: int = 0  # sampling: keep the k most likely tokens (0 = off)
@@ -169,8 +169,8 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   data: int = -1  # -1 fills the remaining devices
-  fsdp: int = 1
-  tensor: int = 1
+  fsdp: int = 1  # devices parameters and optimizer state are sharded over (FSDP / ZeRO-3)
+  tensor: int = 1  # devices each layer's matrices are split over (tensor parallelism)
 
 
 @gin.configurable
@@ -182,24 +182,26 @@ class PromotConfig:
   # promot_1shot (ProMoT on the 1-shot variant of the target tasks)
   methods: tuple[str, ...] = ("pretrained", "finetune", "prompt_tuning", "promot")
   per_task_prompts: bool = False  # one prompt per task of data.mixture (multi-task ProMoT)
-  prompt_length: int = 100
+  prompt_length: int = 100  # soft-prompt vectors (the paper: 100)
   prompt_steps: int = 1000  # stage 1 (prompt tuning)
   prompt_learning_rate: float = 0.3  # stage 1: Adafactor, constant, decay 0.8, no scaling
-  prompt_weight_decay: float = 1e-5
+  prompt_weight_decay: float = 1e-5  # stage 1's weight decay on the prompt
   model_steps: int = 1000  # stage 2 (model tuning) and the plain-finetuning / joint baselines
-  model_learning_rate: float = 1e-3
-  model_dropout: float = 0.1
-  model_label_smoothing: float = 0.1
+  model_learning_rate: float = 1e-3  # stage 2 and the model-tuning baselines: Adafactor
+  model_dropout: float = 0.1  # stage 2 and the model-tuning baselines
+  model_label_smoothing: float = 0.1  # stage 2 and the model-tuning baselines
   eval_every: int = 100  # stages evaluate the target task(s) this often; the best step is kept
   metric: str = "accuracy"  # the target tasks' metric that picks the best checkpoint (max)
   # extra `key=value` overrides of each stage's run config, e.g. ("train.log_every=10",)
-  prompt_set: tuple[str, ...] = ()
-  model_set: tuple[str, ...] = ()
+  prompt_set: tuple[str, ...] = ()  # for the prompt-tuning stage
+  model_set: tuple[str, ...] = ()  # for the model-tuning stages
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+  # where the run writes config.json, metrics.jsonl, TensorBoard events, checkpoints/ and eval
+  # results (a local folder or a URL, e.g. gs://bucket/runs/x); rerunning resumes from it
   run_dir: str = "runs/default"
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
