@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,9 +173,17 @@ def evaluate_setup(setup, params, step: int | None = None, output_dir: str | Non
     return []
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
 
+  from mtjax.eval import batching  # pylint: disable=g-import-not-at-top
+
   tasks = cache.eval_task_names(cfg.data.mixture, cfg.eval.split, setup.spec.task_names)
+  shapes, batches, start = len(batching.SHAPES), batching.SHAPES.batches, time.perf_counter()
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
     results = evaluate_config(setup.graphdef, params, tasks, cfg,
                               mesh=setup.mesh, rules=setup.rules)
+  # What the evaluation ran: batches, and how many of their shapes were new (each new shape is
+  # one compilation; buckets keep this small whatever the tasks' sizes).
+  print(f"evaluated {len(results)} task results in {time.perf_counter() - start:.1f}s: "
+        f"{batching.SHAPES.batches - batches} batches, {len(batching.SHAPES) - shapes} new "
+        f"batch shapes compiled", flush=True)
   evaluate.report(results, output_dir or cfg.run_dir, cfg.train.steps if step is None else step)
   return results

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_eval_reproduces_end_of_training(trained, capsys, tmp_path):
             "--output_dir", out_dir])
   printed = capsys.readouterr().out
   assert "at step 6" in printed and "synthetic_compare" in printed
+  # Training evaluated the same tasks in this process: every batch shape is compiled already.
+  assert re.search(r"evaluated \d+ task results in [\d.]+s: \d+ batches, 0 new batch shapes",
+                   printed), printed
   again = json.load(open(os.path.join(out_dir, "eval_results.json")))
   assert _metrics(again) == _metrics(at_end) == _metrics(end_table)
   # Same decoded outputs, not only the same aggregate numbers.
