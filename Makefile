@@ -9,7 +9,9 @@ TEST_INSTALLED := $(VENV)/.installed-test
 # Quickstart config; override e.g. `make quickstart QUICKSTART_ARGS="--set train.steps=50"`.
 QUICKSTART_ARGS ?=
 
-.PHONY: quickstart test bench clean-venv
+DOCS_INSTALLED := $(VENV)/.installed-docs
+
+.PHONY: quickstart test bench docs clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,14 @@ PYTEST_ARGS ?= -n 2 --dist loadscope --durations=15
 
 test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The documentation site into site/ (open site/index.html); `make test` builds it with --strict.
+$(DOCS_INSTALLED): pyproject.toml $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 bench: $(INSTALLED)
 	@ls scripts/bench_*.py >/dev/null 2>&1 || { echo "no benchmarks yet (scripts/bench_*.py)"; exit 0; }

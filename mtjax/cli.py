@@ -158,8 +158,8 @@ def _cmd_train(argv):
       "multi-host (default: JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID or the "
       "cluster launcher's variables; none: one process)")
   multi.add_argument("--coordinator_address", help="host:port of process 0")
-  multi.add_argument("--num_processes", type=int)
-  multi.add_argument("--process_id", type=int)
+  multi.add_argument("--num_processes", type=int, help="how many processes (hosts) take part")
+  multi.add_argument("--process_id", type=int, help="this process's index (0 = the coordinator)")
   args = parser.parse_args(argv)
   if args.no_progress:
     os.environ["MTJAX_PROGRESS"] = "none"  # the evaluation's and the cache's too

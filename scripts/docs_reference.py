@@ -138,7 +138,12 @@ def config_keys() -> list[Key]:
 
 
 def _cell(text: str) -> str:
-  return text.replace("|", "\\|").replace("\n", " ")
+  """Text for a table cell: pipes escaped, and `<`, `>`, `&` outside code spans as entities (a
+  placeholder like <dir> is text, not HTML)."""
+  parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+  for i in range(0, len(parts), 2):
+    parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+  return "`".join(parts)
 
 
 def _code(text: str) -> str:
@@ -217,7 +222,7 @@ def _flag_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _action_row(action: argparse.Action) -> str | None:
-  if action.help == argparse.SUPPRESS:
+  if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
     return None
   if action.option_strings:
     flag = ", ".join(action.option_strings)
@@ -297,6 +302,8 @@ def pages() -> dict[str, str]:
 
 
 _FENCE = re.compile(r"^(```|~~~)")
+# a command line: `mtjax ...`, maybe after `$ `, `!` (notebooks) or VAR=value assignments
+_COMMAND = re.compile(r"^(?:\$\s+|!)?(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(mtjax\s+\S.*)$")
 
 
 def command_lines(text: str) -> list[str]:
@@ -315,8 +322,8 @@ def command_lines(text: str) -> list[str]:
       pending = line[:-1].strip()
       continue
     pending = ""
-    match = re.search(r"(?:^|[\s;&|(])(mtjax\s.*)$", line)
-    if match and not line.startswith(("#", "python", "pip", "import", "from")):
+    match = _COMMAND.match(line)
+    if match and not match.group(1).split()[1].endswith(":"):
       lines.append(match.group(1))
   return lines
 
