@@ -4,7 +4,7 @@ Three modes:
 - `bar`: a tqdm bar redrawn in place (carriage returns), for a person at a terminal;
 - `lines`: one plain line every `MTJAX_PROGRESS_EVERY` seconds (default 30), after the first
   update and when the loop ends, for logs of unattended runs (nohup, SLURM, CI, a file), e.g.
-  `train 120/600 (20%) loss=2.345 acc=0.412 tok_s=12345 | 4.12 step/s | elapsed 0:00:29 | ETA 0:01:57`;
+  `train 120/600 step (20%) loss=2.345 tok_s=12345 | 4.12 step/s | elapsed 0:00:29 | ETA 0:01:57`;
 - `none`: nothing.
 
 The mode comes from the `mode` argument, else `MTJAX_PROGRESS` (`auto`, `bar`, `lines`, `none`;

@@ -222,7 +222,8 @@ def _flag_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _action_row(action: argparse.Action) -> str | None:
-  if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
     return None
   if action.option_strings:
     flag = ", ".join(action.option_strings)
@@ -235,7 +236,7 @@ def _action_row(action: argparse.Action) -> str | None:
     flag = action.metavar or action.dest
   default = action.default
   if (default is None or default is False or default == [] or default == ""
-      or default == argparse.SUPPRESS or isinstance(action, argparse._HelpAction)):  # pylint: disable=protected-access
+      or default == argparse.SUPPRESS):
     shown = ""
   else:
     shown = _code(repr(default) if not isinstance(default, str) else default)
@@ -263,7 +264,8 @@ def cli_page() -> str:
     if parser.description and parser.description != cli.COMMANDS[name]:
       out += [parser.description, ""]
     for group in parser._action_groups:  # pylint: disable=protected-access
-      rows = [r for r in map(_action_row, group._group_actions) if r]  # pylint: disable=protected-access
+      actions = group._group_actions  # pylint: disable=protected-access
+      rows = [r for r in map(_action_row, actions) if r]
       if not rows:
         continue
       title = group.title if group.title not in ("options", "optional arguments") else "flags"

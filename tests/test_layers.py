@@ -7,9 +7,9 @@ layer below it:
   cli -> recipes | merge -> collections -> eval -> train -> models -> peft -> data | config |
   parallel -> base
 
-`base` is `mtjax/__init__.py`, `errors.py`, `fs.py`, `quiet.py`, `progress.py`. Every import counts, at module
-level or inside a function (a lazy import is still a dependency). `mtjax.mixtures` and
-`mtjax.configs` are user-level registrations (imported by name from `data.modules` / `--config`)
+`base` is `mtjax/__init__.py`, `errors.py`, `fs.py`, `quiet.py`, `progress.py`. Every import
+counts, at module level or inside a function (a lazy import is still a dependency).
+`mtjax.mixtures` and `mtjax.configs` are user-level registrations (imported by name from `data.modules` / `--config`)
 and may import any layer; they are not checked. The test reads the sources with `ast`, so it
 needs no import of mtjax and cannot be fooled by import order.
 """
