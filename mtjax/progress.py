@@ -168,12 +168,11 @@ class Progress:
       head += f"{self.n} {self.unit}"
     if self._postfix:
       head += " " + " ".join(f"{k}={v}" for k, v in self._postfix.items())
-    # The rate since the last line (the recent pace: a first step that compiled, or an
-    # evaluation in between, fades out), else since the start.
-    since, count = (self._last_line, self._last_n) if self._last_line is not None else (
-        self._start, self._start_n)
-    elapsed = now - since
-    rate = (self.n - count) / elapsed if elapsed > 0 and self.n > count else None
+    # The rate since the last line: the recent pace, so an evaluation in between fades out.
+    # The first line has none: its time is mostly start-up (a first step that compiles).
+    rate = None
+    if self._last_line is not None and now > self._last_line and self.n > self._last_n:
+      rate = (self.n - self._last_n) / (now - self._last_line)
     parts = [head]
     if rate is not None:
       parts.append(f"{_number(rate)} {self.unit}/s" if rate >= 1 else

@@ -71,7 +71,8 @@ def test_a_pipe_gets_plain_lines():
   train = [x for x in lines if x.startswith("train ")]
   # every update is a line with every=0; the count starts after the resumed steps
   assert [x.split()[1] for x in train] == [f"{n}/8" for n in range(3, 9)]
-  assert train[0].startswith("train 3/8 step (38%) loss=1.000 tok_s=1234 | ")
+  assert train[0].startswith("train 3/8 step (38%) loss=1.000 tok_s=1234 | elapsed ")
+  assert "ETA ?" in train[0]  # the first line has no rate yet
   assert "step/s" in train[1] and "ETA " in train[1] and "elapsed 0:00:00" in train[1]
   assert "ETA" not in train[-1]  # done
   assert [x.split()[2] for x in lines if x.startswith("caching")] == ["1/3", "2/3", "3/3"]
@@ -100,7 +101,10 @@ def test_slow_units_unknown_totals_and_durations():
                         clock=lambda: now[0])
   now[0] = 4.0
   p.update(1)
-  assert stream.getvalue() == "eval 1 tasks | 4 s/tasks | elapsed 0:00:04\n"
+  now[0] = 12.0
+  p.update(2)
+  assert stream.getvalue() == ("eval 1 tasks | elapsed 0:00:04\n"  # no rate yet: start-up
+                               "eval 3 tasks | 4 s/tasks | elapsed 0:00:12\n")
   assert progress.duration(90061) == "1 day, 1:01:01"
   assert progress.duration(float("inf")) == "?"
 
