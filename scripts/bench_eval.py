@@ -20,7 +20,7 @@ compiles are in the warm-up; their count and time are printed). Prints one JSON 
 with every figure and the ratios mtjax / transformers.
 
   python scripts/bench_eval.py                      # t5_1_1_small and llama_270m shapes
-  python scripts/bench_eval.py --presets=t5_1_1_small --examples=32
+  python scripts/bench_eval.py --presets=llama_270m --decoder_examples=16
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def bench(preset: str, args) -> dict:
   cfg = registry.config(preset)
   family = "enc_dec" if isinstance(cfg, t5.T5Config) else "decoder_only"
   model = registry.build(cfg, rngs=nnx.Rngs(params=0))
-  inputs, options = workload(cfg.vocab_size, args.examples, args.choices)
+  examples = args.examples if family == "enc_dec" else args.decoder_examples
+  inputs, options = workload(cfg.vocab_size, examples, args.choices)
   pairs = sum(len(c) for c in options)
   row = {"preset": preset, "device": jax.devices()[0].device_kind, "examples": len(inputs),
          "pairs": pairs, "batch_pairs": args.batch}
@@ -267,7 +268,8 @@ def bench(preset: str, args) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--presets", default="t5_1_1_small,llama_270m")
-  parser.add_argument("--examples", type=int, default=16)
+  parser.add_argument("--examples", type=int, default=16, help="examples (T5 shapes)")
+  parser.add_argument("--decoder_examples", type=int, default=8, help="examples (decoders)")
   parser.add_argument("--choices", type=int, default=4)
   parser.add_argument("--batch", type=int, default=32, help="pairs per batch (eval.batch_size)")
   parser.add_argument("--repeats", type=int, default=3)

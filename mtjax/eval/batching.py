@@ -58,10 +58,12 @@ def short_rows(n: int, full: int, parallel: int = 1) -> int:
   return min(full, (1 << (units - 1).bit_length()) * parallel)
 
 
-def plan(sizes: Sequence[int], batch_size: int, mesh=None) -> list[tuple[np.ndarray, int]]:
+def plan(sizes: Sequence[int], batch_size: int, mesh=None, *,
+         parallel: int | None = None) -> list[tuple[np.ndarray, int]]:
   """(row indices, padded row count) per batch: rows by `sizes` descending (ties in order), cut
-  into full batches; the last one short (`short_rows`)."""
-  parallel = parallelism(mesh)
+  into full batches; the last one short (`short_rows`). Row counts are multiples of the
+  mesh's data parallelism (or `parallel`)."""
+  parallel = parallelism(mesh) if parallel is None else parallel
   full = max(parallel, math.ceil(batch_size / parallel) * parallel)
   order = np.asarray(sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)), np.int64)
   out = []

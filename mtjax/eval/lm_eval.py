@@ -29,7 +29,8 @@ Batches have fixed shapes: requests are grouped by power-of-two length buckets (
 length, capped at `max_length`; seq2seq: encoder x decoder lengths), sorted longest first inside a
 bucket, and cut into batches of exactly `batch_size` rows (padded with dummy rows), so the number
 of compiled programs is bounded by the number of buckets (`Engine.shapes` records them); results
-come back in request order. Scores are `mtjax.eval.scoring`'s (`FEATURES` rows, `score_batch`),
+come back in request order. Loglikelihood requests that share their context (a multiple-choice
+question's choices) run the context once (`mtjax.eval.prefix_sharing`, its own length buckets). Scores are `mtjax.eval.scoring`'s (`FEATURES` rows, `score_batch`),
 generations `mtjax.eval.generate`'s.
 
 Multi-host: the harness runs on process 0 only (lm-eval's own multi-rank path needs torch). When
@@ -57,7 +58,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtjax import errors, fs
-from mtjax.eval import batching, generate, infer, scoring
+from mtjax.eval import batching, generate, infer, prefix_sharing, scoring
 from mtjax.parallel import distributed
 from mtjax.parallel import rules as rules_lib
 
@@ -172,6 +173,9 @@ class Engine:
         rows.append((encoder, continuation))
         sizes.append(len(encoder) + len(continuation))
         keys.append((bucket(len(encoder), self.max_length), bucket(len(continuation))))
+    shared = self._score_shared(rows)
+    if shared is not None:
+      return shared
     out_sum = np.zeros(len(rows), np.float64)
     out_greedy = np.zeros(len(rows), bool)
     dummy = (([self.prefix_id] * 2, 1) if self.backend == "causal"
@@ -183,6 +187,24 @@ class Engine:
       out_sum[chunk] = out["sum"][:len(chunk)]
       out_greedy[chunk] = out["greedy"][:len(chunk)]
     return [(float(s), bool(g)) for s, g in zip(out_sum, out_greedy)]
+
+  def _score_shared(self, rows) -> list[tuple[float, bool]] | None:
+    """Requests that share their context (multiple choice) with the context run once
+    (`prefix_sharing`); None when no two share one."""
+    if self.backend == "causal":  # (row, n): the start token, the context, the continuation
+      pairs = [(seq[1:len(seq) - n], seq[len(seq) - n:]) for seq, n in rows]
+      starts = [seq[0] for seq, _ in rows]
+    else:
+      pairs, starts = [(enc, dec) for enc, dec in rows], None
+    grouped = prefix_sharing.groups(pairs, starts)
+    if len(grouped) == len(pairs) or not prefix_sharing.supported(self.model.graphdef):
+      return None
+    out = prefix_sharing.empty(len(pairs))
+    for features, placement in prefix_sharing.batches(
+        pairs, family=self.model.family, batch_size=self.batch_size,
+        parallel=batching.parallelism(self.model.mesh), starts=starts, grouped=grouped):
+      prefix_sharing.unpack(self._run("score_shared", features), placement, out)
+    return [(float(s), bool(g)) for s, g in zip(out["sum"], out["greedy"])]
 
   def _score_features(self, rows, key) -> dict[str, np.ndarray]:
     """`scoring.FEATURES` rows padded to the bucket: a decoder row's first token is its start
@@ -284,6 +306,8 @@ class Engine:
       if op == "score":
         out = scoring.score_batch(m.graphdef, m.params, batch)
         out = {"sum": out["sum"], "greedy": out["greedy"]}
+      elif op == "score_shared":
+        out = prefix_sharing.run_batch(m.graphdef, m.params, batch)
       elif op == "generate":
         key = jax.random.fold_in(jax.random.key(static["seed"]), static["counter"])
         data = self._global(np.asarray(jax.random.key_data(key)), NamedSharding(m.mesh, P()))

@@ -44,11 +44,14 @@ def supported(graphdef) -> bool:
   return module is not None and hasattr(module, "continuation_logits")
 
 
-def groups(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[list[int]]:
-  """Pair indices grouped by identical input tokens, in order of first appearance."""
-  out: dict[bytes, list[int]] = {}
+def groups(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+           starts: Sequence[int] | None = None) -> list[list[int]]:
+  """Pair indices grouped by identical input tokens (and start token, given `starts`), in order
+  of first appearance."""
+  out: dict[tuple, list[int]] = {}
   for i, (inputs, _) in enumerate(pairs):
-    out.setdefault(np.asarray(inputs, np.int32).tobytes(), []).append(i)
+    key = (None if starts is None else int(starts[i]), np.asarray(inputs, np.int32).tobytes())
+    out.setdefault(key, []).append(i)
   return list(out.values())
 
 
@@ -80,7 +83,7 @@ def score_rows(graphdef, params, prompts, tokens, offsets, weights) -> dict[str,
   return {"log_prob": lp, "greedy": greedy}
 
 
-def _prompts(family: str, inputs: Sequence[np.ndarray], width: int, start_id: int):
+def _prompts(family: str, inputs: Sequence[np.ndarray], width: int, starts: Sequence[int]):
   """The prompt features of `inputs`, `width` tokens wide (decoders: start token included)."""
   if family == "enc_dec":
     tokens = np.zeros((len(inputs), width), np.int32)
@@ -90,15 +93,23 @@ def _prompts(family: str, inputs: Sequence[np.ndarray], width: int, start_id: in
   tokens = np.zeros((len(inputs), width - 1), np.int32)
   for r, x in enumerate(inputs):
     tokens[r, :len(x)] = x
-  return generate.prompt_batch(family, tokens, [len(x) for x in inputs], start_id=start_id)
+  batch = generate.prompt_batch(family, tokens, [len(x) for x in inputs])
+  batch["decoder_input_tokens"][:, 0] = starts
+  return batch
 
 
-def score(graphdef, params, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, family: str,
-          batch_size: int, mesh=None, rules=None, start_id: int = 0,
-          grouped: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
-  """`{"sum", "length", "greedy"}` per pair, in order. `pairs`: (input ids, target ids), already
-  cut to the run's lengths; `batch_size` counts pairs, as `eval.batch_size` does."""
-  grouped = groups(pairs) if grouped is None else grouped
+PROMPT = "prompt_"  # feature-name prefix of the prompt features in a batch
+
+
+def batches(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, family: str, batch_size: int,
+            parallel: int = 1, starts: Sequence[int] | None = None,
+            grouped: Sequence[Sequence[int]] | None = None):
+  """(features, placement) per batch: host arrays for `run_batch` and, per row, the pairs laid
+  in it as (pair index, start, length). `pairs`: (input ids, target ids), already cut to the
+  run's lengths; `starts`: each pair's decoder start token; `batch_size` counts pairs, as
+  `eval.batch_size` does; rows are a multiple of `parallel`."""
+  starts = [0] * len(pairs) if starts is None else [int(s) for s in starts]
+  grouped = groups(pairs, starts) if grouped is None else grouped
   longest = max((len(t) for _, t in pairs), default=1)
   layout = rows(pairs, grouped, max(MIN_ROW_WIDTH, longest))
   extra = 0 if family == "enc_dec" else 1  # a decoder prompt starts with the start token
@@ -107,19 +118,19 @@ def score(graphdef, params, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, f
   # Rows per batch: as many inputs as `batch_size` pairs hold, on average.
   per_row = len(pairs) / max(len(layout), 1)
   row_batch = max(1, math.ceil(batch_size / per_row))
-  out_sum = np.zeros(len(pairs), np.float64)
-  out_len = np.zeros(len(pairs), np.int64)
-  out_greedy = np.ones(len(pairs), bool)
   sizes = [p + w for p, w in zip(prompt_len, width)]
-  for chunk, n_rows in batching.plan(sizes, row_batch, mesh):
+  for chunk, n_rows in batching.plan(sizes, row_batch, parallel=parallel):
     p_width = batching.bucket(max(prompt_len[r] for r in chunk))
     t_width = batching.bucket(max(width[r] for r in chunk))
     inputs = [pairs[layout[r][0]][0] for r in chunk]
+    row_starts = [starts[layout[r][0]] for r in chunk]
     inputs += [inputs[-1][:0]] * (n_rows - len(chunk))  # filler rows: an empty input
-    prompts = _prompts(family, inputs, p_width, start_id)
+    row_starts += [row_starts[-1]] * (n_rows - len(chunk))
+    prompts = _prompts(family, inputs, p_width, row_starts)
     tokens = np.zeros((n_rows, t_width), np.int32)
     offsets = np.tile(np.arange(t_width, dtype=np.int32), (n_rows, 1))
     weights = np.zeros((n_rows, t_width), np.int32)
+    placement = []
     for r, row in enumerate(chunk):
       end = 0
       for p, start, n in layout[row][1]:
@@ -128,18 +139,41 @@ def score(graphdef, params, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, f
         weights[r, start:start + n] = 1
         end = start + n
       offsets[r, end:] = np.arange(t_width - end)  # the padding tail: a segment of its own
-    features = {"tokens": tokens, "offsets": offsets, "weights": weights,
-                **{f"prompt/{k}": v for k, v in prompts.items()}}
-    batching.SHAPES.add("score_shared", features)
-    placed = batching.put(features, mesh, rules)
-    result = score_rows(graphdef, params,
-                        {k.split("/", 1)[1]: v for k, v in placed.items() if "/" in k},
-                        placed["tokens"], placed["offsets"], placed["weights"])
-    lp, greedy = np.asarray(result["log_prob"]), np.asarray(result["greedy"])
-    for r, row in enumerate(chunk):
-      for p, start, n in layout[row][1]:
-        out_sum[p] = float(lp[r, start:start + n].astype(np.float64).sum())
-        out_len[p] = n
-        out_greedy[p] = bool(greedy[r, start:start + n].all())
-  return {"sum": out_sum, "length": out_len, "greedy": out_greedy}
+      placement.append(layout[row][1])
+    yield ({"tokens": tokens, "offsets": offsets, "weights": weights,
+            **{PROMPT + k: v for k, v in prompts.items()}}, placement)
 
+
+def run_batch(graphdef, params, features) -> dict[str, jax.Array]:
+  """`score_rows` on a batch from `batches` (host or device arrays)."""
+  prompts = {k[len(PROMPT):]: v for k, v in features.items() if k.startswith(PROMPT)}
+  return score_rows(graphdef, params, prompts, features["tokens"], features["offsets"],
+                    features["weights"])
+
+
+def unpack(result: dict, placement, out: dict[str, np.ndarray]) -> None:
+  """Writes each pair's summed log-probability, length and greedy flag into `out`."""
+  lp, greedy = np.asarray(result["log_prob"]), np.asarray(result["greedy"])
+  for r, laid in enumerate(placement):
+    for p, start, n in laid:
+      out["sum"][p] = float(lp[r, start:start + n].astype(np.float64).sum())
+      out["length"][p] = n
+      out["greedy"][p] = bool(greedy[r, start:start + n].all())
+
+
+def empty(n: int) -> dict[str, np.ndarray]:
+  return {"sum": np.zeros(n, np.float64), "length": np.zeros(n, np.int64),
+          "greedy": np.ones(n, bool)}
+
+
+def score(graphdef, params, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, family: str,
+          batch_size: int, mesh=None, rules=None, start_id: int = 0,
+          grouped: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+  """`{"sum", "length", "greedy"}` per pair, in order (`batches` -> `run_batch` -> `unpack`)."""
+  out = empty(len(pairs))
+  for features, placement in batches(pairs, family=family, batch_size=batch_size,
+                                     parallel=batching.parallelism(mesh),
+                                     starts=[start_id] * len(pairs), grouped=grouped):
+    batching.SHAPES.add("score_shared", features)
+    unpack(run_batch(graphdef, params, batching.put(features, mesh, rules)), placement, out)
+  return out

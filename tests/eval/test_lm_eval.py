@@ -32,6 +32,8 @@ REQUESTS = [  # (context, continuation): lm-eval's splits, empty and space-endin
     ("Water boils at 100 ", "degrees"),
     (" ".join(tokenizer_files.SENTENCES[:5]), " The end."),  # longer than MAX_LENGTH: cut left
 ]
+# A multiple-choice question's requests share their context: run once (prefix_sharing).
+CHOICES = [("Question: Is the sky blue? Answer:", c) for c in (" no", " yes, on a clear day", " it")]
 CONTEXTS = ["The cat sat on the", "Question: Is the sky blue? Answer:", "Zürich, São Paulo"]
 
 
@@ -148,11 +150,13 @@ def test_decoder_requests_equal_transformers(llama_dir):
   lm, reference = lm_eval.harness_lm(engine), Reference(llama_dir, "causal")
   assert engine.max_length == MAX_LENGTH and engine.prefix_id == reference.prefix_token_id
 
-  ours = lm.loglikelihood(_instances("loglikelihood", REQUESTS))
-  theirs = reference.loglikelihood(_instances("loglikelihood", REQUESTS))
-  for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
-    assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
-    assert greedy_a == greedy_b
+  for requests in (REQUESTS, REQUESTS + CHOICES):  # pair by pair; contexts shared
+    ours = lm.loglikelihood(_instances("loglikelihood", requests))
+    theirs = reference.loglikelihood(_instances("loglikelihood", requests))
+    for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
+      assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+      assert greedy_a == greedy_b
+  assert {op for op, _, _ in engine.shapes} == {"score", "score_shared"}
 
   # is_greedy: the model's own greedy continuation is, one changed token is not.
   context = reference.tok_encode(CONTEXTS[1])
@@ -191,11 +195,13 @@ def test_t5_requests_equal_transformers(t5_dir):
   lm, reference = lm_eval.harness_lm(engine), Reference(t5_dir, "seq2seq")
   assert engine.backend == "seq2seq" and engine.prefix_id == reference.prefix_token_id == 1
   assert engine.max_length == MAX_LENGTH  # the encoder input of REQUESTS[-1] is cut to it
-  ours = lm.loglikelihood(_instances("loglikelihood", REQUESTS))
-  theirs = reference.loglikelihood(_instances("loglikelihood", REQUESTS))
-  for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
-    assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
-    assert greedy_a == greedy_b
+  for requests in (REQUESTS, REQUESTS + CHOICES):  # pair by pair; contexts shared
+    ours = lm.loglikelihood(_instances("loglikelihood", requests))
+    theirs = reference.loglikelihood(_instances("loglikelihood", requests))
+    for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
+      assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+      assert greedy_a == greedy_b
+  assert {op for op, _, _ in engine.shapes} == {"score", "score_shared"}
   requests, expected = _stop_requests(reference)
   assert lm.generate_until(_instances("generate_until", requests)) == expected
 
