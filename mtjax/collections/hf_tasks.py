@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -122,6 +123,40 @@ class HFSource:
                              f"{self.dataset.label} was dropped or the split is empty)")
     self._memo = (split, out)
     return out
+
+  # --- rows for the TF-free cache path (mtjax.data.caching.fast) ------------------------------
+
+  def _plain(self) -> bool:
+    """Whether `records` yields every row of the dataset's files (nothing dropped)."""
+    return self.map_record is None and type(self).records is HFSource.records
+
+  def num_rows(self, split: str) -> int:
+    """The rows blocks are cut from: the records `prepare` sees (from the files' metadata where
+    nothing drops a record, else counted by reading them)."""
+    if self._plain():
+      return hf_datasets.num_rows(self.resolve(split))
+    return sum(1 for _ in self.records(split))
+
+  def seekable(self, split: str) -> bool:
+    del split
+    return False  # a block is found by reading (not preparing) the rows before it
+
+  def block(self, split: str, start: int, stop: int | None):
+    """Examples of records [start, stop), as `examples` makes them; `idx` counts from the
+    block's first prepared record (auto_idx: the assembler adds the earlier blocks' count)."""
+    out, count, auto = [], 0, []
+    for where, record in itertools.islice(self.records(split), start, stop):
+      made = _call(self.prepare, record, where, "prepare")
+      if made is None:
+        continue
+      record_json = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+      for row, ex in enumerate(made) if isinstance(made, list) else [(None, made)]:
+        if "idx" not in ex:
+          auto.append(len(out))
+        idx = ex.get("idx", count if row is None else [count, row])
+        out.append(dict(ex, idx=idx, example_json=record_json))
+      count += 1
+    return out, count, "all" if len(auto) == len(out) else auto
 
   def local_rows(self, split: str) -> int | None:
     """The dataset split's record count from the files' metadata when the files are on this
@@ -235,6 +270,7 @@ def register_source_task(name: str, source: HFSource, *, vocabulary=None,
   dataset_fn = functools.partial(_dataset_fn, source=source)
   dataset_fn.fingerprint_parts = source.fingerprint_parts
   dataset_fn.hf_source = source  # for `mtjax tasks` (listing, --show)
+  dataset_fn.rows = source  # blocks for the TF-free cache path (mtjax.data.caching.fast)
   vocabulary = vocabulary or vocabularies.default()
   eos = tuple(add_eos) if isinstance(add_eos, (tuple, list)) else (add_eos, add_eos)
   features = {k: seqio.Feature(vocabulary=vocabulary, add_eos=e)

@@ -320,6 +320,12 @@ class PreRenderedSource(hf_tasks.HFSource):
       example.pop("example_json", None)
     return out
 
+  def block(self, split: str, start: int, stop: int | None):
+    out, count, auto = super().block(split, start, stop)
+    for example in out:  # as `examples`
+      example.pop("example_json", None)
+    return out, count, auto
+
   def fingerprint_parts(self, split: str) -> list[str]:
     return super().fingerprint_parts(split) + [f"where={self.where}", f"columns={self.columns}"]
 

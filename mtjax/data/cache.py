@@ -1,17 +1,21 @@
 """Materialise SeqIO task splits into ArrayRecord shards plus a `manifest.json`.
 
-This is the only data module that imports SeqIO (and with it TensorFlow). It runs a task's
-source and its pre-cache preprocessors once, writes the tokenized examples, and records what the
-TF-free pipeline needs to finish the job in numpy: the post-cache operations, the EOS ids and the
-mixture rates. A cache is written to a temporary folder and renamed into place, so a crash never
-leaves a half-written cache that looks complete. A fingerprint of the task definition decides
-when a cache is stale and must be rebuilt.
+This is the only data module that imports SeqIO (and with it TensorFlow). It plans a mixture's
+splits as units (`plan_mixture`, `plan_split`) and hands them to `mtjax.data.caching`, which runs
+them on worker processes and hosts and assembles each split (shards, token arrays, manifest
+written last, renamed into place: a crash never leaves a half-written cache that looks complete).
+A unit's examples come from the task's source and its pre-cache preprocessors through SeqIO, or,
+for mtjax's own sources (file tasks, Hugging Face datasets, the collections), from the TF-free
+path (`caching/fast.py`), which writes the same bytes. This module records what the TF-free
+pipeline needs to finish the job in numpy: the post-cache operations, the EOS ids and the mixture
+rates. A fingerprint of the task definition decides when a cache is stale and must be rebuilt.
 
 Layout::
 
   <cache_dir>/<task>/<split>/manifest.json
   <cache_dir>/<task>/<split>/data.array_record-00000-of-0000N
   <cache_dir>/mixtures/<mixture>.json       (flattened rates; lets training run without TF)
+  <cache_dir>/.build/...                    (units of a build in progress: `caching/units.py`)
 
 `cache_dir` may be a URL (`gs://...`): a split is then built in a local mirror and uploaded with
 its manifest last, and read from a local staging copy (`staging.py`); `split_dir` names that copy.
@@ -19,20 +23,20 @@ its manifest last, and read from a local staging copy (`staging.py`); `split_dir
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 from mtjax import errors, fs
 from mtjax.data import mixing, records, staging
+from mtjax.data.caching import fast, layout
+from mtjax.data.caching import run as caching_run
+from mtjax.data.caching import units as caching_units
 
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 FORMAT_VERSION = 3  # bump when the record format or manifest changes: old caches rebuild
 # Post-cache SeqIO preprocessors that the pipeline re-implements in numpy (see pipeline.py).
 NUMPY_POST_CACHE_OPS = ("append_eos_after_trim", "append_eos")
@@ -343,14 +347,6 @@ def _pre_cache_dataset(task, split: str, seed: int, start: int = 0, stop: int | 
   return dataset
 
 
-def _num_source_examples(task, split: str, seed: int) -> int:
-  n = task.num_input_examples(split)
-  if n is None:  # e.g. a file pattern source without counts: count once
-    n = int(task.source.get_dataset(split=split, shuffle=False, seed=seed).reduce(
-        0, lambda count, _: count + 1))
-  return int(n)
-
-
 def _blocks(num_examples: int, block_size: int) -> list[tuple[int, int]]:
   """Contiguous source ranges. They depend on the data only, never on the worker count."""
   count = max(1, -(-num_examples // block_size))
@@ -379,221 +375,164 @@ def _cache_block(payload: bytes, split: str, seed: int, start: int, stop: int,
   return count
 
 
-def _encoded_examples(task, split: str, seed: int, num_workers: int, block_size: int,
-                      folder: str, sequence_length: Mapping[str, int] | None = None):
-  """Yields (record bytes, example) in the canonical order: source blocks in order.
+def _register_in_worker(task) -> None:
+  """So lookups by name inside the task work in a worker process (e.g. a few-shot task reads
+  its base task)."""
+  import seqio  # pylint: disable=g-import-not-at-top
 
-  One worker runs the whole split in this process (a single block, as before, unless the split
-  is larger than `block_size`). Several workers run blocks in spawned processes (TF is not
-  fork-safe) and the blocks are read back in order, so the cache is the same for any count.
+  for t in (task, *getattr(getattr(task.source, "_dataset_fn", None), "required_tasks", ())):
+    if t.name not in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.add_provider(t.name, t)
+
+
+def _seqio_producer(payload, split: str, start: int, stop: int | None):
+  """A unit's examples through SeqIO: the source (rows [start, stop)) and the pre-cache ops."""
+  task, seed, sequence_length = payload
+  _register_in_worker(task)
+  examples = _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop,
+                                                sequence_length))
+  return examples, 0, []
+
+
+def _fast_producer(payload, split: str, start: int, stop: int | None):
+  """A unit's examples on the TF-free path: rendered by the source, tokenized in batches."""
+  rows, encoders = payload
+  examples, prepared, auto = rows.block(split, start, stop)
+  return fast.tokenized(examples, encoders), prepared, auto
+
+
+FAST_BLOCK = 4096  # rows per unit on the TF-free path (a block starts anywhere cheaply)
+FAST_READ_BLOCK = 25_000  # ... where a block is found by reading the rows before it
+
+
+def fast_spec(task):
+  """(rows source, encoders) when the task can take the TF-free path (`caching/fast.py`): its
+  source offers `rows`, `seqio.preprocessors.tokenize` is its only pre-cache preprocessor, and
+  every output feature is int32 with a vocabulary that has a batch encoder; else None."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  rows = getattr(getattr(task.source, "_dataset_fn", None), "rows", None)
+  if rows is None:
+    return None
+  pre, _ = split_preprocessors(task)
+  if len(pre) != 1 or pre[0] is not seqio.preprocessors.tokenize:
+    return None
+  encoders = {}
+  for name, feature in task.output_features.items():
+    encoder = fast.encoder_for(feature.vocabulary)
+    if encoder is None or getattr(feature.dtype, "name", str(feature.dtype)) != "int32":
+      return None
+    encoders[name] = encoder
+  return rows, encoders
+
+
+def _published(cache_dir: str, task_name: str, split: str) -> dict | None:
+  if fs.is_url(cache_dir):
+    return staging.remote_manifest(cache_dir, task_name, split)
+  return read_manifest(cache_dir, task_name, split)
+
+
+def plan_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int = 0,
+               block_size: int = 100_000, sequence_length: Mapping[str, int] | None = None,
+               tf_free: bool | None = None):
+  """The build of one task split as units (a `caching.run.SplitJob`), or its manifest when a
+  cache of this task definition is already in place.
+
+  `tf_free`: None takes the TF-free path where the task allows it (`fast_spec`), False always
+  SeqIO's, True requires the TF-free path (an error names why a task cannot take it).
   """
-  if num_workers <= 1:
-    total = task.num_input_examples(split)  # known and above one block: blocks, as workers do
-    blocks = _blocks(total, block_size) if total and total > block_size else [(0, None)]
-  else:
-    blocks = _blocks(_num_source_examples(task, split, seed), block_size)
-  if num_workers <= 1 or len(blocks) == 1:
-    for start, stop in blocks:
-      for example in _numpy_examples(_pre_cache_dataset(task, split, seed, start, stop,
-                                                        sequence_length)):
-        yield records.encode(example), example
-    return
-  import multiprocessing  # pylint: disable=g-import-not-at-top
-
-  import cloudpickle  # pylint: disable=g-import-not-at-top
-
-  payload = cloudpickle.dumps(task)
-  paths = [os.path.join(folder, f".block-{b:05d}") for b in range(len(blocks))]
-  with multiprocessing.get_context("spawn").Pool(min(num_workers, len(blocks))) as pool:
-    jobs = pool.imap(_star_cache_block, [(payload, split, seed, start, stop, path,
-                                          sequence_length)
-                                         for (start, stop), path in zip(blocks, paths)])
-    for path, _ in zip(paths, jobs):  # in block order, as each finishes
-      source = _read_records(path)
-      for i in range(len(source)):
-        record = source[i]
-        yield record, records.decode(record)
-      os.remove(path)
-
-
-def _star_cache_block(args) -> int:
-  return _cache_block(*args)
-
-
-def _read_records(path: str):
-  import grain  # pylint: disable=g-import-not-at-top
-
-  return grain.sources.ArrayRecordDataSource([path])
-
-
-def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int = 0,
-                     num_workers: int = 1, block_size: int = 100_000,
-                     sequence_length: Mapping[str, int] | None = None) -> dict:
-  """Builds (or reuses, if the fingerprint matches) the cache of one task split.
-
-  `sequence_length` (the run's feature lengths, e.g. {"inputs": 512, "targets": 114}) reaches the
-  preprocessors of a task without `CacheDatasetPlaceholder` that take it, as in SeqIO; such a
-  task's cache is then for those lengths (they are in its fingerprint: other lengths rebuild).
-
-  `num_workers > 1` runs the pre-cache ops in that many processes, over contiguous blocks of
-  `block_size` source examples; the result does not depend on `num_workers`. (Per-example ops
-  give the same cache as one unblocked pass; ops that look across examples or at positions,
-  e.g. packing before the cache or the example index of `rank_classification`, see each block
-  separately, so a split larger than `block_size` gets block-local positions.)
-  """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  from mtjax import progress  # pylint: disable=g-import-not-at-top
-
   check_source(task, split)
   if split not in task.splits:
     raise errors.DataError(f"task {task.name!r} has no split {split!r} (it has "
                            f"{list(task.splits)})")
   check_vocabularies(task)
   fp = fingerprint(task, split, sequence_length)
-  if fs.is_url(cache_dir):  # built in the local mirror, then uploaded (unless already there)
-    existing = staging.remote_manifest(cache_dir, task.name, split)
-    if existing and existing.get("fingerprint") == fp:
-      return existing
-    cache_task_split(task, split, staging.mirror_root(cache_dir), num_shards=num_shards,
-                     seed=seed, num_workers=num_workers, block_size=block_size,
-                     sequence_length=sequence_length)
-    return staging.publish(split_dir(cache_dir, task.name, split), cache_dir, task.name, split)
-  existing = read_manifest(cache_dir, task.name, split)
+  existing = _published(cache_dir, task.name, split)
   if existing and existing.get("fingerprint") == fp:
     return existing
   if existing:
     log.info("cache of %s/%s is stale (task definition changed): rebuilding", task.name, split)
-
+  spec = fast_spec(task) if tf_free is not False else None
+  if tf_free and spec is None:
+    raise errors.DataError(
+        f"task {task.name!r} cannot be cached without TensorFlow: only file tasks, Hugging Face "
+        "and collection tasks whose only pre-cache preprocessor is seqio.preprocessors.tokenize, "
+        "with SentencePiece / byte / HF tokenizer vocabularies, can")
   post = split_preprocessors(task)[1]
-  final = split_dir(cache_dir, task.name, split)
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{split}-tmp-", dir=os.path.dirname(final))
-  try:
-    names = [f"data.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-    writers = [array_record_module.ArrayRecordWriter(os.path.join(tmp, n), "group_size:1")
-               for n in names]
-    counts = [0] * num_shards
-    token_features = [k for k in task.output_features]
-    lengths: dict[str, list[int]] = {k: [] for k in token_features}
-    tokens: dict[str, list] = {k: [] for k in token_features}
-    features: dict[str, dict] = {}
-    stream = progress.wrap(_encoded_examples(task, split, seed, num_workers, block_size, tmp,
-                                             sequence_length),
-                           total=task.num_input_examples(split), unit="examples",
-                           desc=f"caching {task.name}/{split}", leave=False)
-    for i, (record, example) in enumerate(stream):
-      if i == 0:
-        features = {k: _feature_spec(v) for k, v in example.items()}
-      writers[i % num_shards].write(record)
-      counts[i % num_shards] += 1
-      for name in token_features:
-        lengths[name].append(len(example[name]))
-        tokens[name].append(example[name])
-    for w in writers:
-      w.close()
-    token_arrays = _write_token_arrays(tmp, tokens)
-    if sum(counts) == 0:
-      raise errors.DataError(f"task {task.name!r} split {split!r} is empty: its source and "
-                             "pre-cache preprocessors produced no examples (source count: "
-                             f"{task.num_input_examples(split)})")
-    skipped = getattr(getattr(task.source, "_dataset_fn", None), "skipped", {}).get(split, [])
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "task": task.name,
-        "split": split,
-        "fingerprint": fp,
-        "num_examples": sum(counts),
-        "shards": [{"file": n, "num_examples": c} for n, c in zip(names, counts)],
-        "features": features,
-        "post_cache_ops": post,
-        # the lengths the cache-time preprocessors read (None: none reads them)
-        "sequence_length": (dict(sequence_length) if sequence_length is not None and
-                            length_dependent(task) else None),
-        "skipped_records": {"count": len(skipped), "first": skipped[:20]},
-        "token_lengths": {k: _length_stats(v) for k, v in lengths.items() if v},
-        "token_arrays": token_arrays,
-        "output_features": {
-            name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
-                   "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size),
-                   # decoder rows' start token (absent in older manifests: 0)
-                   "start_id": vocab_start_id(f.vocabulary)}
-            for name, f in task.output_features.items()},
-    }
-    with open(os.path.join(tmp, MANIFEST), "w") as f:
-      json.dump(manifest, f, indent=1)
-    _publish(tmp, final, fp)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  log.info("cached %s/%s: %d examples", task.name, split, manifest["num_examples"])
-  if skipped:
-    log.warning("task %s/%s: skipped %d malformed records (first: %s)", task.name, split,
-                len(skipped), ", ".join(skipped[:3]))
+  if spec is not None:
+    rows = spec[0]
+    total = int(rows.num_rows(split))
+    size = FAST_BLOCK if rows.seekable(split) else max(FAST_READ_BLOCK, total // 64)
+    blocks = _blocks(total, size) if total else [(0, 0)]
+    producer, payload = _fast_producer, spec
+  else:
+    total = task.num_input_examples(split)
+    blocks = _blocks(total, block_size) if total and total > block_size else [(0, total or 0)]
+    blocks[-1] = (blocks[-1][0], None)  # the last block runs to the source's end
+    producer, payload = _seqio_producer, (task, seed, sequence_length)
+  skipped = getattr(getattr(task.source, "_dataset_fn", None), "skipped", {}).get(split, [])
+  base = {
+      "format_version": FORMAT_VERSION,
+      "post_cache_ops": post,
+      # the lengths the cache-time preprocessors read (None: none reads them)
+      "sequence_length": (dict(sequence_length) if sequence_length is not None and
+                          length_dependent(task) else None),
+      "skipped_records": {"count": len(skipped), "first": skipped[:20]},
+      "output_features": {
+          name: {"add_eos": bool(f.add_eos), "eos_id": int(f.vocabulary.eos_id),
+                 "pad_id": int(f.vocabulary.pad_id), "vocab_size": int(f.vocabulary.vocab_size),
+                 # decoder rows' start token (absent in older manifests: 0)
+                 "start_id": vocab_start_id(f.vocabulary)}
+          for name, f in task.output_features.items()},
+  }
+  unit_list = [caching_units.Unit(task.name, split, fp, i, a, b,
+                                  (b if b is not None else int(total or 0)) - a)
+               for i, (a, b) in enumerate(blocks)]
+  return caching_run.SplitJob(
+      task.name, split, fp, unit_list, producer, payload, num_shards,
+      tuple(task.output_features), base,
+      f"task {task.name!r} split {split!r} is empty: its source and pre-cache preprocessors "
+      f"produced no examples (source count: {total})")
+
+
+def _report(manifest: dict) -> None:
+  log.info("cached %s/%s: %d examples", manifest["task"], manifest["split"],
+           manifest["num_examples"])
+  skipped = manifest.get("skipped_records", {})
+  if skipped.get("count"):
+    log.warning("task %s/%s: skipped %d malformed records (first: %s)", manifest["task"],
+                manifest["split"], skipped["count"], ", ".join(skipped["first"][:3]))
+
+
+def cache_task_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int = 0,
+                     num_workers: int = 1, block_size: int = 100_000,
+                     sequence_length: Mapping[str, int] | None = None,
+                     tf_free: bool | None = None, **build_options) -> dict:
+  """Builds (or reuses, if the fingerprint matches) the cache of one task split.
+
+  `sequence_length` (the run's feature lengths, e.g. {"inputs": 512, "targets": 114}) reaches the
+  preprocessors of a task without `CacheDatasetPlaceholder` that take it, as in SeqIO; such a
+  task's cache is then for those lengths (they are in its fingerprint: other lengths rebuild).
+
+  The split is built as units (`plan_split`) by `num_workers` processes; the result depends on
+  neither the worker nor the host count. On SeqIO's path a unit is `block_size` source examples
+  (per-example ops give the same cache as one unblocked pass; ops that look across examples or at
+  positions, e.g. packing before the cache, see each block separately, so a split larger than
+  `block_size` gets block-local positions). On the TF-free path (`tf_free`, see `plan_split`)
+  blocks are smaller and change nothing. `build_options`: `caching.run.build`'s (hosts,
+  progress).
+  """
+  job = plan_split(task, split, cache_dir, num_shards=num_shards, seed=seed,
+                   block_size=block_size, sequence_length=sequence_length, tf_free=tf_free)
+  if not isinstance(job, caching_run.SplitJob):
+    return job
+  manifest = caching_run.build([job], cache_dir, num_workers=num_workers,
+                               **build_options)[job.key]
+  _report(manifest)
   return manifest
 
 
-def _manifest_fingerprint(folder: str) -> str | None:
-  try:
-    with open(os.path.join(folder, MANIFEST)) as f:
-      return json.load(f).get("fingerprint")
-  except (OSError, ValueError):
-    return None
-
-
-def _publish(tmp: str, final: str, fp: str) -> None:
-  """Moves a finished split into place. Several runs sharing a cache dir may build the same split
-  at once: whoever publishes a cache of this definition first wins and the others drop theirs; a
-  stale cache is renamed aside before removal, so a reader never sees a half-deleted directory
-  (and open memory maps of it stay valid). Writers of different definitions racing: last wins."""
-  for _ in range(100):
-    if _manifest_fingerprint(final) == fp:
-      shutil.rmtree(tmp, ignore_errors=True)
-      return
-    if os.path.exists(final):
-      stale = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(final))
-      try:
-        os.replace(final, stale)  # onto an empty directory: allowed, atomic
-      except OSError:
-        pass  # another writer moved or replaced it first; look again
-      shutil.rmtree(stale, ignore_errors=True)
-    try:
-      os.replace(tmp, final)
-      return
-    except OSError as e:
-      if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-        raise
-  raise RuntimeError(f"could not publish the cache at {final}: other writers keep replacing it")
-
-
-def _write_token_arrays(folder: str, tokens: dict[str, list]) -> dict:
-  """Writes each token feature as one flat array plus offsets: what training reads.
-
-  Random access into a memory-mapped flat array costs a slice, not a record read and decode;
-  the ArrayRecord shards keep the full examples (strings included) for evaluation.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  out = {}
-  for name, arrays in tokens.items():
-    if not arrays or any(np.asarray(a).ndim != 1 for a in arrays):
-      continue
-    flat = np.concatenate([np.asarray(a, np.int32) for a in arrays])
-    offsets = np.zeros(len(arrays) + 1, np.int64)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    np.save(os.path.join(folder, f"{name}.tokens.npy"), flat)
-    np.save(os.path.join(folder, f"{name}.offsets.npy"), offsets)
-    out[name] = {"tokens": f"{name}.tokens.npy", "offsets": f"{name}.offsets.npy"}
-  return out
-
-
-def _length_stats(lengths: list[int]) -> dict:
-  """Summary plus a histogram (length -> count) so trimming can be counted for any length."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  arr = np.asarray(lengths)
-  values, counts = np.unique(arr, return_counts=True)
-  return {"min": int(arr.min()), "mean": float(arr.mean()), "p95": float(np.percentile(arr, 95)),
-          "max": int(arr.max()), "histogram": {str(v): int(c) for v, c in zip(values, counts)}}
+_publish = layout.publish_dir  # (the name tests and older callers use)
 
 
 def count_trimmed(manifest: dict, lengths: dict[str, int]) -> dict[str, int]:
@@ -619,23 +558,12 @@ def _numpy_examples(dataset, batch_size: int = 1024):
     yield from dataset.as_numpy_iterator()
 
 
-def _feature_spec(value) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  array = np.asarray(value)
-  if array.dtype.kind in ("S", "O", "U"):
-    return {"dtype": "string", "rank": int(array.ndim)}
-  return {"dtype": array.dtype.name, "rank": int(array.ndim)}
-
-
-def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
-                  num_shards: int = 1, num_workers: int = 1,
-                  sequence_length: Mapping[str, int] | None = None) -> mixing.MixtureSpec:
-  """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates.
-
-  `sequence_length`: the run's feature lengths, for tasks whose preprocessors read them
-  (`cache_task_split`). Sources are checked first: rates and split lists read them too.
-  """
+def plan_mixture(name: str, cache_dir: str, splits=("train", "validation"),
+                 num_shards: int = 1, sequence_length: Mapping[str, int] | None = None,
+                 tf_free: bool | None = None):
+  """(flattened rates, jobs, manifests already in place) for a SeqIO mixture (or a single task):
+  one plan over every (task, split, block) unit, evaluation splits of zero-rate members
+  included. Sources are checked first: rates and split lists read them too."""
   import seqio  # pylint: disable=g-import-not-at-top
 
   try:
@@ -649,11 +577,32 @@ def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
   training = set(spec.task_names)
   members = [seqio.get_mixture_or_task(n) for n in spec.task_names]
   members += [t for t in getattr(provider, "tasks", None) or [] if t.name not in training]
+  jobs, ready = [], []
   for task in members:  # zero-rate members (T5's eval-only tasks): their evaluation splits
     for split in splits:
       if split in task.splits and (task.name in training or split != "train"):
-        cache_task_split(task, split, cache_dir, num_shards=num_shards, num_workers=num_workers,
-                         sequence_length=sequence_length)
+        job = plan_split(task, split, cache_dir, num_shards=num_shards,
+                         sequence_length=sequence_length, tf_free=tf_free)
+        (jobs if isinstance(job, caching_run.SplitJob) else ready).append(job)
+  return spec, jobs, ready
+
+
+def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
+                  num_shards: int = 1, num_workers: int = 1,
+                  sequence_length: Mapping[str, int] | None = None,
+                  tf_free: bool | None = None, **build_options) -> mixing.MixtureSpec:
+  """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates.
+
+  One plan (`plan_mixture`) runs on `num_workers` processes across tasks; `build_options` are
+  `caching.run.build`'s: `num_processes` / `process_id` (this host's share when many hosts
+  build one cache dir), `progress_every`, `summary`. `sequence_length`: the run's feature
+  lengths, for tasks whose preprocessors read them (`cache_task_split`).
+  """
+  spec, jobs, _ = plan_mixture(name, cache_dir, splits, num_shards, sequence_length, tf_free)
+  if jobs:
+    for manifest in caching_run.build(jobs, cache_dir, num_workers=num_workers,
+                                      **build_options).values():
+      _report(manifest)
   mixing.write_spec(spec, cache_dir)
   return spec
 

@@ -22,7 +22,9 @@ record (rename, derive, drop) before its template sees it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
+import itertools
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -68,14 +70,22 @@ def _csv_rows(f) -> Iterator[tuple[int, list[str]]]:
     yield start, row
 
 
-def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+def iter_records(path: str, skipped: list[str] | None = None,
+                 start: int = 0) -> Iterator[tuple[int, dict]]:
   """Yields (line, record) for each record of a JSONL / CSV / TSV (with header) / Parquet file.
 
   CSV follows RFC 4180 quoting; TSV is split on tabs only (see `_tsv_rows`); all values of
   both are strings. For Parquet the "line" is the 1-based row number. A malformed line raises,
   naming file and line; if a `skipped` list is given, it is skipped and its `file:line: reason`
   appended instead.
+
+  `start`: the first `start` records are passed over without being parsed (JSONL / TSV: the
+  non-empty lines, each of which is a record or an error; CSV: rows; Parquet: rows), so a block of
+  a large file is read from where it begins. Only without `skipped` (a skipped line would shift
+  the count).
   """
+  if start and skipped is not None:
+    raise ValueError("iter_records: start needs skipped=None")
 
   def bad(message: str):
     if skipped is None:
@@ -94,7 +104,12 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
       raise errors.DataError(f"{path}: not a readable Parquet file ({e})") from None
     row = 0
     for batch in parquet.iter_batches():
-      for record in batch.to_pylist():
+      if row + batch.num_rows <= start:
+        row += batch.num_rows
+        continue
+      first = max(0, start - row)
+      row += first
+      for record in batch.slice(first).to_pylist():
         row += 1
         yield row, record
     return
@@ -103,8 +118,12 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
   # newline="" to see line breaks inside quoted fields itself.
   with open(path, newline="\n" if kind == "tsv" else "", encoding="utf-8-sig") as f:
     if kind == "jsonl":
+      passed = 0
       for lineno, line in enumerate(f, start=1):
         if not line.strip():
+          continue
+        if passed < start:
+          passed += 1
           continue
         try:
           record = json.loads(line)
@@ -123,8 +142,12 @@ def iter_records(path: str, skipped: list[str] | None = None) -> Iterator[tuple[
       repeated = sorted({h for h in header if header.count(h) > 1})
       if repeated:
         raise errors.DataError(f"{path}:1: the header names {repeated} more than once")
+      passed = 0
       for lineno, row in rows:
         if not row:
+          continue
+        if passed < start:
+          passed += 1
           continue
         if len(row) != len(header):
           bad(f"{path}:{lineno}: {len(row)} fields, but the header has "
@@ -163,17 +186,47 @@ def label_mapper(label_names: Sequence[str], label_field: str = "label") -> Call
   return convert
 
 
+def _num_raw_records(path: str) -> int:
+  """How many records `iter_records(path)` yields when no line is malformed, counted without
+  parsing them (Parquet: from its metadata)."""
+  kind = _format(path)
+  if kind == "parquet":
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+    return pq.ParquetFile(path).metadata.num_rows
+  with open(path, newline="\n" if kind == "tsv" else "", encoding="utf-8-sig") as f:
+    if kind == "jsonl":
+      return sum(1 for line in f if line.strip())
+    rows = _csv_rows(f) if kind == "csv" else _tsv_rows(f)
+    next(rows, None)
+    return sum(1 for _, row in rows if row)
+
+
 def records(paths: Sequence[str], skipped: list[str] | None = None, *,
             map_record: Callable | None = None, label_names: Sequence[str] | None = None,
-            label_field: str = "label") -> Iterator[tuple[str, int, dict]]:
+            label_field: str = "label", start: int = 0) -> Iterator[tuple[str, int, dict]]:
   """Yields (path, line, record) for each record the templates see, in file order.
 
   Each parsed record goes through `map_record(record)` (if given; a dict replaces the record,
   None drops it), then through the `label_names` conversion (if given; see `label_mapper`).
+  `start`: begin at that record (passed over without parsing where nothing can drop a record:
+  no `map_record`, no `skipped`; else parsed and dropped).
   """
   convert = label_mapper(label_names, label_field) if label_names else None
+  if start and (map_record is not None or skipped is not None):
+    yield from itertools.islice(records(paths, skipped, map_record=map_record,
+                                        label_names=label_names, label_field=label_field),
+                                start, None)
+    return
   for path in paths:
-    for lineno, record in iter_records(path, skipped):
+    first = 0
+    if start:
+      n = _num_raw_records(path)
+      if start >= n:
+        start -= n
+        continue
+      first, start = start, 0
+    for lineno, record in iter_records(path, skipped, first):
       where = f"{path}:{lineno}"
       if map_record is not None:
         try:
@@ -218,15 +271,20 @@ def render(template: Template | PromptTemplate, record: Mapping[str, Any]) -> di
 
 
 def rendered_examples(paths: Sequence[str], templates: Sequence, skip_malformed: bool = False,
+                      start: int = 0, stop: int | None = None,
                       **options) -> list[dict[str, Any]]:
   """Parses the files and renders each record with its template (in file order).
 
   `options`: `map_record`, `label_names`, `label_field` (see `records`). `example_json` is the
-  record as the template saw it (after them).
+  record as the template saw it (after them). `start`, `stop`: only records [start, stop) (a
+  block of the split: `FileRows`), numbered as in the whole split.
   """
   out = []
-  for path, lineno, record in records(paths, [] if skip_malformed else None, **options):
-    i = len(out)
+  stream = records(paths, [] if skip_malformed else None, start=start, **options)
+  if stop is not None:
+    stream = itertools.islice(stream, stop - start)
+  for path, lineno, record in stream:
+    i = start + len(out)
     template = templates[i % len(templates)]
     try:
       example = render(template, record)
@@ -243,9 +301,33 @@ def rendered_examples(paths: Sequence[str], templates: Sequence, skip_malformed:
                    example_json=json.dumps(record, sort_keys=True, ensure_ascii=False,
                                            default=str))
     out.append(example)
-  if not out:
+  if not out and not start and stop is None:
     raise errors.DataError(f"no records in {list(paths)}")
   return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FileRows:
+  """A file task's rows for the TF-free cache path (`mtjax.data.caching.fast`): blocks of its
+  records rendered exactly as `_dataset_fn` renders the whole split."""
+
+  files: Mapping[str, Sequence[str]]
+  templates: tuple
+  counts: Mapping[str, int]  # records per split (counted at registration)
+  skip_malformed: bool = False
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def num_rows(self, split: str) -> int:
+    return self.counts[split]
+
+  def seekable(self, split: str) -> bool:
+    del split
+    return not self.skip_malformed and self.options.get("map_record") is None
+
+  def block(self, split: str, start: int, stop: int | None):
+    examples = rendered_examples(self.files[split], self.templates, self.skip_malformed,
+                                 start=start, stop=stop, **self.options)
+    return examples, len(examples), []
 
 
 def to_dataset(examples: Sequence[Mapping[str, Any]]):
@@ -339,6 +421,7 @@ def register_file_task(name: str, files: Mapping[str, str | Sequence[str]],
                                                         else "")
                              + (" (map_record dropped every record)" if map_record else ""))
   dataset_fn.skipped = skipped  # reported in the cache manifest
+  dataset_fn.rows = FileRows(split_files, tuple(templates), counts, skip_malformed, options)
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name,

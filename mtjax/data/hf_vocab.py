@@ -390,6 +390,11 @@ class HFVocabulary:
     """The text's ids (no EOS; BOS first only for a `with_bos()` vocabulary)."""
     return self._encode(s.decode("utf-8") if isinstance(s, bytes) else s)
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` of each text, through the tokenizer's batch encoder (the TF-free cache path)."""
+    rows = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return [[self._ids["bos"], *ids] for ids in rows] if self._add_bos else rows
+
   def _decode(self, ids: Sequence[int]) -> str:
     text = self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
     return _clean_up_tokenization(text) if self._cleanup else text

@@ -9,8 +9,8 @@ cache itself (`<task>/<split>/`).
 A split's `manifest.json` is uploaded last (`publish`), so a remote manifest means a complete
 split. Before a split is read (`stage`), its local copy must exist and carry the remote manifest's
 fingerprint and format; otherwise the split is downloaded into a temporary folder that is renamed
-into place (`cache._publish`: concurrent processes on one host are safe, and a crashed download is
-never taken for a complete one). A process reads each remote manifest once and remembers it.
+into place (`caching.layout.publish_dir`: concurrent processes on one host are safe, and a crashed
+download is never taken for a complete one). A process reads each remote manifest once and remembers it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import shutil
 import tempfile
 
 from mtjax import fs
+from mtjax.data.caching import layout
 
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,20 @@ def remote_manifest(cache_dir: str, task: str, split: str) -> dict | None:
   return _remote[key]
 
 
+def current_manifest(cache_dir: str, task: str, split: str) -> dict | None:
+  """The remote split's manifest as stored now (asks the store every time: for builders polling
+  for other hosts' work); remembered as `remote_manifest` is."""
+  key = _key(cache_dir, task, split)
+  manifest = _read_remote(fs.join(key[0], task, split))
+  if manifest is None:
+    _remote.pop(key, None)
+  else:
+    _remote[key] = manifest
+  return manifest
+
+
 def _read_local(folder: str) -> dict | None:
-  try:
-    with open(os.path.join(folder, MANIFEST)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
+  return layout.read_local_manifest(folder)
 
 
 def _same(a: dict | None, b: dict | None) -> bool:
@@ -105,8 +114,6 @@ def stage(cache_dir: str, task: str, split: str) -> dict | None:
 def _download(url: str, final: str, remote: dict) -> dict | None:
   """Downloads the split at `url` into `final` (via a temporary folder and a rename). Checks that
   the remote manifest did not change meanwhile (a writer replacing the split), else retries."""
-  from mtjax.data import cache  # pylint: disable=g-import-not-at-top  (cache imports this module)
-
   os.makedirs(os.path.dirname(final), exist_ok=True)
   for _ in range(5):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}-download-",
@@ -118,7 +125,7 @@ def _download(url: str, final: str, remote: dict) -> dict | None:
         pass
       now = _read_remote(url)
       if now is not None and _same(now, remote) and _same(_read_local(tmp), remote):
-        cache._publish(tmp, final, remote["fingerprint"])  # pylint: disable=protected-access
+        layout.publish_dir(tmp, final, remote["fingerprint"])
         log.info("staged %s into %s", url, final)
         return _read_local(final)
     finally:

@@ -1,0 +1,210 @@
+"""Runs a build plan: this process's share of the units on N local workers, then assembly.
+
+    manifests = run.build(jobs, cache_dir, num_workers=4)
+
+`jobs` (one per task split still to build, from `mtjax.data.cache.plan_mixture`) name their units
+and how a unit's examples are produced: `producer(payload, split, start, stop)` returns
+(examples, prepared, auto_idx) (see `fast.py`); the producer is a module-level function, so
+spawned workers find it by name, and the payload travels pickled once per worker.
+
+Units already in the ledger are skipped (a restarted build redoes only unfinished ones); a unit
+another builder finished meanwhile is skipped too. Each host assembles the splits assigned to it
+once all their units are in the ledger, then every host waits until every split of the plan is
+published, so the command returns on every host with the whole cache in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from mtjax import fs
+from mtjax.data import staging
+from mtjax.data.caching import assemble, hosts, layout, progress, units
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SplitJob:
+  task: str
+  split: str
+  fingerprint: str
+  units: list[units.Unit]
+  producer: Callable
+  payload: Any
+  num_shards: int
+  token_features: tuple[str, ...]
+  manifest_base: Mapping[str, Any]
+  empty_message: str
+
+  @property
+  def key(self) -> tuple[str, str]:
+    return self.task, self.split
+
+
+def published(cache_dir: str, task: str, split: str, fp: str) -> dict | None:
+  """The split's manifest if a cache of this fingerprint is in place, else None."""
+  if fs.is_url(cache_dir):
+    manifest = staging.current_manifest(cache_dir, task, split)
+  else:
+    manifest = layout.read_local_manifest(os.path.join(cache_dir, task, split))
+  return manifest if manifest and manifest.get("fingerprint") == fp else None
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+_PAYLOADS: dict[tuple[str, str], Any] = {}
+_RAW: dict[tuple[str, str], bytes] = {}
+
+
+def _init_worker(raw: dict) -> None:
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker
+  _RAW.update(raw)
+
+
+def _run_unit(unit: units.Unit, job_producer, payload, token_features, cache_dir: str,
+              shared: bool) -> int:
+  ledger = units.Ledger(cache_dir, shared)
+  if ledger.has(unit):
+    return -1  # another builder finished it meanwhile
+  examples, prepared, auto = job_producer(payload, unit.split, unit.start, unit.stop)
+  return ledger.write(unit, examples, token_features, prepared, auto)
+
+
+def _work(args) -> tuple[units.Unit, int]:
+  key, unit, producer, token_features, cache_dir, shared = args
+  if key not in _PAYLOADS:
+    import cloudpickle  # pylint: disable=g-import-not-at-top
+
+    _PAYLOADS.clear()  # one split's payload at a time: memory stays bounded
+    _PAYLOADS[key] = cloudpickle.loads(_RAW[key])
+  return unit, _run_unit(unit, producer, _PAYLOADS[key], token_features, cache_dir, shared)
+
+
+# --- the build --------------------------------------------------------------------------------
+
+def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
+          num_processes: int | None = None, process_id: int | None = None,
+          progress_every: float = 30.0, poll_s: float = 2.0,
+          wait_timeout_s: float = 24 * 3600.0, stream=None,
+          summary: bool = False) -> dict[tuple[str, str], dict]:
+  """Builds every job's split into `cache_dir`; returns {(task, split): manifest}.
+
+  `summary`: end with a line of totals (else the display is cleared from a terminal and, off
+  one, only the periodic lines were printed)."""
+  count, me = hosts.process_share(num_processes, process_id)
+  ledger = units.Ledger(cache_dir, shared=count > 1)
+  every = [u for job in jobs for u in job.units]
+  owner = hosts.assign([u.rows for u in every], count)
+  mine_by_unit = {(u.key, u.index) for u, p in zip(every, owner) if p == me}
+  assembler = {job.key: i % count == me for i, job in enumerate(jobs)}
+  by_key = {job.key: job for job in jobs}
+  manifests: dict[tuple[str, str], dict] = {}
+
+  done = {job.key: set(ledger.done(job.task, job.split, job.fingerprint)) for job in jobs}
+  todo = [u for u in every if (u.key, u.index) in mine_by_unit and u.index not in done[u.key]]
+  bar = progress.Progress(len(every), sum(u.rows for u in every), every=progress_every,
+                          stream=stream, summary=summary, desc=f"caching ({count} hosts, process {me})"
+                          if count > 1 else "caching")
+  already = [u for u in every if u.index in done[u.key]]
+  bar.update(units=len(already), rows=sum(u.rows for u in already))
+
+  def finish(key) -> None:
+    """Assembles a split whose units are all finished (if it is this host's to assemble)."""
+    job = by_key[key]
+    if key in manifests or not assembler[key]:
+      return
+    if len(done[key]) < len(job.units):
+      return
+    manifests[key] = _assemble(ledger, job)
+
+  def on_unit(unit: units.Unit, n: int) -> None:
+    done[unit.key].add(unit.index)
+    bar.update(units=1, rows=unit.rows, examples=max(n, 0))
+    finish(unit.key)
+
+  for job in jobs:
+    if job.key in manifests:
+      continue
+    manifest = published(cache_dir, job.task, job.split, job.fingerprint)
+    if manifest is not None:
+      manifests[job.key] = manifest
+  todo = [u for u in todo if u.key not in manifests]
+  for key in list(by_key):
+    finish(key)
+  if todo:
+    if num_workers <= 1 or len(todo) == 1:
+      for unit in todo:
+        job = by_key[unit.key]
+        on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features, cache_dir,
+                                ledger.remote))
+    else:
+      _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit)
+
+  # Units of other hosts (or of a concurrent build), then the splits other hosts assemble.
+  deadline = time.monotonic() + wait_timeout_s
+  while len(manifests) < len(jobs):
+    progressed = False
+    for job in jobs:
+      if job.key in manifests:
+        continue
+      manifest = published(cache_dir, job.task, job.split, job.fingerprint)
+      if manifest is None and assembler[job.key]:
+        found = set(ledger.done(job.task, job.split, job.fingerprint))
+        newly = found - done[job.key]
+        if newly:
+          bar.update(units=len(newly), rows=sum(job.units[i].rows for i in newly))
+          done[job.key] |= found
+        finish(job.key)
+        manifest = manifests.get(job.key)
+      if manifest is not None:
+        manifests[job.key] = manifest
+        progressed = True
+    if len(manifests) < len(jobs):
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"cache build: {len(jobs) - len(manifests)} splits still unfinished "
+                           f"after {wait_timeout_s:.0f} s (are all {count} processes running, "
+                           "and is the cache dir shared by all of them?)")
+      if not progressed:
+        bar.update(note=f"waiting for {len(jobs) - len(manifests)} splits of other hosts")
+        time.sleep(poll_s)
+  bar.update(note="")
+  bar.close()
+  return manifests
+
+
+def _assemble(ledger: units.Ledger, job: SplitJob) -> dict:
+  existing = published(ledger.cache_dir, job.task, job.split, job.fingerprint)
+  if existing is not None:  # a concurrent build published it first
+    ledger.clear(job.task, job.split, job.fingerprint)
+    return existing
+  try:
+    return assemble.assemble(ledger, job.task, job.split, job.fingerprint, len(job.units),
+                             job.num_shards, job.token_features, job.manifest_base,
+                             job.empty_message)
+  except (FileNotFoundError, RuntimeError):
+    existing = published(ledger.cache_dir, job.task, job.split, job.fingerprint)
+    if existing is None:
+      raise
+    ledger.clear(job.task, job.split, job.fingerprint)
+    return existing
+
+
+def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_unit) -> None:
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+
+  keys = {u.key for u in todo}
+  raw = {k: cloudpickle.dumps(by_key[k].payload) for k in keys}
+  args = [(u.key, u, by_key[u.key].producer, by_key[u.key].token_features, cache_dir, shared)
+          for u in todo]
+  # spawn: TensorFlow (loaded by SeqIO in this process) is not fork-safe
+  with multiprocessing.get_context("spawn").Pool(min(num_workers, len(todo)), _init_worker,
+                                                 (raw,)) as pool:
+    for unit, n in pool.imap_unordered(_work, args):
+      on_unit(unit, n)

@@ -1,0 +1,166 @@
+"""Units of work and the ledger of finished ones.
+
+A unit is one block of a task split: rows [start, stop) of its source. A worker writes a unit's
+examples as encoded records (`unit-NNNNN.array_record`) and their token lengths
+(`unit-NNNNN.lengths.npy`), then its ledger entry (`unit-NNNNN.json`: counts) last, each file
+under a temporary name renamed into place. A unit is finished exactly when its entry exists, so a
+build killed at any moment (SIGKILL included) restarts with the units it had not finished, and two
+builders of one unit write the same bytes over each other harmlessly.
+
+The ledger lives in the cache dir (`layout.work_path`), so every host sharing the cache dir sees
+every host's finished units. For a remote cache dir (`gs://...`) units are written in the local
+mirror (`staging.mirror_root`) and uploaded, entry last; the assembling host downloads the units
+it did not build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from mtjax import fs
+from mtjax.data import records, staging
+from mtjax.data.caching import layout
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  task: str
+  split: str
+  fingerprint: str
+  index: int
+  start: int
+  stop: int | None  # None: to the end of the source (a source whose size is unknown)
+  rows: int  # rows it covers (for progress; 0 when unknown)
+
+  @property
+  def key(self) -> tuple[str, str]:
+    return self.task, self.split
+
+  @property
+  def name(self) -> str:
+    return f"unit-{self.index:05d}"
+
+
+FILES = (".array_record", ".lengths.npy")  # a unit's data files; its entry (".json") comes last
+
+
+class Ledger:
+  """Finished units under one cache dir (local, shared, or a URL)."""
+
+  def __init__(self, cache_dir: str, shared: bool = True):
+    """`shared`: for a remote cache dir, keep the units in the store (where every host sees
+    them; what a many-host build needs) rather than in this host's mirror only."""
+    self.cache_dir = cache_dir
+    self.remote_cache = fs.is_url(cache_dir)
+    self.local_root = staging.mirror_root(cache_dir) if self.remote_cache else cache_dir
+    self.remote = self.remote_cache and shared  # units uploaded
+    self.root = cache_dir if self.remote else self.local_root
+
+  def remote_dir(self, task: str, split: str, fp: str) -> str:
+    return layout.work_path(self.root, task, split, fp)
+
+  def local_dir(self, task: str, split: str, fp: str) -> str:
+    return layout.work_path(self.local_root, task, split, fp)
+
+  def done(self, task: str, split: str, fp: str) -> dict[int, dict]:
+    """index -> entry of every finished unit of this build of the split."""
+    folder = self.remote_dir(task, split, fp)
+    if self.remote:
+      fs.forget_listings(folder)
+    if not fs.isdir(folder):
+      return {}
+    out = {}
+    for name in fs.listdir(folder):
+      if name.startswith("unit-") and name.endswith(".json"):
+        try:
+          out[int(name[5:10])] = json.loads(fs.read_text(fs.join(folder, name)))
+        except (OSError, ValueError):
+          continue  # (vanished: the split was just published and its units removed)
+    return out
+
+  def has(self, unit: Unit) -> bool:
+    """Whether the unit is finished (its entry exists)."""
+    return fs.exists(fs.join(self.remote_dir(unit.task, unit.split, unit.fingerprint),
+                             unit.name + ".json"))
+
+  def write(self, unit: Unit, examples: Iterable[Mapping[str, Any]], token_features,
+            prepared: int, auto_idx) -> int:
+    """Writes a unit's files and then its entry. Returns the number of examples."""
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+    folder = self.local_dir(unit.task, unit.split, unit.fingerprint)
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, unit.name)
+    tmp = f".tmp{os.getpid()}"
+    writer = array_record_module.ArrayRecordWriter(base + FILES[0] + tmp, "group_size:1")
+    lengths = []
+    for example in examples:
+      writer.write(records.encode(example))
+      lengths.append([len(example[k]) for k in token_features])
+    writer.close()
+    table = np.asarray(lengths, np.int64).reshape(len(lengths), len(token_features))
+    with open(base + FILES[1] + tmp, "wb") as f:
+      np.save(f, table)
+    for ext in FILES:
+      os.replace(base + ext + tmp, base + ext)
+    entry = {"count": len(lengths), "prepared": int(prepared), "auto_idx": auto_idx,
+             "start": unit.start, "stop": unit.stop}
+    if self.remote:
+      url = self.remote_dir(unit.task, unit.split, unit.fingerprint)
+      for ext in FILES:
+        _put(base + ext, fs.join(url, unit.name + ext))
+      fs.write_text(fs.join(url, unit.name + ".json"), json.dumps(entry))
+    fs.write_text(base + ".json", json.dumps(entry))
+    return len(lengths)
+
+  def fetch(self, unit_task: str, split: str, fp: str, index: int) -> str:
+    """The local path prefix (`.../unit-NNNNN`) of a finished unit's files (downloaded once)."""
+    folder = self.local_dir(unit_task, split, fp)
+    base = os.path.join(folder, f"unit-{index:05d}")
+    if not self.remote or all(os.path.exists(base + ext) for ext in (*FILES, ".json")):
+      return base
+    os.makedirs(folder, exist_ok=True)
+    url = self.remote_dir(unit_task, split, fp)
+    for ext in FILES:
+      tmp = base + ext + f".tmp{os.getpid()}"
+      _get(fs.join(url, f"unit-{index:05d}{ext}"), tmp)
+      os.replace(tmp, base + ext)
+    return base
+
+  def clear(self, task: str, split: str, fp: str) -> None:
+    """Removes a published split's units (and the emptied folders above them)."""
+    fs.rmtree(self.local_dir(task, split, fp))
+    if self.remote:
+      fs.rmtree(self.remote_dir(task, split, fp))
+    for root in {self.local_root}:
+      for folder in (os.path.join(root, layout.BUILD, task, split),
+                     os.path.join(root, layout.BUILD, task), os.path.join(root, layout.BUILD)):
+        try:
+          os.rmdir(folder)
+        except OSError:
+          break
+
+
+def _put(local: str, url: str) -> None:
+  with open(local, "rb") as src, fs.open(url, "wb") as dst:
+    while chunk := src.read(1 << 24):
+      dst.write(chunk)
+
+
+def _get(url: str, local: str) -> None:
+  with fs.open(url, "rb") as src, open(local, "wb") as dst:
+    while chunk := src.read(1 << 24):
+      dst.write(chunk)
+
+
+def read_unit(base: str):
+  """(records source, lengths table) of a finished unit's files."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  source = grain.sources.ArrayRecordDataSource([base + FILES[0]])
+  return source, np.load(base + FILES[1])
