@@ -163,7 +163,7 @@ class Progress:
     now = self._clock() if now is None else now
     head = f"{self.desc} " if self.desc else ""
     if self.total:
-      head += f"{self.n}/{self.total} {self.unit}" + f" ({100 * self.n / self.total:.0f}%)"
+      head += f"{self.n}/{self.total} {self.unit} ({100 * self.n // self.total}%)"  # 99.5: 99
     else:
       head += f"{self.n} {self.unit}"
     if self._postfix:

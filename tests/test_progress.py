@@ -71,7 +71,7 @@ def test_a_pipe_gets_plain_lines():
   train = [x for x in lines if x.startswith("train ")]
   # every update is a line with every=0; the count starts after the resumed steps
   assert [x.split()[1] for x in train] == [f"{n}/8" for n in range(3, 9)]
-  assert train[0].startswith("train 3/8 step (38%) loss=1.000 tok_s=1234 | elapsed ")
+  assert train[0].startswith("train 3/8 step (37%) loss=1.000 tok_s=1234 | elapsed ")
   assert "ETA ?" in train[0]  # the first line has no rate yet
   assert "step/s" in train[1] and "ETA " in train[1] and "elapsed 0:00:00" in train[1]
   assert "ETA" not in train[-1]  # done
