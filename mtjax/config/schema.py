@@ -2,6 +2,11 @@
 
 Each section is a frozen dataclass registered with gin under its class name, so a gin file says
 `TrainConfig.steps = 100` and a python config says `train.steps=100`.
+
+A field's documentation is its comment: the comment lines right above it and/or the comment at
+the end of its line (continued on lines that start `#   `). The documentation site's
+configuration reference is generated from them (scripts/docs_reference.py); a field without one
+fails the docs tests.
 """
 
 from __future__ import annotations
