@@ -104,7 +104,7 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
 
   kwargs = evaluate.config_kwargs(cfg)
   ks = sorted({0, *cfg.eval.few_shot})
-  total = (len(task_names) * (1 + sum(k != 0 for k in set(cfg.eval.few_shot)))
+  total = (len(task_names) * (1 + sum(k != 0 for k in cfg.eval.few_shot))  # as evaluated below
            + len(cfg.eval.other_tasks) * len(ks))
   by_task, shots = {}, []
   with progress_lib.Progress(total, desc="eval", unit="tasks", leave=False,
