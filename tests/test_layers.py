@@ -94,14 +94,6 @@ def test_the_check_sees_lazy_and_relative_imports():
   assert found == ["mtjax.eval", "mtjax.eval", "mtjax.recipes"]
 
 
-# Import circles still being removed; each entry names its modules. Remove an entry with the
-# circle (the test does not fail on an entry that no longer matches).
-KNOWN_CIRCLES = (
-    # data/cache <-> data/staging: being removed with the cache rework (mtjax/data/caching/).
-    frozenset({"mtjax.data.cache", "mtjax.data.staging"}),
-)
-
-
 def _modules() -> dict[str, str]:
   """Dotted name -> path of every module of mtjax (a package is its `__init__.py`)."""
   found = {}
@@ -187,7 +179,7 @@ def test_no_import_circles():
   """No module of mtjax imports, directly or through others, a module that imports it back
   (inside a package too; lazy imports count, as for the layers)."""
   graph = import_graph()
-  left = [c for c in circles(graph) if frozenset(c) not in KNOWN_CIRCLES]
+  left = circles(graph)
   described = ["; ".join(f"{a} imports {b} (line {graph[a][b]})"
                          for a in c for b in sorted(graph[a]) if b in c) for c in left]
   assert described == [], "import circles: " + " | ".join(described)
