@@ -66,6 +66,21 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 16.0  # adapter scale: W + alpha / rank * A @ B
   lora_targets: tuple[str, ...] = ("query", "value")  # projections that get adapters
+  # Which adapter the lora_* keys build (mtjax.peft.adapters): lora | poly | mhr (task-routed
+  # LoRA skills) | mixlora (top-k LoRA experts in the feed-forward block) | loramoe (LoRA experts
+  # behind a softmax router) | mtlora (a shared plus a per-task LoRA); all train with
+  # train.trainable=lora and cannot be combined with a soft prompt
+  adapter: str = "lora"
+  adapter_experts: int = 4  # poly/mhr: skills; mixlora/loramoe: experts
+  adapter_top_k: int = 2  # mixlora: experts each token goes through
+  adapter_heads: int = 4  # mhr: blocks each factor is split into, each routed on its own
+  # mixlora/loramoe: weight of the routers' balancing loss in the training loss (logged as
+  # aux/<method>_balance, overall and per task)
+  adapter_balance: float = 0.01
+  adapter_tasks: int = 0  # poly/mhr/mtlora: rows of per-task parameters; 0 = the mixture's tasks
+  # loramoe: mixture tasks whose data is "world knowledge" (routed to the first half of the
+  # experts by the localized balancing constraint); the others are downstream tasks
+  adapter_knowledge_tasks: tuple[str, ...] = ()
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0

@@ -31,7 +31,9 @@ from flax import nnx
 from mtjax.models import layers
 from mtjax.models.layers import param
 from mtjax.parallel.rules import constrain
-from mtjax.peft import lora
+import contextlib
+
+from mtjax.peft import adapters, lora, routing
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,  # SwiGLU (Llama, Qwen2)
@@ -70,9 +72,18 @@ class DecoderConfig:
   lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("query", "value")
+  # Multi-task adapters (mtjax.peft.adapters): lora | poly | mhr | mixlora | loramoe | mtlora
+  adapter: str = "lora"
+  adapter_experts: int = 4  # poly/mhr skills, mixlora/loramoe experts
+  adapter_top_k: int = 2  # mixlora: experts per token
+  adapter_heads: int = 4  # mhr: routing blocks per projection
+  adapter_balance: float = 0.01  # mixlora/loramoe: weight of the balancing loss
+  adapter_tasks: int = 0  # poly/mhr/mtlora (and per-task logging): tasks of the mixture
+  adapter_knowledge: tuple[int, ...] = ()  # loramoe: mixture indices of "world knowledge" tasks
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)
+    adapters.check(self)
     if self.attention not in layers.ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"model.attention must be one of {layers.ATTENTION_IMPLEMENTATIONS}, "
                        f"got {self.attention!r}")
@@ -160,7 +171,7 @@ class Attention(nnx.Module):
       self.query_bias = param(rngs, zeros, (n, h), ("heads", "kv"), pd)
       self.key_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
       self.value_bias = param(rngs, zeros, (k, h), ("heads", "kv"), pd)
-    lora.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
+    adapters.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
 
   def __call__(self, x, positions, mask, inv_freq, kv_cache=None):
     """Returns (output, (k, v)): the keys/values attended to (the updated cache if given)."""
@@ -196,10 +207,14 @@ class MLP(nnx.Module):
     self.gate = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.up = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.down = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
-    lora.attach(self, cfg, {"gate": 1, "up": 1, "down": 1}, rngs=rngs)
+    adapters.attach(self, cfg, {"gate": 1, "up": 1, "down": 1}, rngs=rngs)
 
   def __call__(self, x, dropout_rate: float = 0.0, rng=None):
     dt = x.dtype
+    mixed = adapters.ffn(self, x, act=self.act, gate="gate", up="up", down="down",
+                         dropout=lambda h: layers.dropout(h, dropout_rate, rng))
+    if mixed is not None:  # MixLoRA: the block as routed experts (mtjax.peft.moe_lora)
+      return mixed
     h = self.act(lora.project(self, "gate", x, x @ self.gate[...].astype(dt))) * (
         lora.project(self, "up", x, x @ self.up[...].astype(dt)))
     h = constrain(h, ("batch", "length", "mlp"))
@@ -354,7 +369,8 @@ class Decoder(nnx.Module):
     # for the kernels that need one.
     mask = layers.Mask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                        prefix=causal_attention, causal=True)
-    x, _ = self._blocks(x, positions, mask, rng=rng)
+    with _routing_scope(batch, x.shape[1] - t):
+      x, _ = self._blocks(x, positions, mask, rng=rng)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
     if extra:
       x = self._hook_strip(x, extra, prompt_ids)
@@ -363,6 +379,24 @@ class Decoder(nnx.Module):
 
 def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _routing_scope(batch, extra: int):
+  """The task of each token for task-routed adapters (mtjax.peft.routing); a no-op without
+  `task_ids`. Rows a soft prompt widened (`extra` positions) are not supported with them."""
+  task_ids = batch.get("task_ids")
+  if task_ids is None:
+    return contextlib.nullcontext()
+  if extra:
+    raise ValueError("multi-task adapters (model.adapter) do not combine with a soft prompt")
+  seg = batch.get("decoder_segment_ids")
+  if seg is not None:
+    real = seg > 0
+  else:  # unpacked: targets carry loss weights; the inputs part is the non-zero tokens
+    real = batch["decoder_input_tokens"] != 0
+    if "decoder_loss_weights" in batch:
+      real = real | (batch["decoder_loss_weights"] > 0)
+  return routing.scope(task_ids, real)
 
 
 def _layer_caches(model: Decoder, cache):

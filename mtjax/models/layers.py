@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from mtjax.parallel.rules import constrain, logical_to_spec
 from mtjax.parallel.rules import param  # noqa: F401  (the models' name for it: layers.param)
+from mtjax.peft import routing
 
 # Named rematerialisation policies for the blocks (config option `remat`).
 REMAT_POLICIES = {
@@ -29,7 +30,11 @@ def remat_call(block, policy_name: str, *args):
   """`block(*args)`, rematerialised in the backward pass under the named policy."""
   if policy_name == "none":
     return block(*args)
-  return nnx.remat(lambda b, *a: b(*a), policy=REMAT_POLICIES[policy_name])(block, *args)
+  # Auxiliary losses an adapter reports inside leave the rematerialised trace as outputs.
+  call = routing.isolated(lambda b, *a: b(*a))
+  out, aux = nnx.remat(call, policy=REMAT_POLICIES[policy_name])(block, *args)
+  routing.release(aux, call.coefs)
+  return out
 
 
 def stacked(make, n: int, rngs: nnx.Rngs):
@@ -47,13 +52,20 @@ def scan(stack, fn, x, xs=None, remat: str = "none"):
   """`jax.lax.scan` of `fn(block, x, xs_i) -> (x, y_i)` over a `stacked` module's layers."""
   graphdef, state = nnx.split(stack)
 
+  # Auxiliary losses an adapter reports in a layer leave the scan as per-layer outputs
+  # (mtjax.peft.routing), summed over the layers outside.
+  step = routing.isolated(lambda layer_state, x, xi: fn(nnx.merge(graphdef, layer_state), x, xi))
+
   def body(x, inputs):
     layer_state, xi = inputs
-    return fn(nnx.merge(graphdef, layer_state), x, xi)
+    (x, y), aux = step(layer_state, x, xi)
+    return x, (y, aux)
 
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-  return jax.lax.scan(body, x, (state, xs))
+  x, (ys, aux) = jax.lax.scan(body, x, (state, xs))
+  routing.release(aux, step.coefs, reduce_axis=0)
+  return x, ys
 
 
 def normal(stddev: float):

@@ -34,7 +34,7 @@ def build(cfg, *, rngs: nnx.Rngs):
   return t5.T5(cfg, rngs=rngs) if family(cfg) is t5 else decoder.Decoder(cfg, rngs=rngs)
 
 
-def _overrides(model_config) -> dict:
+def _overrides(model_config, task_names=None) -> dict:
   overrides = {"dropout_rate": model_config.dropout_rate, "dtype": model_config.dtype}
   remat = getattr(model_config, "remat", "none")
   if remat != "none":
@@ -47,22 +47,44 @@ def _overrides(model_config) -> dict:
   if getattr(model_config, "lora_rank", 0):
     overrides.update(lora_rank=model_config.lora_rank, lora_alpha=model_config.lora_alpha,
                      lora_targets=tuple(model_config.lora_targets))
+    overrides.update(_adapter_overrides(model_config, task_names))
   return overrides
 
 
-def architecture(model_config):
+def _adapter_overrides(model_config, task_names) -> dict:
+  """The multi-task adapter options (mtjax.peft.adapters); the task count and LoRAMoE's
+  knowledge tasks resolved against the mixture's `task_names` when given."""
+  adapter = getattr(model_config, "adapter", "lora")
+  if adapter == "lora":
+    return {}
+  tasks = getattr(model_config, "adapter_tasks", 0) or len(task_names or ())
+  knowledge = tuple(getattr(model_config, "adapter_knowledge_tasks", ()))
+  if knowledge and task_names is None:
+    raise errors.ConfigError("model.adapter_knowledge_tasks needs the mixture's task names")
+  if knowledge:
+    from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
+    knowledge = adapters.task_indices(knowledge, task_names, "model.adapter_knowledge_tasks")
+  return {"adapter": adapter, "adapter_experts": model_config.adapter_experts,
+          "adapter_top_k": model_config.adapter_top_k,
+          "adapter_heads": model_config.adapter_heads,
+          "adapter_balance": model_config.adapter_balance, "adapter_tasks": tasks,
+          "adapter_knowledge": knowledge}
+
+
+def architecture(model_config, task_names=None):
   """The family config a `schema.ModelConfig` describes (from an HF `config.json` if it names
-  a checkpoint), without loading any weights."""
+  a checkpoint), without loading any weights. `task_names`: the mixture's tasks (task-routed
+  adapters get one row per task)."""
   hf_dir = getattr(model_config, "hf_checkpoint", "")
   if hf_dir:
     from mtjax import fs  # pylint: disable=g-import-not-at-top
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top
     return hf.config_from_hf(fs.read_json(fs.join(hf_dir, "config.json")),
-                             **_overrides(model_config))[1]
-  return config(model_config.preset, **_overrides(model_config))
+                             **_overrides(model_config, task_names))[1]
+  return config(model_config.preset, **_overrides(model_config, task_names))
 
 
-def create(model_config, *, seed: int, mesh=None, rules=None):
+def create(model_config, *, seed: int, mesh=None, rules=None, task_names=None):
   """The model a run starts from (`model_config` is a `schema.ModelConfig`).
 
   Call inside `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so fresh parameters are
@@ -71,8 +93,8 @@ def create(model_config, *, seed: int, mesh=None, rules=None):
   hf_dir = getattr(model_config, "hf_checkpoint", "")
   if hf_dir:
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top
-    return hf.load(hf_dir, mesh=mesh, rules=rules, **_overrides(model_config))
-  return build(architecture(model_config), rngs=nnx.Rngs(params=seed))
+    return hf.load(hf_dir, mesh=mesh, rules=rules, **_overrides(model_config, task_names))
+  return build(architecture(model_config, task_names), rngs=nnx.Rngs(params=seed))
 
 
 def start_decode(model, batch, max_decode_len: int):

@@ -30,7 +30,9 @@ from flax import nnx
 from mtjax.models import layers
 from mtjax.models.layers import param
 from mtjax.parallel.rules import constrain
-from mtjax.peft import lora
+import contextlib
+
+from mtjax.peft import adapters, lora, routing
 
 
 # The projections LoRA can adapt (mtjax.peft.lora).
@@ -60,9 +62,18 @@ class T5Config:
   lora_rank: int = 0  # > 0: LoRA adapters on `lora_targets` (mtjax.peft.lora)
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("query", "value")
+  # Multi-task adapters (mtjax.peft.adapters): lora | poly | mhr | mixlora | loramoe | mtlora
+  adapter: str = "lora"
+  adapter_experts: int = 4  # poly/mhr skills, mixlora/loramoe experts
+  adapter_top_k: int = 2  # mixlora: experts per token
+  adapter_heads: int = 4  # mhr: routing blocks per projection
+  adapter_balance: float = 0.01  # mixlora/loramoe: weight of the balancing loss
+  adapter_tasks: int = 0  # poly/mhr/mtlora (and per-task logging): tasks of the mixture
+  adapter_knowledge: tuple[int, ...] = ()  # loramoe: mixture indices of "world knowledge" tasks
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)
+    adapters.check(self)
     if self.feed_forward not in ("gated-gelu", "relu"):
       raise ValueError(f"model.feed_forward must be 'gated-gelu' or 'relu', "
                        f"got {self.feed_forward!r}")
@@ -176,7 +187,7 @@ class Attention(nnx.Module):
     self.key = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
     self.value = param(rngs, layers.normal(d ** -0.5), (d, n, h), ("embed", "heads", "kv"), pd)
     self.out = param(rngs, layers.normal((n * h) ** -0.5), (n, h, d), ("heads", "kv", "embed"), pd)
-    lora.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
+    adapters.attach(self, cfg, {"query": 1, "key": 1, "value": 1, "out": 2}, rngs=rngs)
 
   def project_kv(self, x_kv):
     dt = x_kv.dtype
@@ -195,8 +206,10 @@ class Attention(nnx.Module):
                          implementation=self.cfg.attention)
     return lora.project(self, "out", y, jnp.einsum("btnh,nhd->btd", y, self.out[...].astype(dt)))
 
-  def __call__(self, x_q, x_kv, *, bias=None, mask=None):
-    k, v = self.project_kv(x_kv)
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None, memory=False):
+    # memory: x_kv is the encoder's output (cross-attention): adapters route by its tokens' tasks
+    with routing.reading_memory() if memory else contextlib.nullcontext():
+      k, v = self.project_kv(x_kv)
     return self.attend(x_q, k, v, bias=bias, mask=mask)
 
 
@@ -208,10 +221,15 @@ class FeedForward(nnx.Module):
     if self.gated:
       self.wi_1 = param(rngs, layers.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     self.wo = param(rngs, layers.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
-    lora.attach(self, cfg, {"wi_0": 1, "wi_1": 1, "wo": 1}, rngs=rngs)
+    adapters.attach(self, cfg, {"wi_0": 1, "wi_1": 1, "wo": 1}, rngs=rngs)
 
   def __call__(self, x, dropout_rate: float = 0.0, rng=None):
     dt = x.dtype
+    act = (lambda h: jax.nn.gelu(h, approximate=True)) if self.gated else jax.nn.relu
+    mixed = adapters.ffn(self, x, act=act, gate="wi_0", up="wi_1" if self.gated else None,
+                         down="wo", dropout=lambda h: layers.dropout(h, dropout_rate, rng))
+    if mixed is not None:  # MixLoRA: the block as routed experts (mtjax.peft.moe_lora)
+      return mixed
     h = lora.project(self, "wi_0", x, x @ self.wi_0[...].astype(dt))
     if self.gated:
       h = jax.nn.gelu(h, approximate=True) * lora.project(self, "wi_1", x,
@@ -243,7 +261,7 @@ class Block(nnx.Module):
     h = self.self_attention(self.self_norm(x), self.self_norm(x), bias=bias, mask=mask)
     x = x + layers.dropout(h, rate, keys[0])
     if encoded is not None:
-      h = self.cross_attention(self.cross_norm(x), encoded, mask=cross_mask)
+      h = self.cross_attention(self.cross_norm(x), encoded, mask=cross_mask, memory=True)
       x = x + layers.dropout(h, rate, keys[1])
     h = self.mlp(self.mlp_norm(x), rate, keys[2])
     x = x + layers.dropout(h, rate, keys[3])
@@ -360,10 +378,28 @@ class T5(nnx.Module):
     enc_seg = batch.get("encoder_segment_ids")
     if enc_seg is None:
       enc_seg = (enc_tokens > 0).astype(jnp.int32)
-    encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1),
-                                                 prompt_ids=batch.get("prompt_ids"))
-    return self.decode(encoded, enc_seg, batch["decoder_input_tokens"],
-                       batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
+    enc_scope, dec_scope = _routing_scopes(batch, enc_tokens.shape[1])
+    with enc_scope:
+      encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1),
+                                                   prompt_ids=batch.get("prompt_ids"))
+    with dec_scope:
+      return self.decode(encoded, enc_seg, batch["decoder_input_tokens"],
+                         batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
+
+
+def _routing_scopes(batch, encoder_length: int):
+  """The task of each encoder and decoder token, for task-routed adapters (mtjax.peft.routing):
+  no-op scopes when the batch has no `task_ids`."""
+  task_ids = batch.get("task_ids")
+  if task_ids is None:
+    return contextlib.nullcontext(), contextlib.nullcontext()
+  enc_seg, dec_seg = batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids")
+  enc_ids = routing.encoder_task_ids(task_ids, dec_seg, enc_seg, encoder_length)
+  enc_real = (batch["encoder_input_tokens"] > 0) if enc_seg is None else (enc_seg > 0)
+  dec_real = batch.get("decoder_loss_weights") if dec_seg is None else (dec_seg > 0)
+  memory = routing.Scope(enc_ids, enc_real)
+  return (routing.scope(enc_ids, enc_real),
+          routing.scope(task_ids, None if dec_real is None else dec_real > 0, memory=memory))
 
 
 def _fold(rng, i):

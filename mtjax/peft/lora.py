@@ -90,16 +90,21 @@ def check_targets(cfg, known: Sequence[str]) -> None:
 
 
 def merged_kernels(model: nnx.Module) -> dict[str, jax.Array]:
-  """`{kernel path: kernel + update}` for every adapter of `model` (paths joined by `.`)."""
+  """`{kernel path: kernel + update}` for every adapter of `model` (paths joined by `.`).
+  Adapters that do not fold (MixLoRA, LoRAMoE; Poly/MHR and MTLoRA without a chosen task)
+  raise `mtjax.peft.lowrank.NotFoldable`, which says why."""
   out = {}
   nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
   for path, node in nodes.items():
-    if isinstance(node, LoRA):
+    # LoRA, and any multi-task adapter (mtjax.peft.adapters) under `<name>_lora`: its `delta`
+    # is the update, or raises `NotFoldable` (a router's mixture, a task not chosen).
+    if path and str(path[-1]).endswith(SUFFIX) and isinstance(node, nnx.Module) and hasattr(
+        node, "delta"):
       *parent, attr = path
+      delta = node.delta()
       kernel_attr = str(attr)[:-len(SUFFIX)]
       kernel = getattr(nodes[tuple(parent)], kernel_attr)[...]
-      out[".".join(str(k) for k in (*parent, kernel_attr))] = (
-          kernel + node.delta().astype(kernel.dtype))
+      out[".".join(str(k) for k in (*parent, kernel_attr))] = kernel + delta.astype(kernel.dtype)
   return out
 
 

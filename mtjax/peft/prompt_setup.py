@@ -15,12 +15,15 @@ from typing import Any
 import numpy as np
 
 from mtjax import errors
-from mtjax.peft import prompts
+from mtjax.peft import adapters, prompts
 
 
 def check_config(cfg) -> None:
   """Prompt options that cannot work together, before anything is built."""
   m = cfg.model
+  if m.prompt_length > 0 and m.lora_rank > 0 and getattr(m, "adapter", "lora") != "lora":
+    raise errors.ConfigError(f"model.adapter={m.adapter!r} does not combine with a soft prompt "
+                             "(model.prompt_length > 0): use model.adapter=lora or no prompt")
   if m.prompt_length <= 0:
     if m.prompt_tasks or cfg.train.init_prompt_from:
       raise errors.ConfigError("model.prompt_tasks / train.init_prompt_from need a soft prompt: "
@@ -75,7 +78,13 @@ def by_row(graphdef, params, prompt_tasks: Sequence[str], task_names: Sequence[s
            ) -> Iterator[tuple[Any, Any, list[str]]]:
   """(graphdef, params, tasks) per prompt row, in mixture order: each mixture task is evaluated
   with its own row; tasks without one (and every task when no prompt is attached) together,
-  with the prompt removed, as ProMoT's inference does."""
+  with the prompt removed, as ProMoT's inference does. Task-routed adapters (Poly/MHR, MTLoRA:
+  `mtjax.peft.adapters`) evaluate each task on its own, with its task fixed."""
+  if adapters.task_routed(graphdef, params):  # (no soft prompt: check_config refuses both)
+    for i, task in enumerate(task_names):
+      g, p = adapters.select_task(graphdef, params, i)
+      yield g, p, [task]
+    return
   groups: dict[int, list[str]] = {}
   for task, row in zip(task_names, prompts.task_rows(prompt_tasks, task_names)):
     groups.setdefault(int(row) if prompts.has_prompt(params) else -1, []).append(task)

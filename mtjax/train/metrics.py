@@ -113,6 +113,15 @@ def summarize(sums: Mapping[str, np.ndarray], task_names: tuple[str, ...]) -> di
       if n > 0:
         out[f"loss/{name}"] = float(sums["task_loss_sum"][i]) / n
         out[f"accuracy/{name}"] = float(sums["task_correct_sum"][i]) / n
+  for key in sums:  # routers' balancing losses (mtjax.peft.routing): mean over modules
+    if key.startswith("aux_sum/"):
+      name = key[len("aux_sum/"):]
+      out[f"aux/{name}"] = float(sums[key]) / max(float(sums[f"aux_count/{name}"]), 1.0)
+      if f"aux_task_sum/{name}" in sums:
+        for i, task in enumerate(task_names):
+          n = float(sums[f"aux_task_count/{name}"][i])
+          if n > 0:
+            out[f"aux/{name}/{task}"] = float(sums[f"aux_task_sum/{name}"][i]) / n
   return out
 
 

@@ -70,7 +70,8 @@ def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True) -> Set
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = rules_lib.DEFAULT_RULES
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules)
+    model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules,
+                            task_names=spec.task_names)
     prompt_rows = prompt_setup.attach(cfg, model, spec.task_names)
     graphdef, state = nnx.split(model)
     axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mtjax.peft import filters
+from mtjax.peft import filters, routing
 from mtjax.train import loss as loss_lib
 
 
@@ -70,16 +70,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_tasks: in
       full = p if trainable is None else filters.combine(p, frozen)
       model = nnx.merge(graphdef, full)
       targets = mb["decoder_target_tokens"]
-      if opts.logits_chunk > 0 and hasattr(model, "hidden"):
-        stats = loss_lib.chunked_token_stats(
-            model.hidden(mb, rng=mb_rng), model.logits, targets, opts.logits_chunk,
-            opts.label_smoothing, opts.z_loss, opts.focal_gamma)
-      else:  # dropout is a no-op when the model's rate is 0
-        stats = loss_lib.token_stats(model(mb, rng=mb_rng), targets, opts.label_smoothing,
-                                     opts.z_loss, opts.focal_gamma)
-      return loss_lib.reduce_stats(
+      with routing.collect() as aux:  # routers' balancing losses (mtjax.peft.routing)
+        if opts.logits_chunk > 0 and hasattr(model, "hidden"):
+          stats = loss_lib.chunked_token_stats(
+              model.hidden(mb, rng=mb_rng), model.logits, targets, opts.logits_chunk,
+              opts.label_smoothing, opts.z_loss, opts.focal_gamma)
+        else:  # dropout is a no-op when the model's rate is 0
+          stats = loss_lib.token_stats(model(mb, rng=mb_rng), targets, opts.label_smoothing,
+                                       opts.z_loss, opts.focal_gamma)
+      loss, metrics = loss_lib.reduce_stats(
           stats, mb["decoder_loss_weights"], mb.get("task_ids"), num_tasks,
           coef=mb_coef if explicit else None, denominator=denominator if explicit else None)
+      if aux.sums:  # each microbatch adds its share of the penalty
+        loss = loss + aux.penalty() / max(microbatches, 1)
+        metrics.update(aux.metrics())
+      return loss, metrics
 
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
     if microbatches <= 1:
