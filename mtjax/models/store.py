@@ -84,5 +84,11 @@ def load_any(path: str):
     logging.getLogger(__name__).info(
         "%s has a soft prompt: the model is loaded without it "
         "(mtjax.train.pretrained.load_prompt reads the prompt)", path)
-  return _restore(registry.architecture(run_cfg.model),
+  return _restore(registry.architecture(run_cfg.model, _task_names(run_dir)),
                   os.path.join(ckpt_dir, str(step), "params"), partial=prompt)
+
+
+def _task_names(run_dir: str):
+  """The run's mixture tasks (model_summary.json), which task-routed adapters have rows for."""
+  path = os.path.join(run_dir, "model_summary.json")
+  return tuple(fs.read_json(path).get("tasks", ())) if fs.exists(path) else None

@@ -111,10 +111,12 @@ def merged_kernels(model: nnx.Module) -> dict[str, jax.Array]:
 def fresh_value(path: str, shape: Sequence[int], names: Sequence[str | None], dtype,
                 seed: int = 0) -> jax.Array:
   """A new adapter factor for a model whose other weights come from elsewhere (a HF checkpoint):
-  `b` zeros, `a` N(0, 1/fan_in) from `seed` and the path (so each factor differs)."""
+  `b` (and `*_b`) zeros, anything else (`a`, routers) N(0, 1/fan_in) from `seed` and the path
+  (so each factor differs)."""
   import zlib  # pylint: disable=g-import-not-at-top
 
-  if path.endswith(".b") or path.endswith("/b"):
+  last = re.split(r"[./]", path)[-1]
+  if last == "b" or last.endswith("_b"):  # LoRA's b, and the B banks of mtjax.peft.adapters
     return jnp.zeros(shape, dtype)
   lead = 1 if names and names[0] == "layers" else 0
   fan_in = 1

@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtjax import errors
 from mtjax.parallel import rules
 from mtjax.peft import routing
 
 AXIS = "lora"  # the rank axis (replicated), as mtjax.peft.lora's
 
 
-class NotFoldable(ValueError):
+class NotFoldable(errors.ConfigError):
   """An adapter whose update depends on the input (a router) or on a task not chosen."""
 
 
