@@ -5,7 +5,8 @@ same structure; the model graph is merged back inside the step. State is donated
 trainable subset of the parameters is differentiated and updated (`opt_state` covers only it).
 With `microbatches > 1` the batch is split into strided microbatches whose gradients are summed
 in a `lax.scan`; the loss normalisation is computed on the full batch first, so the result equals
-one step on the full batch.
+one step on the full batch. Routers' balancing losses (mtjax.peft.routing) are not linear in the
+batch: with microbatches, the penalty is the mean of the microbatches' own.
 """
 
 from __future__ import annotations
