@@ -81,6 +81,9 @@ class ModelConfig:
   # loramoe: mixture tasks whose data is "world knowledge" (routed to the first half of the
   # experts by the localized balancing constraint); the others are downstream tasks
   adapter_knowledge_tasks: tuple[str, ...] = ()
+  # poly/mhr/mtlora: the mixture task whose adapters serve inputs of no known task (mtjax infer,
+  # eval.other_tasks); "" = such a forward pass is an error naming this key
+  adapter_default_task: str = ""
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0

@@ -59,16 +59,18 @@ def _adapter_overrides(model_config, task_names) -> dict:
     return {}
   tasks = getattr(model_config, "adapter_tasks", 0) or len(task_names or ())
   knowledge = tuple(getattr(model_config, "adapter_knowledge_tasks", ()))
-  if knowledge and task_names is None:
-    raise errors.ConfigError("model.adapter_knowledge_tasks needs the mixture's task names")
-  if knowledge:
-    from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
-    knowledge = adapters.task_indices(knowledge, task_names, "model.adapter_knowledge_tasks")
+  default = getattr(model_config, "adapter_default_task", "")
+  if task_names is None:  # (a shape-only use: names resolve when the mixture is known)
+    knowledge, default = (), ""
+  from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
+  knowledge = adapters.task_indices(knowledge, task_names or (), "model.adapter_knowledge_tasks")
+  default = adapters.task_indices((default,), task_names, "model.adapter_default_task")[0] \
+      if default else -1
   return {"adapter": adapter, "adapter_experts": model_config.adapter_experts,
           "adapter_top_k": model_config.adapter_top_k,
           "adapter_heads": model_config.adapter_heads,
           "adapter_balance": model_config.adapter_balance, "adapter_tasks": tasks,
-          "adapter_knowledge": knowledge}
+          "adapter_knowledge": knowledge, "adapter_default_task": default}
 
 
 def architecture(model_config, task_names=None):

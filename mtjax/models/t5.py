@@ -70,6 +70,7 @@ class T5Config:
   adapter_balance: float = 0.01  # mixlora/loramoe: weight of the balancing loss
   adapter_tasks: int = 0  # poly/mhr/mtlora (and per-task logging): tasks of the mixture
   adapter_knowledge: tuple[int, ...] = ()  # loramoe: mixture indices of "world knowledge" tasks
+  adapter_default_task: int = -1  # poly/mhr/mtlora: the task used where none is known (-1: error)
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)

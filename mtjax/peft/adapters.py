@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from flax import nnx
 
+from mtjax import errors
 from mtjax.parallel import rules
 from mtjax.peft import lora, lowrank, moe_lora, mtlora, poly
 
@@ -81,6 +82,9 @@ def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx
       adapter = moe_lora.LoRAMoE(*args, experts=cfg.adapter_experts, balance=cfg.adapter_balance,
                                  knowledge_tasks=getattr(cfg, "adapter_knowledge", ()),
                                  tasks=tasks, **common)
+    if m in TASK_ROUTED:
+      default = getattr(cfg, "adapter_default_task", -1)
+      adapter.default_task = default if default >= 0 else None
     setattr(module, name + lora.SUFFIX, adapter)
 
 
@@ -134,5 +138,6 @@ def task_indices(names: Sequence[str], task_names: Sequence[str], key: str) -> t
   """Mixture indices of `names` (a config key's task list); an unknown name is an error."""
   unknown = [n for n in names if n not in task_names]
   if unknown:
-    raise ValueError(f"{key}: {unknown} are not tasks of the mixture ({list(task_names)})")
+    raise errors.ConfigError(f"{key}: {unknown} are not tasks of the mixture "
+                             f"({list(task_names)})")
   return tuple(list(task_names).index(n) for n in names)

@@ -69,17 +69,23 @@ def per_token(x: jax.Array, onehot: jax.Array, a: jax.Array, b: jax.Array) -> ja
   return jnp.einsum("...nr,nro->...o", h, b.astype(x.dtype))
 
 
-def task_onehot(lead_shape, num_tasks: int, fixed: int | None, what: str) -> jax.Array:
-  """`[*lead_shape, num_tasks]`: the fixed task, else the routing scope's ids (mtjax.peft.routing);
-  an error naming the adapter when neither is known."""
-  if fixed is not None:
-    return jnp.broadcast_to(jax.nn.one_hot(fixed, num_tasks), tuple(lead_shape) + (num_tasks,))
-  ids = routing.token_ids(lead_shape)
-  if ids is None:
+def task_onehot(lead_shape, num_tasks: int, fixed: int | None, what: str,
+                default: int | None = None) -> jax.Array:
+  """`[*lead_shape, num_tasks]`: the fixed task, else the routing scope's ids (mtjax.peft.routing),
+  else the `default` task (model.adapter_default_task); an error naming the adapter when none is
+  known."""
+  if fixed is None:
+    ids = routing.token_ids(lead_shape)
+    if ids is not None:
+      return jax.nn.one_hot(ids, num_tasks)
+    fixed = default
+  if fixed is None:
     raise ValueError(
         f"{what} routes by task, but this forward pass knows none: training reads the batch's "
-        "task_ids; evaluation and export fix one with mtjax.peft.adapters.select_task")
-  return jax.nn.one_hot(ids, num_tasks)
+        "task_ids; evaluation of the mixture's tasks and export fix one "
+        "(mtjax.peft.adapters.select_task); other tasks and mtjax infer use "
+        "model.adapter_default_task, which is not set")
+  return jnp.broadcast_to(jax.nn.one_hot(fixed, num_tasks), tuple(lead_shape) + (num_tasks,))
 
 
 def per_layer(fn, *arrays: jax.Array, lead: int):

@@ -38,13 +38,15 @@ class MTLoRA(nnx.Module):
       raise ValueError("mtlora adapters need the number of tasks (model.adapter_tasks)")
     shape = lowrank.Shape(kernel_shape, kernel_names, n_in)
     self.shape, self.scale, self.tasks = shape, alpha / rank, tasks
+    self.default_task = None  # used where no task is known (set by adapters.attach)
     self.task = None  # a fixed task (select_task)
     self.a, self.b = lowrank.bank(rngs, shape, 1, "shared", rank, param_dtype)
     self.task_a, self.task_b = lowrank.bank(rngs, shape, tasks, "tasks", rank, param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     xf = self.shape.flat_in(x)
-    onehot = lowrank.task_onehot(xf.shape[:-1], self.tasks, self.task, "an mtlora adapter")
+    onehot = lowrank.task_onehot(xf.shape[:-1], self.tasks, self.task, "an mtlora adapter",
+                                    self.default_task)
     a, b = lowrank.flat_bank(self.a[...], self.b[...], self.shape)
     ta, tb = lowrank.flat_bank(self.task_a[...], self.task_b[...], self.shape)
     shared = jnp.einsum("...i,ir,ro->...o", xf, a[0].astype(x.dtype), b[0].astype(x.dtype))

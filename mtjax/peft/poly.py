@@ -51,6 +51,7 @@ class PolyLoRA(nnx.Module):
     if tasks < 1:
       raise ValueError("poly / mhr adapters need the number of tasks (model.adapter_tasks)")
     self.shape, self.scale, self.heads, self.tasks = shape, alpha / rank, heads, tasks
+    self.default_task = None  # used where no task is known (set by adapters.attach)
     self.task = None  # a fixed task (select_task): static, so each task compiles its program
     self.a, self.b = lowrank.bank(rngs, shape, skills, "skills", rank, param_dtype)
     self.router = rules.param(rngs, _uniform(1e-3),
@@ -74,7 +75,8 @@ class PolyLoRA(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     xf = self.shape.flat_in(x)
     a_t, b_t = self.task_factors(self.a[...], self.b[...], self.router[...])
-    onehot = lowrank.task_onehot(xf.shape[:-1], self.tasks, self.task, "a poly/mhr adapter")
+    onehot = lowrank.task_onehot(xf.shape[:-1], self.tasks, self.task, "a poly/mhr adapter",
+                                    self.default_task)
     y = lowrank.per_token(xf, onehot, a_t, b_t) * jnp.asarray(self.scale, x.dtype)
     return self.shape.unflat_out(y)
 

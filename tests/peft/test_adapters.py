@@ -84,6 +84,11 @@ def test_poly_without_a_task_says_how_to_give_one():
     m(jnp.ones((1, 2, 4)))
   with pytest.raises(lowrank.NotFoldable, match="one task"):
     m.delta()
+  m.default_task = 1  # model.adapter_default_task: inputs of no known task (infer, other tasks)
+  x = jnp.ones((1, 2, 4))
+  lowrank.set_task(m, 1)
+  np.testing.assert_array_equal(np.asarray(m(x)), np.asarray(
+      (lowrank.set_task(m, None), m(x))[1]))
 
 
 def test_mtlora_is_the_shared_plus_the_tasks_update():
