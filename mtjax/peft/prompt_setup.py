@@ -95,9 +95,13 @@ def by_row(graphdef, params, prompt_tasks: Sequence[str], task_names: Sequence[s
 
 def per_task(graphdef, params, prompt_tasks: Sequence[str], task_names: Sequence[str]
              ) -> Iterator[tuple[str, Any, Any]]:
-  """(task, graphdef, params) for each mixture task, with its own prompt row (-1: detached)."""
-  for task, row in zip(task_names, prompts.task_rows(prompt_tasks, task_names)):
+  """(task, graphdef, params) for each mixture task, with its own prompt row (-1: detached), and
+  its task fixed on task-routed adapters (`mtjax.peft.adapters.select_task`)."""
+  routed = adapters.task_routed(graphdef, params)
+  for i, (task, row) in enumerate(zip(task_names, prompts.task_rows(prompt_tasks, task_names))):
     g, p = prompts.select(graphdef, params, int(row))
+    if routed:
+      g, p = adapters.select_task(g, p, i)
     yield task, g, p
 
 
