@@ -48,10 +48,11 @@ FIXED_ON_RESUME = {
     "train": ("trainable", "seed"),
 }
 # Fields of a "*" section that may change: compute-only model options and prompt *init* options
-# (they only matter for a fresh start), the learning rate and its warmup.
+# (they only matter for a fresh start), the task-routed adapters' default task (evaluation only),
+# the learning rate and its warmup.
 RESUMABLE_CHANGES = {
     "model": ("dtype", "remat", "attention", "dropout_rate", "prompt_init", "prompt_init_range",
-              "prompt_init_vocab", "prompt_labels"),
+              "prompt_init_vocab", "prompt_labels", "adapter_default_task"),
     "optimizer": ("learning_rate", "warmup_steps"),
 }
 
