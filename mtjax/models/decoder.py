@@ -370,7 +370,7 @@ class Decoder(nnx.Module):
     # for the kernels that need one.
     mask = layers.Mask(q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                        prefix=causal_attention, causal=True)
-    with _routing_scope(batch, x.shape[1] - t):
+    with _routing_scope(self.cfg, batch, x.shape[1] - t):
       x, _ = self._blocks(x, positions, mask, rng=rng)
     x = layers.dropout(x, self.cfg.dropout_rate, _fold(rng, 1000))
     if extra:
@@ -382,11 +382,12 @@ def _fold(rng, i):
   return None if rng is None else jax.random.fold_in(rng, i)
 
 
-def _routing_scope(batch, extra: int):
-  """The task of each token for task-routed adapters (mtjax.peft.routing); a no-op without
-  `task_ids`. Rows a soft prompt widened (`extra` positions) are not supported with them."""
+def _routing_scope(cfg: DecoderConfig, batch, extra: int):
+  """The task of each token for multi-task adapters (mtjax.peft.routing); a no-op without them
+  or without `task_ids`. Rows a soft prompt widened (`extra` positions) are not supported with
+  them (`mtjax.peft.prompt_setup.check_config` refuses the combination)."""
   task_ids = batch.get("task_ids")
-  if task_ids is None:
+  if task_ids is None or adapters.method(cfg) in ("none", "lora"):
     return contextlib.nullcontext()
   if extra:
     raise ValueError("multi-task adapters (model.adapter) do not combine with a soft prompt")

@@ -379,7 +379,7 @@ class T5(nnx.Module):
     enc_seg = batch.get("encoder_segment_ids")
     if enc_seg is None:
       enc_seg = (enc_tokens > 0).astype(jnp.int32)
-    enc_scope, dec_scope = _routing_scopes(batch, enc_tokens.shape[1])
+    enc_scope, dec_scope = _routing_scopes(self.cfg, batch, enc_tokens.shape[1])
     with enc_scope:
       encoded, enc_seg = self.encode_with_segments(enc_tokens, enc_seg, rng=_fold(rng, 1),
                                                    prompt_ids=batch.get("prompt_ids"))
@@ -388,11 +388,11 @@ class T5(nnx.Module):
                          batch.get("decoder_segment_ids"), rng=_fold(rng, 2))
 
 
-def _routing_scopes(batch, encoder_length: int):
-  """The task of each encoder and decoder token, for task-routed adapters (mtjax.peft.routing):
-  no-op scopes when the batch has no `task_ids`."""
+def _routing_scopes(cfg: T5Config, batch, encoder_length: int):
+  """The task of each encoder and decoder token, for multi-task adapters (mtjax.peft.routing):
+  no-op scopes without them or when the batch has no `task_ids`."""
   task_ids = batch.get("task_ids")
-  if task_ids is None:
+  if task_ids is None or adapters.method(cfg) in ("none", "lora"):
     return contextlib.nullcontext(), contextlib.nullcontext()
   enc_seg, dec_seg = batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids")
   enc_ids = routing.encoder_task_ids(task_ids, dec_seg, enc_seg, encoder_length)
