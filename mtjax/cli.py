@@ -367,7 +367,18 @@ def _cmd_cache(argv):
   parser.add_argument("--splits", default="train,validation")
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--num_workers", type=int, default=1,
-                      help="processes running the pre-cache preprocessors (same cache for any N)")
+                      help="local worker processes building the plan's units, across tasks "
+                           "(the same cache for any N)")
+  parser.add_argument("--num_processes", type=int, default=None,
+                      help="hosts building one cache dir together (default: JAX's multi-host "
+                           "environment, SLURM, a TPU slice; else 1)")
+  parser.add_argument("--process_id", type=int, default=None,
+                      help="this host's index among --num_processes")
+  parser.add_argument("--progress_every", type=float, default=30.0,
+                      help="seconds between progress lines when stderr is not a terminal")
+  parser.add_argument("--path", choices=("auto", "tf_free", "seqio"), default="auto",
+                      help="how units are built: TF-free where a task allows it (auto), always "
+                           "(tf_free: a task that cannot is an error), or through SeqIO")
   parser.add_argument("--inputs_length", type=int, default=0,
                       help="with --targets_length: the run's lengths, given (as SeqIO does) to "
                            "preprocessors of tasks without a cache placeholder that read them")
@@ -396,10 +407,15 @@ def _cmd_cache(argv):
   lengths = None
   if args.inputs_length or args.targets_length:
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  if args.num_workers < 1 or args.num_shards < 1:
+    fail_on(errors.ConfigError("--num_workers and --num_shards must be at least 1"))
   try:
     spec = cache.cache_mixture(args.mixture_or_task, args.cache_dir,
                                splits=tuple(args.splits.split(",")), num_shards=args.num_shards,
-                               num_workers=args.num_workers, sequence_length=lengths)
+                               num_workers=args.num_workers, sequence_length=lengths,
+                               tf_free={"auto": None, "tf_free": True, "seqio": False}[args.path],
+                               num_processes=args.num_processes, process_id=args.process_id,
+                               progress_every=args.progress_every, summary=True)
   except fs.StorageError as e:
     fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):

@@ -485,11 +485,12 @@ def plan_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int 
                  "start_id": vocab_start_id(f.vocabulary)}
           for name, f in task.output_features.items()},
   }
-  unit_list = [caching_units.Unit(task.name, split, fp, i, a, b,
+  build = layout.build_id(fp, blocks)
+  unit_list = [caching_units.Unit(task.name, split, build, i, a, b,
                                   (b if b is not None else int(total or 0)) - a)
                for i, (a, b) in enumerate(blocks)]
   return caching_run.SplitJob(
-      task.name, split, fp, unit_list, producer, payload, num_shards,
+      task.name, split, fp, build, unit_list, producer, payload, num_shards,
       tuple(task.output_features), base,
       f"task {task.name!r} split {split!r} is empty: its source and pre-cache preprocessors "
       f"produced no examples (source count: {total})")

@@ -62,18 +62,18 @@ def _offset(example: dict, by: int) -> dict:
   return example
 
 
-def assemble(ledger: units.Ledger, task: str, split: str, fp: str, num_units: int,
+def assemble(ledger: units.Ledger, task: str, split: str, fp: str, build: str, num_units: int,
              num_shards: int, token_features: Sequence[str], base: Mapping[str, Any],
              empty_message: str) -> dict:
   """Writes the split from its `num_units` finished units and publishes it (first writer of this
   fingerprint wins; for a remote cache dir: uploaded, manifest last). Returns the manifest."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  entries = ledger.done(task, split, fp)
+  entries = ledger.done(task, split, build)
   missing = [i for i in range(num_units) if i not in entries]
   if missing:
     raise RuntimeError(f"{task}/{split}: units {missing[:5]} are not finished")
-  bases = [ledger.fetch(task, split, fp, i) for i in range(num_units)]
+  bases = [ledger.fetch(task, split, build, i) for i in range(num_units)]
   tables = [np.load(b + units.FILES[1]) for b in bases]
   lengths = (np.concatenate(tables) if tables else np.zeros((0, len(token_features)), np.int64))
   total = len(lengths)
@@ -154,5 +154,5 @@ def assemble(ledger: units.Ledger, task: str, split: str, fp: str, num_units: in
     raise
   if ledger.remote_cache:
     manifest = staging.publish(final, ledger.cache_dir, task, split)
-  ledger.clear(task, split, fp)
+  ledger.clear(task, split, build)
   return manifest

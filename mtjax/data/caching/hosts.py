@@ -10,7 +10,8 @@ Open MPI, a multi-worker TPU slice (`TPU_WORKER_HOSTNAMES` / `TPU_WORKER_ID`).
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+import zlib
+from typing import Mapping
 
 from mtjax import errors
 
@@ -43,14 +44,17 @@ def process_share(num_processes: int | None = None, process_id: int | None = Non
   return count, index
 
 
-def assign(costs: Sequence[int], count: int) -> list[int]:
-  """The process of each unit: longest first, each to the least loaded process (ties: lowest
-  index). Depends on the costs (the plan) only, so every host computes the same shares."""
-  order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
-  load = [0] * count
-  owner = [0] * len(costs)
-  for i in order:
-    p = min(range(count), key=lambda q: (load[q], q))
-    owner[i] = p
-    load[p] += max(1, costs[i])
-  return owner
+def _spread(task: str, split: str) -> int:
+  return zlib.crc32(f"{task}/{split}".encode())
+
+
+def unit_owner(task: str, split: str, index: int, count: int) -> int:
+  """The process that builds unit `index` of a split: a split's units go round the processes,
+  starting at a place given by the split's name. It depends on nothing but the split (not on
+  which other splits a host found already built when it planned), so every host agrees."""
+  return (_spread(task, split) + index) % count
+
+
+def assembler(task: str, split: str, count: int) -> int:
+  """The process that assembles and publishes a split once all its units are finished."""
+  return _spread(task, split) % count

@@ -1,7 +1,7 @@
 """Where a cache's files live, and how a finished split folder is put in place.
 
   <cache_dir>/<task>/<split>/manifest.json                        a finished split
-  <cache_dir>/.build/<task>/<split>/<fingerprint[:16]>/unit-*     units of a split being built
+  <cache_dir>/.build/<task>/<split>/<build id>/unit-*     units of a split being built
 
 A split folder is built under a temporary name and renamed into place by `publish_dir`; its
 `manifest.json` is written last, so a manifest means a complete split.
@@ -10,6 +10,7 @@ A split folder is built under a temporary name and renamed into place by `publis
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -25,9 +26,15 @@ def split_path(cache_dir: str, task: str, split: str) -> str:
   return fs.join(cache_dir, task, split)
 
 
-def work_path(cache_dir: str, task: str, split: str, fingerprint: str) -> str:
-  """The folder holding the finished units of one build (one task definition) of a split."""
-  return fs.join(cache_dir, BUILD, task, split, fingerprint[:16])
+def build_id(fingerprint: str, blocks) -> str:
+  """A build's id: the task definition's fingerprint and the blocks the split is cut into."""
+  layout = hashlib.sha256(repr([tuple(b) for b in blocks]).encode()).hexdigest()
+  return f"{fingerprint[:16]}-{layout[:8]}"
+
+
+def work_path(cache_dir: str, task: str, split: str, build: str) -> str:
+  """The folder holding the finished units of one build (`build_id`) of a split."""
+  return fs.join(cache_dir, BUILD, task, split, build)
 
 
 def read_local_manifest(folder: str) -> dict | None:

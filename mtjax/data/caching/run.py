@@ -33,6 +33,7 @@ class SplitJob:
   task: str
   split: str
   fingerprint: str
+  build: str  # layout.build_id: where its units live
   units: list[units.Unit]
   producer: Callable
   payload: Any
@@ -99,19 +100,27 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
   count, me = hosts.process_share(num_processes, process_id)
   ledger = units.Ledger(cache_dir, shared=count > 1)
   every = [u for job in jobs for u in job.units]
-  owner = hosts.assign([u.rows for u in every], count)
-  mine_by_unit = {(u.key, u.index) for u, p in zip(every, owner) if p == me}
-  assembler = {job.key: i % count == me for i, job in enumerate(jobs)}
+  mine_by_unit = {(u.key, u.index) for u in every
+                  if hosts.unit_owner(u.task, u.split, u.index, count) == me}
+  assembler = {job.key: hosts.assembler(job.task, job.split, count) == me for job in jobs}
   by_key = {job.key: job for job in jobs}
   manifests: dict[tuple[str, str], dict] = {}
 
-  done = {job.key: set(ledger.done(job.task, job.split, job.fingerprint)) for job in jobs}
+  done = {job.key: set(ledger.done(job.task, job.split, job.build)) for job in jobs}
   todo = [u for u in every if (u.key, u.index) in mine_by_unit and u.index not in done[u.key]]
   bar = progress.Progress(len(every), sum(u.rows for u in every), every=progress_every,
-                          stream=stream, summary=summary, desc=f"caching ({count} hosts, process {me})"
-                          if count > 1 else "caching")
-  already = [u for u in every if u.index in done[u.key]]
-  bar.update(units=len(already), rows=sum(u.rows for u in already))
+                          stream=stream, summary=summary,
+                          desc=f"caching ({count} hosts, process {me})" if count > 1 else "caching")
+  counted = {job.key: set() for job in jobs}  # units shown as done
+
+  def credit(key, indices, examples: int = 0) -> None:
+    new = set(indices) - counted[key]
+    counted[key] |= new
+    bar.update(units=len(new), rows=sum(by_key[key].units[i].rows for i in new),
+               examples=examples)
+
+  for key, indices in done.items():
+    credit(key, indices)
 
   def finish(key) -> None:
     """Assembles a split whose units are all finished (if it is this host's to assemble)."""
@@ -124,7 +133,7 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
 
   def on_unit(unit: units.Unit, n: int) -> None:
     done[unit.key].add(unit.index)
-    bar.update(units=1, rows=unit.rows, examples=max(n, 0))
+    credit(unit.key, {unit.index}, max(n, 0))
     finish(unit.key)
 
   for job in jobs:
@@ -133,6 +142,7 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
     manifest = published(cache_dir, job.task, job.split, job.fingerprint)
     if manifest is not None:
       manifests[job.key] = manifest
+      credit(job.key, range(len(job.units)))
   todo = [u for u in todo if u.key not in manifests]
   for key in list(by_key):
     finish(key)
@@ -154,15 +164,13 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
         continue
       manifest = published(cache_dir, job.task, job.split, job.fingerprint)
       if manifest is None and assembler[job.key]:
-        found = set(ledger.done(job.task, job.split, job.fingerprint))
-        newly = found - done[job.key]
-        if newly:
-          bar.update(units=len(newly), rows=sum(job.units[i].rows for i in newly))
-          done[job.key] |= found
+        done[job.key] |= set(ledger.done(job.task, job.split, job.build))
+        credit(job.key, done[job.key])
         finish(job.key)
         manifest = manifests.get(job.key)
       if manifest is not None:
         manifests[job.key] = manifest
+        credit(job.key, range(len(job.units)))
         progressed = True
     if len(manifests) < len(jobs):
       if time.monotonic() > deadline:
@@ -180,17 +188,18 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
 def _assemble(ledger: units.Ledger, job: SplitJob) -> dict:
   existing = published(ledger.cache_dir, job.task, job.split, job.fingerprint)
   if existing is not None:  # a concurrent build published it first
-    ledger.clear(job.task, job.split, job.fingerprint)
+    ledger.clear(job.task, job.split, job.build)
     return existing
   try:
-    return assemble.assemble(ledger, job.task, job.split, job.fingerprint, len(job.units),
+    return assemble.assemble(ledger, job.task, job.split, job.fingerprint, job.build,
+                             len(job.units),
                              job.num_shards, job.token_features, job.manifest_base,
                              job.empty_message)
   except (FileNotFoundError, RuntimeError):
     existing = published(ledger.cache_dir, job.task, job.split, job.fingerprint)
     if existing is None:
       raise
-    ledger.clear(job.task, job.split, job.fingerprint)
+    ledger.clear(job.task, job.split, job.build)
     return existing
 
 

@@ -5,7 +5,9 @@ examples as encoded records (`unit-NNNNN.array_record`) and their token lengths
 (`unit-NNNNN.lengths.npy`), then its ledger entry (`unit-NNNNN.json`: counts) last, each file
 under a temporary name renamed into place. A unit is finished exactly when its entry exists, so a
 build killed at any moment (SIGKILL included) restarts with the units it had not finished, and two
-builders of one unit write the same bytes over each other harmlessly.
+builders of one unit write the same bytes over each other harmlessly. A build's folder is named
+by its id (the task definition's fingerprint and the block layout), so units of builds that cut
+a split differently never mix.
 
 The ledger lives in the cache dir (`layout.work_path`), so every host sharing the cache dir sees
 every host's finished units. For a remote cache dir (`gs://...`) units are written in the local
@@ -31,7 +33,7 @@ from mtjax.data.caching import layout
 class Unit:
   task: str
   split: str
-  fingerprint: str
+  build: str  # the build's id: the task definition's fingerprint and the block layout
   index: int
   start: int
   stop: int | None  # None: to the end of the source (a source whose size is unknown)
@@ -61,15 +63,15 @@ class Ledger:
     self.remote = self.remote_cache and shared  # units uploaded
     self.root = cache_dir if self.remote else self.local_root
 
-  def remote_dir(self, task: str, split: str, fp: str) -> str:
-    return layout.work_path(self.root, task, split, fp)
+  def remote_dir(self, task: str, split: str, build: str) -> str:
+    return layout.work_path(self.root, task, split, build)
 
-  def local_dir(self, task: str, split: str, fp: str) -> str:
-    return layout.work_path(self.local_root, task, split, fp)
+  def local_dir(self, task: str, split: str, build: str) -> str:
+    return layout.work_path(self.local_root, task, split, build)
 
-  def done(self, task: str, split: str, fp: str) -> dict[int, dict]:
+  def done(self, task: str, split: str, build: str) -> dict[int, dict]:
     """index -> entry of every finished unit of this build of the split."""
-    folder = self.remote_dir(task, split, fp)
+    folder = self.remote_dir(task, split, build)
     if self.remote:
       fs.forget_listings(folder)
     if not fs.isdir(folder):
@@ -85,7 +87,7 @@ class Ledger:
 
   def has(self, unit: Unit) -> bool:
     """Whether the unit is finished (its entry exists)."""
-    return fs.exists(fs.join(self.remote_dir(unit.task, unit.split, unit.fingerprint),
+    return fs.exists(fs.join(self.remote_dir(unit.task, unit.split, unit.build),
                              unit.name + ".json"))
 
   def write(self, unit: Unit, examples: Iterable[Mapping[str, Any]], token_features,
@@ -93,7 +95,7 @@ class Ledger:
     """Writes a unit's files and then its entry. Returns the number of examples."""
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-    folder = self.local_dir(unit.task, unit.split, unit.fingerprint)
+    folder = self.local_dir(unit.task, unit.split, unit.build)
     os.makedirs(folder, exist_ok=True)
     base = os.path.join(folder, unit.name)
     tmp = f".tmp{os.getpid()}"
@@ -111,32 +113,32 @@ class Ledger:
     entry = {"count": len(lengths), "prepared": int(prepared), "auto_idx": auto_idx,
              "start": unit.start, "stop": unit.stop}
     if self.remote:
-      url = self.remote_dir(unit.task, unit.split, unit.fingerprint)
+      url = self.remote_dir(unit.task, unit.split, unit.build)
       for ext in FILES:
         _put(base + ext, fs.join(url, unit.name + ext))
       fs.write_text(fs.join(url, unit.name + ".json"), json.dumps(entry))
     fs.write_text(base + ".json", json.dumps(entry))
     return len(lengths)
 
-  def fetch(self, unit_task: str, split: str, fp: str, index: int) -> str:
+  def fetch(self, unit_task: str, split: str, build: str, index: int) -> str:
     """The local path prefix (`.../unit-NNNNN`) of a finished unit's files (downloaded once)."""
-    folder = self.local_dir(unit_task, split, fp)
+    folder = self.local_dir(unit_task, split, build)
     base = os.path.join(folder, f"unit-{index:05d}")
     if not self.remote or all(os.path.exists(base + ext) for ext in (*FILES, ".json")):
       return base
     os.makedirs(folder, exist_ok=True)
-    url = self.remote_dir(unit_task, split, fp)
+    url = self.remote_dir(unit_task, split, build)
     for ext in FILES:
       tmp = base + ext + f".tmp{os.getpid()}"
       _get(fs.join(url, f"unit-{index:05d}{ext}"), tmp)
       os.replace(tmp, base + ext)
     return base
 
-  def clear(self, task: str, split: str, fp: str) -> None:
+  def clear(self, task: str, split: str, build: str) -> None:
     """Removes a published split's units (and the emptied folders above them)."""
-    fs.rmtree(self.local_dir(task, split, fp))
+    fs.rmtree(self.local_dir(task, split, build))
     if self.remote:
-      fs.rmtree(self.remote_dir(task, split, fp))
+      fs.rmtree(self.remote_dir(task, split, build))
     for root in {self.local_root}:
       for folder in (os.path.join(root, layout.BUILD, task, split),
                      os.path.join(root, layout.BUILD, task), os.path.join(root, layout.BUILD)):
