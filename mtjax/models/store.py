@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mtjax import fs
+from mtjax import errors, fs
 from mtjax.models import decoder, families, registry, t5
 # (where a path points: below this module, so that hf_meta finds model dirs without importing it)
 from mtjax.models.locations import MODEL_FILE, Location, latest_step, locate  # noqa: F401
@@ -64,9 +64,26 @@ def load(model_dir: str):
   return _restore(cfg, os.path.join(model_dir, "params"))
 
 
-def load_any(path: str):
+def load_any(path: str, task: str | None = None):
   """A model directory (`save`), or a training run's checkpoint (latest step unless a step
-  dir is given), rebuilt with the run's `model` config."""
+  dir is given), rebuilt with the run's `model` config. `task`: a task of the run's mixture,
+  fixed on task-routed adapters (Poly/MHR, MTLoRA: `mtjax.peft.adapters.select_task_on`), so
+  `mtjax.models.hf.export` folds that task's adapters into the kernels."""
+  model = _load_any(path)
+  if task is None:
+    return model
+  from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
+
+  where = locate(path)
+  names = _task_names(where.run_dir) if where.run_dir else None
+  if not names:
+    raise errors.ConfigError(f"{path}: a task can only be chosen for a run checkpoint whose "
+                             "model_summary.json lists the mixture's tasks")
+  index = adapters.task_indices((task,), names, "task")[0]
+  return adapters.select_task_on(model, index)
+
+
+def _load_any(path: str):
   where = locate(path)
   if where.model_dir:
     return load(where.model_dir)

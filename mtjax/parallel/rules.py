@@ -27,6 +27,11 @@ DEFAULT_RULES: Rules = (
     ("layers", None),
     ("prompt", None),
     ("lora", None),  # LoRA rank axis
+    # banks of the multi-task adapters (mtjax.peft.adapters): replicated
+    ("skills", None),
+    ("experts", None),
+    ("tasks", None),
+    ("shared", None),
 )
 
 

@@ -421,20 +421,41 @@ def test_a_run_trains_resumes_bit_identically_and_evaluates_each_task(tmp_path, 
                                  lora_targets=("query", "value", "wi_0", "wo")),
         optimizer=schema.OptimizerConfig(name="adamw", learning_rate=1e-2),
         train=schema.TrainConfig(steps=steps, log_every=1, checkpoint_every=2,
-                                 trainable=("lora",)),
+                                 keep_checkpoints=2, trainable=("lora",)),
         eval=schema.EvalConfig(at_end=False, max_examples=2),
         mesh=schema.MeshConfig(data=4, fsdp=2, tensor=1))
 
+  import shutil
+
   train_recipe.run(cfg("straight", 4), progress=False)
-  train_recipe.run(cfg("resumed", 2), progress=False)
+  # the same run stopped after step 2: its copy without step 4, resumed
+  shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+  assert (tmp_path / "resumed" / "checkpoints" / "2").is_dir()  # it resumes from step 2
   train_recipe.run(cfg("resumed", 4), progress=False)
   read = lambda run: ocp.StandardCheckpointer().restore(str(tmp_path / run / "checkpoints" /
                                                             "4" / "params"))
   straight, resumed = read("straight"), read("resumed")
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
-  router = straight["encoder_layers"][0]["self_attention"]["query_lora"]["router"]
+  layer = straight["encoder_layers"]
+  router = (layer["0"] if "0" in layer else layer[0])["self_attention"]["query_lora"]["router"]
   assert np.asarray(router).shape == (3, 2, 2)  # one row per task of the mixture
   run_cfg = dataclasses.replace(cfg("straight", 4), eval=schema.EvalConfig(max_examples=2))
   results = eval_run.evaluate_checkpoint(run_cfg, eval_run.locate(str(tmp_path / "straight")))
   tasks = [r["task"] for r in results["results"]]
   assert tasks == ["synthetic_copy", "synthetic_reverse", "synthetic_sort"]
+  # export for a named task: a plain HF checkpoint equal to the adapted model with that task
+  from mtjax.models import hf, store
+
+  with pytest.raises(lowrank.NotFoldable, match="one task"):
+    hf.export(store.load_any(str(tmp_path / "straight")), str(tmp_path / "hf_none"))
+  adapted = store.load_any(str(tmp_path / "straight"), task="synthetic_reverse")
+  hf.export(adapted, str(tmp_path / "hf_reverse"))
+  exported = hf.load(str(tmp_path / "hf_reverse"))
+  assert not any(lora.is_adapter_path(".".join(map(str, p)))
+                 for p, _ in nnx.state(exported, nnx.Param).flat_state())
+  rng = np.random.default_rng(0)
+  batch = {"encoder_input_tokens": rng.integers(2, 200, (2, 7)).astype(np.int32),
+           "decoder_input_tokens": rng.integers(2, 200, (2, 4)).astype(np.int32)}
+  np.testing.assert_allclose(np.asarray(exported(batch)), np.asarray(adapted(batch)),
+                             rtol=1e-4, atol=5e-5)
