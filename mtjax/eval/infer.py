@@ -180,7 +180,9 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
   device on the data axis)."""
   from mtjax.data import hf_vocab  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, store  # pylint: disable=g-import-not-at-top
+  from mtjax.parallel import compile_cache  # pylint: disable=g-import-not-at-top
 
+  compile_cache.enable()
   path = fs.abspath(checkpoint)
   kind = _kind(path)
   run_cfg = _run_config(_run_dir(path)) if kind == "run" else None

@@ -136,9 +136,11 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
 def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
                         output_dir: str | None = None) -> dict:
   """Restores the checkpoint's parameters into the config's model and evaluates them."""
+  from mtjax.parallel import compile_cache  # pylint: disable=g-import-not-at-top
   from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from mtjax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
+  compile_cache.enable()
   setup = setup_lib.build(cfg, optimizer=False)
   checkpointer = ckpt_lib.Checkpointer(ref.checkpoints_dir, save_every=1,
                                        keep=cfg.train.keep_checkpoints)

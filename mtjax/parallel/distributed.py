@@ -15,6 +15,8 @@ import os
 
 import jax
 
+from mtjax.parallel import compile_cache
+
 log = logging.getLogger(__name__)
 
 _initialized = False
@@ -49,8 +51,11 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-  """Joins the other processes when the settings say so (once per process). True if joined."""
+  """Joins the other processes when the settings say so (once per process). True if joined.
+  Also turns on the persistent compilation cache (`mtjax.parallel.compile_cache`): every
+  command that runs a model passes here first."""
   global _initialized
+  compile_cache.enable()
   if _initialized:
     return True
   kwargs = settings(coordinator_address, num_processes, process_id)
