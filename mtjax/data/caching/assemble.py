@@ -98,21 +98,18 @@ def assemble(ledger: units.Ledger, task: str, split: str, fp: str, build: str, n
       fix = bool(prepared and entry["auto_idx"])  # idx counted from this unit's start
       auto = None if entry["auto_idx"] == "all" else set(entry["auto_idx"] or ())
       if entry["count"]:
-        source, _ = units.read_unit(b)
-        for j in range(entry["count"]):
-          record = source[j]
-          example = records.decode(record)
+        for j, record in enumerate(units.read_records(b, entry["count"])):
           if fix and (auto is None or j in auto):
-            record = records.encode(_offset(dict(example), prepared))
-            example = records.decode(record)
+            record = records.encode(_offset(dict(records.decode(record)), prepared))
           if i == 0:
-            features = {k: feature_spec(v) for k, v in example.items()}
+            features = {k: feature_spec(v) for k, v in records.decode(record).items()}
           writers[i % num_shards].write(record)
-          for f, name in enumerate(token_features):
-            n = len(example[name])
-            flat[name][pos[f]:pos[f] + n] = example[name]
-            pos[f] += n
           i += 1
+        arrays = units.read_tokens(b)
+        for f, name in enumerate(token_features):
+          array = arrays[name]
+          flat[name][pos[f]:pos[f] + len(array)] = array
+          pos[f] += len(array)
       prepared += entry["prepared"]
     for w in writers:
       w.close()

@@ -73,7 +73,14 @@ def _run_unit(unit: units.Unit, job_producer, payload, token_features, cache_dir
   if ledger.has(unit):
     return -1  # another builder finished it meanwhile
   examples, prepared, auto = job_producer(payload, unit.split, unit.start, unit.stop)
-  return ledger.write(unit, examples, token_features, prepared, auto)
+  try:
+    return ledger.write(unit, examples, token_features, prepared, auto)
+  except FileNotFoundError:
+    # A concurrent build published the split and removed its units while this one was being
+    # written: nothing is lost (the split is in place); the caller finds it published.
+    if fs.exists(ledger.local_dir(unit.task, unit.split, unit.build)):
+      raise
+    return -1
 
 
 def _work(args) -> tuple[units.Unit, int]:
@@ -195,7 +202,7 @@ def _assemble(ledger: units.Ledger, job: SplitJob) -> dict:
                              len(job.units),
                              job.num_shards, job.token_features, job.manifest_base,
                              job.empty_message)
-  except (FileNotFoundError, RuntimeError):
+  except Exception:  # pylint: disable=broad-except  (units removed under a concurrent assembly)
     existing = published(ledger.cache_dir, job.task, job.split, job.fingerprint)
     if existing is None:
       raise

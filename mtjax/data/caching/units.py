@@ -48,7 +48,8 @@ class Unit:
     return f"unit-{self.index:05d}"
 
 
-FILES = (".array_record", ".lengths.npy")  # a unit's data files; its entry (".json") comes last
+# a unit's data files (records, token lengths, flat tokens per feature); its entry comes last
+FILES = (".array_record", ".lengths.npy", ".tokens.npz")
 
 
 class Ledger:
@@ -77,7 +78,11 @@ class Ledger:
     if not fs.isdir(folder):
       return {}
     out = {}
-    for name in fs.listdir(folder):
+    try:
+      names = fs.listdir(folder)
+    except FileNotFoundError:  # published and cleared meanwhile
+      return out
+    for name in names:
       if name.startswith("unit-") and name.endswith(".json"):
         try:
           out[int(name[5:10])] = json.loads(fs.read_text(fs.join(folder, name)))
@@ -101,13 +106,19 @@ class Ledger:
     tmp = f".tmp{os.getpid()}"
     writer = array_record_module.ArrayRecordWriter(base + FILES[0] + tmp, "group_size:1")
     lengths = []
+    tokens = {k: [] for k in token_features}
     for example in examples:
       writer.write(records.encode(example))
       lengths.append([len(example[k]) for k in token_features])
+      for k in token_features:
+        tokens[k].append(np.asarray(example[k], np.int32))
     writer.close()
     table = np.asarray(lengths, np.int64).reshape(len(lengths), len(token_features))
     with open(base + FILES[1] + tmp, "wb") as f:
       np.save(f, table)
+    with open(base + FILES[2] + tmp, "wb") as f:
+      np.savez(f, **{k: np.concatenate(v) if v else np.zeros(0, np.int32)
+                     for k, v in tokens.items()})
     for ext in FILES:
       os.replace(base + ext + tmp, base + ext)
     entry = {"count": len(lengths), "prepared": int(prepared), "auto_idx": auto_idx,
@@ -160,9 +171,19 @@ def _get(url: str, local: str) -> None:
       dst.write(chunk)
 
 
-def read_unit(base: str):
-  """(records source, lengths table) of a finished unit's files."""
-  import grain  # pylint: disable=g-import-not-at-top
+def read_records(base: str, count: int) -> Iterable[bytes]:
+  """A finished unit's records, in order."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  source = grain.sources.ArrayRecordDataSource([base + FILES[0]])
-  return source, np.load(base + FILES[1])
+  reader = array_record_module.ArrayRecordReader(base + FILES[0], "readahead_buffer_size:0")
+  try:
+    for start in range(0, count, 1024):
+      yield from reader.read(list(range(start, min(count, start + 1024))))
+  finally:
+    reader.close()
+
+
+def read_tokens(base: str) -> dict[str, np.ndarray]:
+  """A finished unit's flat token arrays, by feature."""
+  with np.load(base + FILES[2]) as data:
+    return {k: data[k] for k in data.files}
