@@ -105,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", default="runs/repro_adapters")
   p.add_argument("--lr", type=float, default=1e-3, help="the adapters' AdamW learning rate")
   p.add_argument("--methods", default=",".join(METHODS))
-  p.add_argument("--timing_steps", type=int, default=20)
+  p.add_argument("--timing_steps", type=int, default=20,
+                 help="steps timed per method and round (0: no timing)")
   p.add_argument("--out", default="docs/results/adapters.md")
   return p
 
@@ -336,9 +337,11 @@ def main(argv=None) -> None:
     for method in per_seed:
       per_seed[method].append(dict(measures(evals[method], evals["pretrained"]), seed=seed))
   wall = time.time() - start
-  t = time.perf_counter()
-  times = step_times(stages(args, seeds[0]), args.timing_steps)
-  seconds["step timing"] = time.perf_counter() - t
+  times = {}
+  if args.timing_steps > 0:  # (0: no timing, e.g. for one seed's process of a parallel run)
+    t = time.perf_counter()
+    times = step_times(stages(args, seeds[0]), args.timing_steps)
+    seconds["step timing"] = time.perf_counter() - t
   with open(os.path.join(args.workdir, "per_seed.json"), "w") as fh:
     json.dump({"per_seed": per_seed, "trainable": sizes, "seconds_per_step": times}, fh,
               indent=1)
