@@ -374,8 +374,6 @@ def _cmd_cache(argv):
                            "environment, SLURM, a TPU slice; else 1)")
   parser.add_argument("--process_id", type=int, default=None,
                       help="this host's index among --num_processes")
-  parser.add_argument("--progress_every", type=float, default=30.0,
-                      help="seconds between progress lines when stderr is not a terminal")
   parser.add_argument("--path", choices=("auto", "tf_free", "seqio"), default="auto",
                       help="how units are built: TF-free where a task allows it (auto), always "
                            "(tf_free: a task that cannot is an error), or through SeqIO")
@@ -415,7 +413,7 @@ def _cmd_cache(argv):
                                num_workers=args.num_workers, sequence_length=lengths,
                                tf_free={"auto": None, "tf_free": True, "seqio": False}[args.path],
                                num_processes=args.num_processes, process_id=args.process_id,
-                               progress_every=args.progress_every, summary=True)
+                               summary=True)
   except fs.StorageError as e:
     fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):

@@ -133,3 +133,25 @@ def test_the_mode_comes_from_the_environment(monkeypatch):
   monkeypatch.setenv("MTJAX_PROGRESS_EVERY", "soon")
   with pytest.raises(errors.ConfigError, match="'soon'"):
     progress.every_seconds()
+
+
+def test_the_cache_build_display_follows_the_same_settings(monkeypatch):
+  """`mtjax cache`'s display (mtjax.data.caching.progress) takes mode and interval from here."""
+  from mtjax.data.caching import progress as cache_progress
+
+  def shown(**env):
+    for k, v in env.items():
+      monkeypatch.setenv(k, v)
+    out = io.StringIO()  # not a terminal: `auto` is lines
+    bar = cache_progress.Progress(4, 100, stream=out)
+    for _ in range(4):
+      bar.update(units=1, rows=25, examples=25)
+    bar.close()
+    return out.getvalue()
+
+  assert shown(MTJAX_PROGRESS="none") == ""
+  lines = shown(MTJAX_PROGRESS="lines", MTJAX_PROGRESS_EVERY="0")
+  assert "\r" not in lines and len(lines.splitlines()) == 5  # every update, then the totals
+  assert lines.splitlines()[-1].startswith("caching: 4/4 units, 100/100 rows (100%)")
+  assert "\r" in shown(MTJAX_PROGRESS="bar")
+  assert len(shown(MTJAX_PROGRESS="auto", MTJAX_PROGRESS_EVERY="3600").splitlines()) == 1

@@ -1,13 +1,17 @@
 """One progress display for a whole build: units and rows done / total, rows/s, ETA.
 
-On a terminal the line is redrawn in place; otherwise (a log file, CI, a pod's captured
-output) a plain line is printed every `every` seconds and once at the end.
+The mode and interval are mtjax's (`mtjax.progress`: `--progress` / `MTJAX_PROGRESS`,
+`--progress_every` / `MTJAX_PROGRESS_EVERY`): `bar` redraws the line in place, `lines` (a log
+file, CI, a pod's captured output; `auto` off a terminal) prints a plain line every `every`
+seconds and once at the end, `none` prints nothing.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+
+from mtjax import progress as progress_lib
 
 
 def _clock(seconds: float) -> str:
@@ -17,10 +21,13 @@ def _clock(seconds: float) -> str:
 
 class Progress:
 
-  def __init__(self, total_units: int, total_rows: int, every: float = 30.0, stream=None,
+  def __init__(self, total_units: int, total_rows: int, every: float | None = None, stream=None,
                tty: bool | None = None, desc: str = "caching", summary: bool = True):
     self.stream = stream if stream is not None else sys.stderr
-    self.tty = self.stream.isatty() if tty is None else tty
+    mode = progress_lib.resolve(None if tty is None else ("bar" if tty else "lines"), self.stream)
+    self.silent = mode == "none"
+    self.tty = mode == "bar"
+    every = progress_lib.every_seconds() if every is None else every
     self.total_units, self.total_rows, self.every, self.desc = total_units, total_rows, every, desc
     self.units = self.rows = self.examples = 0
     self.start = self.last = time.monotonic()
@@ -50,6 +57,8 @@ class Progress:
     self._show()
 
   def _show(self, force: bool = False) -> None:
+    if self.silent:
+      return
     now = time.monotonic()
     if self.tty:
       if force or now - self.last >= 0.2:
@@ -65,6 +74,8 @@ class Progress:
 
   def close(self) -> None:
     """Ends with a line of totals (`summary`), else clears the terminal line."""
+    if self.silent:
+      return
     if self.summary:
       self._show(force=True)
       if self.tty:

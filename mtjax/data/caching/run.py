@@ -97,7 +97,7 @@ def _work(args) -> tuple[units.Unit, int]:
 
 def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
           num_processes: int | None = None, process_id: int | None = None,
-          progress_every: float = 30.0, poll_s: float = 2.0,
+          progress_every: float | None = None, poll_s: float = 2.0,
           wait_timeout_s: float = 24 * 3600.0, stream=None,
           summary: bool = False) -> dict[tuple[str, str], dict]:
   """Builds every job's split into `cache_dir`; returns {(task, split): manifest}.
