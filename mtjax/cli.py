@@ -374,6 +374,14 @@ def _cmd_cache(argv):
                            "environment, SLURM, a TPU slice; else 1)")
   parser.add_argument("--process_id", type=int, default=None,
                       help="this host's index among --num_processes")
+  parser.add_argument("--engine", choices=("local", "beam"), default="local",
+                      help="local: --num_workers processes here (this host's share on many "
+                           "hosts); beam: an Apache Beam pipeline (pip install 'mtjax[beam]') "
+                           "on the runner --beam_options names (the same cache)")
+  parser.add_argument("--beam_options", default="",
+                      help="with --engine=beam: Beam pipeline options as one string, e.g. "
+                           "'--runner=DataflowRunner --project=P --region=R "
+                           "--temp_location=gs://B/tmp' (default: Beam's DirectRunner)")
   parser.add_argument("--path", choices=("auto", "tf_free", "seqio"), default="auto",
                       help="how units are built: TF-free where a task allows it (auto), always "
                            "(tf_free: a task that cannot is an error), or through SeqIO")
@@ -387,6 +395,12 @@ def _cmd_cache(argv):
   args = parser.parse_args(argv)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
 
+  if args.beam_options and args.engine != "beam":
+    fail_on(errors.ConfigError("--beam_options needs --engine=beam"))
+  if args.engine == "beam":  # not installed: one line, before any work
+    from mtjax.data.caching import beam  # pylint: disable=g-import-not-at-top
+
+    beam.import_beam()
   try:  # a typo'd bucket or missing credentials: one line, before any work
     fs.check_usable(args.cache_dir, "data.cache_dir")
   except fs.StorageError as e:
@@ -413,7 +427,8 @@ def _cmd_cache(argv):
                                num_workers=args.num_workers, sequence_length=lengths,
                                tf_free={"auto": None, "tf_free": True, "seqio": False}[args.path],
                                num_processes=args.num_processes, process_id=args.process_id,
-                               summary=True)
+                               summary=True, engine=args.engine,
+                               pipeline_options=args.beam_options or None)
   except fs.StorageError as e:
     fail_on(e)
   for entry, weight in zip(spec.tasks, spec.weights):

@@ -591,18 +591,42 @@ def plan_mixture(name: str, cache_dir: str, splits=("train", "validation"),
 def cache_mixture(name: str, cache_dir: str, splits=("train", "validation"),
                   num_shards: int = 1, num_workers: int = 1,
                   sequence_length: Mapping[str, int] | None = None,
-                  tf_free: bool | None = None, **build_options) -> mixing.MixtureSpec:
+                  tf_free: bool | None = None, engine: str = "local",
+                  pipeline_options=None, **build_options) -> mixing.MixtureSpec:
   """Caches every task of a SeqIO mixture (or a single task) and records its flattened rates.
 
   One plan (`plan_mixture`) runs on `num_workers` processes across tasks; `build_options` are
   `caching.run.build`'s: `num_processes` / `process_id` (this host's share when many hosts
   build one cache dir), `progress_every`, `summary`. `sequence_length`: the run's feature
   lengths, for tasks whose preprocessors read them (`cache_task_split`).
+
+  `engine="beam"` runs the plan as an Apache Beam pipeline instead (`caching/beam.py`; the same
+  bytes): `pipeline_options` are Beam's (flags as a string or list, a dict, or PipelineOptions;
+  None: the DirectRunner), which spread the units; worker and host options are then an error.
   """
+  if engine not in ("local", "beam"):
+    raise errors.ConfigError(f"cache engine {engine!r}: expected 'local' or 'beam'")
+  if engine == "beam":
+    taken = ["num_workers"] * (num_workers != 1) + sorted(
+        k for k, v in build_options.items()
+        if v is not None and k not in ("progress_every", "summary", "stream"))
+    if taken:
+      raise errors.ConfigError(
+          f"the beam engine takes no {', '.join(taken)}: "
+          "its runner spreads the units (give runner options as pipeline_options, e.g. "
+          "--direct_num_workers=4 --direct_running_mode=multi_processing)")
+    from mtjax.data.caching import beam  # pylint: disable=g-import-not-at-top
+
+    beam.import_beam()  # before planning: a missing install is one error, before any work
+  elif pipeline_options is not None:
+    raise errors.ConfigError("pipeline_options are for engine='beam'")
   spec, jobs, _ = plan_mixture(name, cache_dir, splits, num_shards, sequence_length, tf_free)
   if jobs:
-    for manifest in caching_run.build(jobs, cache_dir, num_workers=num_workers,
-                                      **build_options).values():
+    if engine == "beam":
+      manifests = beam.build(jobs, cache_dir, pipeline_options)
+    else:
+      manifests = caching_run.build(jobs, cache_dir, num_workers=num_workers, **build_options)
+    for manifest in manifests.values():
       _report(manifest)
   mixing.write_spec(spec, cache_dir)
   return spec
