@@ -20,12 +20,35 @@ beam = pytest.importorskip("apache_beam", reason="the beam extra (pip install 'm
                            "is not installed")
 
 
+@pytest.fixture
+def loopback(monkeypatch):
+  """Beam's worker processes talk to the runner over gRPC servers it binds on every interface
+  ([::]); here they are bound on 127.0.0.1. Yields the addresses bound."""
+  import grpc
+
+  bound, original = [], grpc.server
+
+  def server(*args, **kwargs):
+    made = original(*args, **kwargs)
+    add = made.add_insecure_port
+
+    def add_insecure_port(address):
+      bound.append(address.replace("[::]", "127.0.0.1"))
+      return add(bound[-1])
+
+    made.add_insecure_port = add_insecure_port
+    return made
+
+  monkeypatch.setattr(grpc, "server", server)
+  yield bound
+
+
 @pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
 def test_beam_pipeline_writes_the_built_in_caches_bytes_and_resumes(mode, data, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, loopback):
   """`mtjax cache --engine=beam` on the DirectRunner in this process (one worker), and
-`cache_mixture(engine="beam")` on 2 worker processes (the plan's jobs travel through the cache
-dir, as to a cluster's workers)."""
+  `cache_mixture(engine="beam")` on 2 worker processes (the plan's jobs travel through the cache
+  dir, as to a cluster's workers)."""
   local, piped = str(tmp_path / "local"), str(tmp_path / "beam")
   cache.cache_mixture("build_mix", local, num_shards=2, tf_free=True)
   # A build that was killed after 3 of its units: the pipeline builds only the other 9.
@@ -49,6 +72,7 @@ dir, as to a cluster's workers)."""
     cache.cache_mixture("build_mix", piped, num_shards=2, tf_free=True, engine="beam",
                         pipeline_options=["--direct_running_mode=multi_processing",
                                           "--direct_num_workers=2"])
+  assert all(a.startswith("127.0.0.1:") for a in loopback), loopback
   files = _same(local, piped)
   assert "build_nli/train/manifest.json" in files and "mixtures/build_mix.json" in files
   assert not os.path.exists(os.path.join(piped, ".build"))  # units and the jobs file removed
