@@ -285,8 +285,7 @@ def test_a_packed_batch_routes_each_segment_to_its_task(family, adapter):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder"])
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("family,scan", [("t5", True), ("decoder", False)])
 def test_a_fixed_task_folds_into_the_kernels_and_routers_refuse_to(family, scan):
   targets = registry.family(registry.config(_name(family))).LORA_TARGETS
   kw = dict(lora_rank=RANK, lora_alpha=ALPHA, lora_targets=targets, adapter_tasks=2,
