@@ -259,9 +259,12 @@ def write_results(args, per_seed, seeds, sizes, times, seconds, wall) -> str:
       f"written before the runs). {len(seeds)} seeds ({', '.join(map(str, seeds))}); the "
       f"pretrained model (`{os.path.join(args.pretrain_workdir, 'pretrain')}`, "
       f"{args.pretrain_steps} steps of scripts/repro_promot.py's pretraining) and the evaluation "
-      f"examples are shared. F = {f} steps for every method. Time: {wall / 60:.1f} min wall "
-      f"clock for the seeds; the parts add up to {total / 60:.1f} min "
-      f"({', '.join(f'{n} {v / 60:.1f}' for n, v in seconds.items())} min), on 2 CPU cores.",
+      f"examples are shared. F = {f} steps for every method. "
+      + (f"Time: {wall / 60:.1f} min wall clock for the seeds; the parts add up to "
+         f"{total / 60:.1f} min ({', '.join(f'{n} {v / 60:.1f}' for n, v in seconds.items())} "
+         "min), on 2 CPU cores." if seconds.get("training", 0) > 60 else
+         "Every run and evaluation was reused from earlier processes of this script (one per "
+         "seed, in parallel): their times are in the hand-written part below."),
       "",
       f"Mean ± sd over seeds. Targets: zero-shot accuracy on {args.eval_examples} validation "
       f"examples of `{TARGET}` and `{SECOND}` (both trained, one mixture). In-context: the eight "
