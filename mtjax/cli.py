@@ -519,6 +519,9 @@ def _cmd_export(argv):
   parser.add_argument("--checkpoint", required=True,
                       help="an mtjax model dir (mtjax convert), a run dir, or a checkpoint step dir")
   parser.add_argument("--out", required=True, help="HF checkpoint directory to write")
+  parser.add_argument("--task", default=None,
+                      help="task-routed adapters (model.adapter=poly/mhr/mtlora): the mixture "
+                           "task whose adapters are folded into the weights")
   args = parser.parse_args(argv)
   from mtjax import fs  # pylint: disable=g-import-not-at-top
   from mtjax.models import hf, hf_meta, store  # pylint: disable=g-import-not-at-top
@@ -526,7 +529,7 @@ def _cmd_export(argv):
   try:
     fs.check_usable(args.checkpoint, "--checkpoint")
     fs.check_usable(args.out, "--out")
-    model = store.load_any(args.checkpoint)
+    model = store.load_any(args.checkpoint, task=args.task)
     # What generation needs beyond weights: the run's special ids and lengths, the source's
     # generation config, the tokenizer (recorded at train / convert time; see hf_meta).
     meta = hf_meta.load(args.checkpoint, model.cfg)

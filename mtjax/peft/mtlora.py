@@ -58,8 +58,8 @@ class MTLoRA(nnx.Module):
     if self.task is None:
       raise lowrank.NotFoldable(
           "an mtlora adapter folds into dense weights for one task only: choose it with "
-          "mtjax.peft.adapters.select_task_on(model, task) before mtjax.models.hf.export "
-          "(mtjax export has no --task option yet)")
+          "mtjax export --task NAME (in Python: mtjax.peft.adapters.select_task_on before "
+          "mtjax.models.hf.export)")
     lead = self.a[...].ndim - self.shape.n_in - 2
 
     def one(a, b, ta, tb):

@@ -85,8 +85,8 @@ class PolyLoRA(nnx.Module):
     if self.task is None:
       raise lowrank.NotFoldable(
           "a poly/mhr adapter folds into dense weights for one task only: choose it with "
-          "mtjax.peft.adapters.select_task_on(model, task) before mtjax.models.hf.export "
-          "(mtjax export has no --task option yet)")
+          "mtjax export --task NAME (in Python: mtjax.peft.adapters.select_task_on before "
+          "mtjax.models.hf.export)")
     lead = self.a[...].ndim - self.shape.n_in - 2
 
     def one(a, b, router):

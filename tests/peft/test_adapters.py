@@ -443,13 +443,15 @@ def test_a_run_trains_resumes_bit_identically_and_evaluates_each_task(tmp_path, 
   results = eval_run.evaluate_checkpoint(run_cfg, eval_run.locate(str(tmp_path / "straight")))
   tasks = [r["task"] for r in results["results"]]
   assert tasks == ["synthetic_copy", "synthetic_reverse", "synthetic_sort"]
-  # export for a named task: a plain HF checkpoint equal to the adapted model with that task
+  # mtjax export --task: a plain HF checkpoint equal to the adapted model with that task
+  from mtjax import cli
   from mtjax.models import hf, store
 
   with pytest.raises(lowrank.NotFoldable, match="one task"):
     hf.export(store.load_any(str(tmp_path / "straight")), str(tmp_path / "hf_none"))
+  cli.main(["export", "--checkpoint", str(tmp_path / "straight"), "--out",
+            str(tmp_path / "hf_reverse"), "--task", "synthetic_reverse"])
   adapted = store.load_any(str(tmp_path / "straight"), task="synthetic_reverse")
-  hf.export(adapted, str(tmp_path / "hf_reverse"))
   exported = hf.load(str(tmp_path / "hf_reverse"))
   assert not any(lora.is_adapter_path(".".join(map(str, p)))
                  for p, _ in nnx.state(exported, nnx.Param).flat_state())
