@@ -54,3 +54,19 @@ def gcs_bucket(gcs_server):
   from tests import gcs_emulator
 
   return f"gs://{gcs_emulator.new_bucket()}"
+
+
+@pytest.fixture(autouse=True)
+def _progress_settings_do_not_leak():
+  """`mtjax.cli.main` run in-process writes `--progress` / `--no_progress` into the environment
+  (so child processes inherit them); a test must not pass them on to the next test's commands."""
+  names = ("MTJAX_PROGRESS", "MTJAX_PROGRESS_EVERY")
+  saved = {k: os.environ.get(k) for k in names}
+  for k in names:
+    os.environ.pop(k, None)
+  yield
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
