@@ -144,12 +144,9 @@ def _stop_requests(reference: Reference, max_new: int = 12):
   return requests, expected
 
 
-def test_decoder_requests_equal_transformers(llama_dir):
-  model = infer.load(llama_dir)
-  engine = lm_eval.Engine(model, batch_size=8)
-  lm, reference = lm_eval.harness_lm(engine), Reference(llama_dir, "causal")
-  assert engine.max_length == MAX_LENGTH and engine.prefix_id == reference.prefix_token_id
-
+def _assert_loglikelihoods_equal(lm, reference, engine):
+  """REQUESTS pair by pair, then with CHOICES (contexts shared: run once), equal to the
+  reference's log-likelihoods and is_greedy."""
   for requests in (REQUESTS, REQUESTS + CHOICES):  # pair by pair; contexts shared
     ours = lm.loglikelihood(_instances("loglikelihood", requests))
     theirs = reference.loglikelihood(_instances("loglikelihood", requests))
@@ -157,6 +154,15 @@ def test_decoder_requests_equal_transformers(llama_dir):
       assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
       assert greedy_a == greedy_b
   assert {op for op, _, _ in engine.shapes} == {"score", "score_shared"}
+
+
+def test_decoder_requests_equal_transformers(llama_dir):
+  model = infer.load(llama_dir)
+  engine = lm_eval.Engine(model, batch_size=8)
+  lm, reference = lm_eval.harness_lm(engine), Reference(llama_dir, "causal")
+  assert engine.max_length == MAX_LENGTH and engine.prefix_id == reference.prefix_token_id
+
+  _assert_loglikelihoods_equal(lm, reference, engine)
 
   # is_greedy: the model's own greedy continuation is, one changed token is not.
   context = reference.tok_encode(CONTEXTS[1])
@@ -195,13 +201,7 @@ def test_t5_requests_equal_transformers(t5_dir):
   lm, reference = lm_eval.harness_lm(engine), Reference(t5_dir, "seq2seq")
   assert engine.backend == "seq2seq" and engine.prefix_id == reference.prefix_token_id == 1
   assert engine.max_length == MAX_LENGTH  # the encoder input of REQUESTS[-1] is cut to it
-  for requests in (REQUESTS, REQUESTS + CHOICES):  # pair by pair; contexts shared
-    ours = lm.loglikelihood(_instances("loglikelihood", requests))
-    theirs = reference.loglikelihood(_instances("loglikelihood", requests))
-    for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
-      assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
-      assert greedy_a == greedy_b
-  assert {op for op, _, _ in engine.shapes} == {"score", "score_shared"}
+  _assert_loglikelihoods_equal(lm, reference, engine)
   requests, expected = _stop_requests(reference)
   assert lm.generate_until(_instances("generate_until", requests)) == expected
 
