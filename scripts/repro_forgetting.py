@@ -432,25 +432,27 @@ def write_results(args, per_seed, seeds, seconds: dict, sources: dict, checks: d
                                                  )]
   lines += ["", MARKER, ""]
   body = "\n".join(lines)
-  tail = "## Reading\n\n(written by hand after the run)\n"
-  if os.path.exists(args.out):
-    with open(args.out) as fh:
-      old = fh.read()
-    if MARKER in old:
-      tail = old[old.index(MARKER) + len(MARKER):].lstrip("\n")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    fh.write(body + "\n" + tail)
+  write_report(args.out, body)
   plot(per_seed, png)
   return body
 
 
+def write_report(out: str, body: str) -> None:
+  """Writes the generated `body` to `out`, keeping what was written by hand below MARKER."""
+  tail = "## Reading\n\n(written by hand after the run)\n"
+  if os.path.exists(out):
+    with open(out) as fh:
+      old = fh.read()
+    if MARKER in old:
+      tail = old[old.index(MARKER) + len(MARKER):].lstrip("\n")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as fh:
+    fh.write(body + "\n" + tail)
+
+
 def main(argv=None) -> None:
   args = parser().parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("jax", "orbax", "tensorflow", "absl"):
-    logging.getLogger(noisy).setLevel(logging.ERROR)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  rp.quiet_logging()
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.workdir, exist_ok=True)
   rp.use_compilation_cache(args.workdir)

@@ -363,12 +363,17 @@ def write_results(args, per_seed: dict[str, list[dict]], seeds: list[int],
   return body
 
 
-def main(argv=None) -> None:
-  args = parser().parse_args(argv)
+def quiet_logging() -> None:
+  """INFO logs from the scripts, errors only from JAX / Orbax / TensorFlow / absl."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("jax", "orbax", "tensorflow", "absl"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main(argv=None) -> None:
+  args = parser().parse_args(argv)
+  quiet_logging()
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.workdir, exist_ok=True)
   use_compilation_cache(args.workdir)
