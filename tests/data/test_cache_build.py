@@ -286,6 +286,8 @@ def test_concurrent_builds_and_two_hosts_sharing_a_dir(reference, data, tmp_path
   errs = _wait([other, host1])
   _same(reference, both)
   _same(reference, pod)
+  for folder in (both, pod):  # no unit left behind by the builder that lost the race
+    assert not os.path.exists(os.path.join(folder, ".build")), os.listdir(folder)
   last = re.findall(r"caching \(2 hosts, process 1\): (\d+)/(\d+) units", errs[1])[-1]
   assert last[0] == last[1], errs[1]
 
@@ -314,3 +316,61 @@ def test_two_hosts_build_one_cache_on_gcs(reference, data, gcs_bucket, tmp_path,
   ref = {k: v for k, v in _files(reference).items() if not k.startswith("mixtures")}
   got = _files(reader)
   assert sorted(got) == sorted(ref) and [k for k in ref if ref[k] != got[k]] == []
+
+
+def _unit_examples(n):
+  import numpy as np
+
+  return [{"inputs": np.arange(i + 1, dtype=np.int32), "targets": np.asarray([i], np.int32)}
+          for i in range(n)]
+
+
+def test_a_unit_written_while_a_concurrent_build_clears_the_split(tmp_path):
+  """A concurrent builder published the split and removed its units (`Ledger.clear`) while this
+  one was writing a unit (two training runs caching one mixture at once; it used to end in a
+  FileNotFoundError on the unit's temporary file): the unit ends complete and readable."""
+  import numpy as np
+
+  from mtjax.data import records
+
+  ledger = caching_units.Ledger(str(tmp_path))
+  unit = caching_units.Unit("t", "train", "b0", 0, 0, 3, 3)
+  other = caching_units.Unit("t", "train", "b0", 1, 3, 4, 1)
+  ledger.write(other, _unit_examples(1), ("inputs", "targets"), 1, [])
+  assert set(ledger.done("t", "train", "b0")) == {1}
+
+  def examples():
+    for i, example in enumerate(_unit_examples(3)):
+      yield example
+      if i == 1:
+        ledger.clear("t", "train", "b0")  # what the publishing builder does meanwhile
+
+  assert ledger.write(unit, examples(), ("inputs", "targets"), 3, []) == 3
+  assert set(ledger.done("t", "train", "b0")) == {0}
+  base = ledger.fetch("t", "train", "b0", 0)
+  got = [records.decode(r) for r in caching_units.read_records(base, 3)]
+  want = _unit_examples(3)
+  assert [list(g["inputs"]) for g in got] == [list(w["inputs"]) for w in want]
+  tokens = caching_units.read_tokens(base)
+  assert list(tokens["targets"]) == [0, 1, 2]
+  np.testing.assert_array_equal(np.load(base + ".lengths.npy"), [[1, 1], [2, 1], [3, 1]])
+  assert not os.path.exists(os.path.join(str(tmp_path), ".build", ".scratch"))
+
+
+def test_a_unit_is_never_finished_without_its_files(tmp_path, monkeypatch):
+  """The split's units are removed between this writer's data files and its entry being moved
+  into place: the entry is taken back (the unit is not finished), nothing raises."""
+  ledger = caching_units.Ledger(str(tmp_path))
+  unit = caching_units.Unit("t", "train", "b0", 0, 0, 2, 2)
+  replace, moved = os.replace, []
+
+  def racing_replace(src, dst):
+    replace(src, dst)
+    moved.append(dst)
+    if dst.endswith(".tokens.npz"):  # the last data file: the publisher clears now
+      ledger.clear("t", "train", "b0")
+
+  monkeypatch.setattr(os, "replace", racing_replace)
+  assert ledger.write(unit, _unit_examples(2), ("inputs", "targets"), 2, []) == 2
+  assert moved[-1].endswith("unit-00000.json")
+  assert not ledger.has(unit) and ledger.done("t", "train", "b0") == {}

@@ -73,14 +73,7 @@ def _run_unit(unit: units.Unit, job_producer, payload, token_features, cache_dir
   if ledger.has(unit):
     return -1  # another builder finished it meanwhile
   examples, prepared, auto = job_producer(payload, unit.split, unit.start, unit.stop)
-  try:
-    return ledger.write(unit, examples, token_features, prepared, auto)
-  except FileNotFoundError:
-    # A concurrent build published the split and removed its units while this one was being
-    # written: nothing is lost (the split is in place); the caller finds it published.
-    if fs.exists(ledger.local_dir(unit.task, unit.split, unit.build)):
-      raise
-    return -1
+  return ledger.write(unit, examples, token_features, prepared, auto)
 
 
 def _work(args) -> tuple[units.Unit, int]:
@@ -189,6 +182,9 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
         time.sleep(poll_s)
   bar.update(note="")
   bar.close()
+  for job in jobs:  # units a concurrent builder wrote after another one published the split
+    if os.path.isdir(ledger.local_dir(job.task, job.split, job.build)):
+      ledger.clear(job.task, job.split, job.build)
   return manifests
 
 

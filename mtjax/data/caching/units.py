@@ -97,38 +97,45 @@ class Ledger:
 
   def write(self, unit: Unit, examples: Iterable[Mapping[str, Any]], token_features,
             prepared: int, auto_idx) -> int:
-    """Writes a unit's files and then its entry. Returns the number of examples."""
+    """Writes a unit's files and then its entry. Returns the number of examples.
+
+    The files are written in a folder of this writer's own (`layout.make_scratch`) and moved into
+    the unit's folder at the end: a concurrent builder that publishes the split meanwhile removes
+    the unit's folder (`clear`), never this writer's half-written files, and the moves are retried
+    into a re-created folder (the split is then in place; `run.build` removes such leftovers)."""
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
     folder = self.local_dir(unit.task, unit.split, unit.build)
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.join(folder, unit.name)
-    tmp = f".tmp{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(base + FILES[0] + tmp, "group_size:1")
-    lengths = []
-    tokens = {k: [] for k in token_features}
-    for example in examples:
-      writer.write(records.encode(example))
-      lengths.append([len(example[k]) for k in token_features])
-      for k in token_features:
-        tokens[k].append(np.asarray(example[k], np.int32))
-    writer.close()
-    table = np.asarray(lengths, np.int64).reshape(len(lengths), len(token_features))
-    with open(base + FILES[1] + tmp, "wb") as f:
-      np.save(f, table)
-    with open(base + FILES[2] + tmp, "wb") as f:
-      np.savez(f, **{k: np.concatenate(v) if v else np.zeros(0, np.int32)
-                     for k, v in tokens.items()})
-    for ext in FILES:
-      os.replace(base + ext + tmp, base + ext)
-    entry = {"count": len(lengths), "prepared": int(prepared), "auto_idx": auto_idx,
-             "start": unit.start, "stop": unit.stop}
-    if self.remote:
-      url = self.remote_dir(unit.task, unit.split, unit.build)
-      for ext in FILES:
-        _put(base + ext, fs.join(url, unit.name + ext))
-      fs.write_text(fs.join(url, unit.name + ".json"), json.dumps(entry))
-    fs.write_text(base + ".json", json.dumps(entry))
+    scratch = layout.make_scratch(self.local_root)
+    try:
+      tmp = os.path.join(scratch, unit.name)
+      writer = array_record_module.ArrayRecordWriter(tmp + FILES[0], "group_size:1")
+      lengths = []
+      tokens = {k: [] for k in token_features}
+      for example in examples:
+        writer.write(records.encode(example))
+        lengths.append([len(example[k]) for k in token_features])
+        for k in token_features:
+          tokens[k].append(np.asarray(example[k], np.int32))
+      writer.close()
+      table = np.asarray(lengths, np.int64).reshape(len(lengths), len(token_features))
+      with open(tmp + FILES[1], "wb") as f:
+        np.save(f, table)
+      with open(tmp + FILES[2], "wb") as f:
+        np.savez(f, **{k: np.concatenate(v) if v else np.zeros(0, np.int32)
+                       for k, v in tokens.items()})
+      entry = {"count": len(lengths), "prepared": int(prepared), "auto_idx": auto_idx,
+               "start": unit.start, "stop": unit.stop}
+      with open(tmp + ".json", "w") as f:
+        f.write(json.dumps(entry))
+      if self.remote:
+        url = self.remote_dir(unit.task, unit.split, unit.build)
+        for ext in FILES:
+          _put(tmp + ext, fs.join(url, unit.name + ext))
+        fs.write_text(fs.join(url, unit.name + ".json"), json.dumps(entry))
+      _move_into(tmp, os.path.join(folder, unit.name), (*FILES, ".json"))
+    finally:
+      layout.remove_scratch(scratch)
     return len(lengths)
 
   def fetch(self, unit_task: str, split: str, build: str, index: int) -> str:
@@ -146,8 +153,9 @@ class Ledger:
     return base
 
   def clear(self, task: str, split: str, build: str) -> None:
-    """Removes a published split's units (and the emptied folders above them)."""
-    fs.rmtree(self.local_dir(task, split, build))
+    """Removes a published split's units (and the emptied folders above them). The local folder
+    is first renamed aside, so a concurrent writer finds it either whole or gone."""
+    layout.remove_dir(self.local_dir(task, split, build))
     if self.remote:
       fs.rmtree(self.remote_dir(task, split, build))
     for root in {self.local_root}:
@@ -157,6 +165,27 @@ class Ledger:
           os.rmdir(folder)
         except OSError:
           break
+
+
+def _move_into(src: str, dst: str, exts, tries: int = 20) -> None:
+  """Renames src+ext to dst+ext for each ext, the entry (last) marking the unit finished;
+  re-creates dst's folder when a concurrent `clear` removed it in between. If a `clear` took
+  data files already moved, the entry is taken back: a unit is never finished without its files
+  (that only happens once the split is published, so nothing is lost)."""
+  for ext in exts:
+    for attempt in range(tries):
+      try:  # (a `clear` may also take the emptied folders above while they are re-created)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src + ext, dst + ext)
+        break
+      except FileNotFoundError:
+        if not os.path.exists(src + ext) or attempt == tries - 1:
+          raise
+  if not all(os.path.exists(dst + ext) for ext in exts):
+    try:
+      os.remove(dst + exts[-1])
+    except FileNotFoundError:
+      pass
 
 
 def _put(local: str, url: str) -> None:
