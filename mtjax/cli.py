@@ -259,7 +259,9 @@ def _cmd_infer(argv):
                            "dir's tokenizer.json)")
   parser.add_argument("--task", default="",
                       help="a task of the run: its vocabulary, features and postprocessor "
-                           "(default: the first task of the run's mixture, no postprocessor)")
+                           "(default: the first task of the run's mixture, no postprocessor); "
+                           "task-routed adapters (model.adapter=poly/mhr/mtlora) use its "
+                           "adapters (a task not trained: model.adapter_default_task's)")
   parser.add_argument("--inputs_length", type=int, default=0,
                       help="inputs are trimmed to it (default: the run's, else 512)")
   parser.add_argument("--targets_length", type=int, default=0,

@@ -25,7 +25,10 @@ Everything goes through `mtjax.eval` (`generate`, `scoring`, `batching`), so a p
 the one `mtjax eval` makes for the same text: a test holds them equal. Tasks are registered by
 `mtjax.data.modules` and a run's soft prompt is read by `mtjax.train.pretrained.load_prompt` (the
 checkpoint format is the trainer's) and attached by `mtjax.peft.prompt_setup`, as `mtjax eval`
-does; nothing here builds an optimizer or runs the training loop.
+does. Task-routed adapters (Poly/MHR, MTLoRA) use the adapters of `task=` (its index among the
+run's training tasks, as `mtjax eval`; a task not trained, or none given: those of
+`model.adapter_default_task`, else an error). Nothing here builds an optimizer or runs the
+training loop.
 """
 
 from __future__ import annotations
@@ -236,6 +239,8 @@ def load(checkpoint: str, *, tokenizer: str = "", task: str = "", inputs_length:
       model = store.load_any(path)
       if run_cfg is not None and run_cfg.model.prompt_length > 0:
         _attach_prompt(model, path, run_cfg, task)
+      if kind == "run":
+        _route_task(model, path, task)
     family = _family(model.cfg, run_cfg)
     graphdef, params = _place(model, mesh, rules)
   inputs_eos = task_inputs_eos if inputs_eos is None else bool(inputs_eos)
@@ -279,6 +284,28 @@ def _attach_prompt(model, path: str, run_cfg, task: str) -> None:
                                  run_cfg.model.prompt_placement, task):
     log.warning("%s: the soft prompt has rows for %s; inferring without one (name a task with "
                 "--task to use its row)", path, list(run_cfg.model.prompt_tasks))
+
+
+def _route_task(model, path: str, task: str) -> None:
+  """Task-routed adapters (model.adapter=poly/mhr/mtlora) fixed to `task`'s index among the
+  run's training tasks, as `mtjax eval` evaluates that task; a task they have no row for uses
+  model.adapter_default_task's, else is an error (`mtjax.peft.adapters.task_index`). Without
+  `--task`: the default task, else an error asking for one."""
+  from mtjax.models import store  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
+
+  graphdef, params = nnx.split(model)
+  if not adapters.task_routed(graphdef, params):
+    return
+  names = store.run_task_names(store.locate(path).run_dir) or ()
+  if not task:
+    if adapters.default_task(graphdef, params) is None:
+      raise errors.ConfigError(
+          f"{path}: its adapters route by task (model.adapter={model.cfg.adapter}) and the run "
+          "set no model.adapter_default_task: name the task whose adapters to use",
+          hint=f"mtjax infer --task NAME, NAME one of {list(names)}")
+    return
+  adapters.select_task_on(model, adapters.task_index(graphdef, params, task, names))
 
 
 # --- predicting --------------------------------------------------------------------------------

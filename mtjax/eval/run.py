@@ -88,21 +88,31 @@ def with_overrides(cfg: schema.RunConfig, *, mixture_or_task: str | None = None,
 
 
 def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh=None,
-                    rules=None) -> list[dict]:
+                    rules=None, adapter_tasks=None) -> list[dict]:
   """Everything `cfg.eval` asks for: each task of the mixture, then its k-shot variants, then
   `eval.other_tasks` zero-shot and k-shot.
 
   With a soft prompt attached, each mixture task is evaluated with its own prompt row (tasks
   without one, and every other task, with the prompt removed), as ProMoT's inference does.
+  Task-routed adapters (model.adapter=poly/mhr/mtlora) evaluate each task with its index among
+  `adapter_tasks` (the tasks they were trained on; default `task_names`), a task they have no
+  row for with model.adapter_default_task's; without one, such a task is an error before
+  anything is evaluated (`mtjax.peft.adapters.task_index`).
   """
   # (imported here: finding a checkpoint, and the errors of a wrong path, need no JAX)
   import jax  # pylint: disable=g-import-not-at-top
 
   from mtjax import progress as progress_lib  # pylint: disable=g-import-not-at-top
   from mtjax.eval import evaluate, few_shot  # pylint: disable=g-import-not-at-top
-  from mtjax.peft import prompt_setup, prompts  # pylint: disable=g-import-not-at-top
+  from mtjax.peft import adapters, prompt_setup, prompts  # pylint: disable=g-import-not-at-top
 
   kwargs = evaluate.config_kwargs(cfg)
+  trained = task_names if adapter_tasks is None else adapter_tasks
+  other_tasks = list(cfg.eval.other_tasks)
+  routed = adapters.task_routed(graphdef, params)
+  if routed:  # a task the adapters cannot route fails here, before any evaluation
+    for t in other_tasks:
+      adapters.task_index(graphdef, params, t, trained)
   ks = sorted({0, *cfg.eval.few_shot})
   total = (len(task_names) * (1 + sum(k != 0 for k in cfg.eval.few_shot))  # as evaluated below
            + len(cfg.eval.other_tasks) * len(ks))
@@ -115,7 +125,7 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
       bar.update(1)
 
     for g, p, tasks in prompt_setup.by_row(graphdef, params, cfg.model.prompt_tasks,
-                                           task_names):
+                                           task_names, trained):
       for name in tasks:
         by_task[name] = evaluate.evaluate_task(g, p, name, mesh=mesh, rules=rules, **kwargs)
         done(by_task[name])
@@ -126,10 +136,14 @@ def evaluate_config(graphdef, params, task_names, cfg: schema.RunConfig, *, mesh
     order = {t: i for i, t in enumerate(task_names)}
     results = [by_task[t] for t in task_names]
     results += sorted(shots, key=lambda r: (r["k"], order[r["base_task"]]))
-    if cfg.eval.other_tasks:
+    if other_tasks:
       g, p = prompts.detach(graphdef, params)
-      results += few_shot.evaluate_few_shot(g, {"": p}, list(cfg.eval.other_tasks), ks,
-                                            mesh=mesh, rules=rules, on_result=done, **kwargs)
+      # task-routed adapters: each task with its own index (a training task's, else the default)
+      groups = ([adapters.for_task(g, p, t, trained) + ([t],) for t in other_tasks] if routed
+                else [(g, p, other_tasks)])
+      for g, p, tasks in groups:
+        results += few_shot.evaluate_few_shot(g, {"": p}, tasks, ks, mesh=mesh, rules=rules,
+                                              on_result=done, **kwargs)
   return results
 
 
@@ -140,8 +154,12 @@ def evaluate_checkpoint(cfg: schema.RunConfig, ref: CheckpointRef,
   from mtjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from mtjax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
+  from mtjax.models import store  # pylint: disable=g-import-not-at-top
+
   compile_cache.enable()
-  setup = setup_lib.build(cfg, optimizer=False)
+  # task-routed adapters have one row per task of the run's training mixture, whatever is
+  # evaluated now (model_summary.json records those tasks)
+  setup = setup_lib.build(cfg, optimizer=False, adapter_tasks=store.run_task_names(ref.run_dir))
   checkpointer = ckpt_lib.Checkpointer(ref.checkpoints_dir, save_every=1,
                                        keep=cfg.train.keep_checkpoints)
   step = checkpointer.latest_step() if ref.step is None else ref.step
@@ -180,8 +198,8 @@ def evaluate_setup(setup, params, step: int | None = None, output_dir: str | Non
   tasks = cache.eval_task_names(cfg.data.mixture, cfg.eval.split, setup.spec.task_names)
   shapes, batches, start = len(batching.SHAPES), batching.SHAPES.batches, time.perf_counter()
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):
-    results = evaluate_config(setup.graphdef, params, tasks, cfg,
-                              mesh=setup.mesh, rules=setup.rules)
+    results = evaluate_config(setup.graphdef, params, tasks, cfg, mesh=setup.mesh,
+                              rules=setup.rules, adapter_tasks=setup.adapter_tasks)
   # What the evaluation ran: batches, and how many of their shapes were new (each new shape is
   # one compilation; buckets keep this small whatever the tasks' sizes).
   print(f"evaluated {len(results)} task results in {time.perf_counter() - start:.1f}s: "

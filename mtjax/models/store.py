@@ -75,7 +75,7 @@ def load_any(path: str, task: str | None = None):
   from mtjax.peft import adapters  # pylint: disable=g-import-not-at-top
 
   where = locate(path)
-  names = _task_names(where.run_dir) if where.run_dir else None
+  names = run_task_names(where.run_dir) if where.run_dir else None
   if not names:
     raise errors.ConfigError(f"{path}: a task can only be chosen for a run checkpoint whose "
                              "model_summary.json lists the mixture's tasks")
@@ -101,11 +101,12 @@ def _load_any(path: str):
     logging.getLogger(__name__).info(
         "%s has a soft prompt: the model is loaded without it "
         "(mtjax.train.pretrained.load_prompt reads the prompt)", path)
-  return _restore(registry.architecture(run_cfg.model, _task_names(run_dir)),
+  return _restore(registry.architecture(run_cfg.model, run_task_names(run_dir)),
                   os.path.join(ckpt_dir, str(step), "params"), partial=prompt)
 
 
-def _task_names(run_dir: str):
-  """The run's mixture tasks (model_summary.json), which task-routed adapters have rows for."""
+def run_task_names(run_dir: str) -> tuple[str, ...] | None:
+  """The run's mixture tasks (model_summary.json), which task-routed adapters have rows for;
+  None without the file."""
   path = os.path.join(run_dir, "model_summary.json")
   return tuple(fs.read_json(path).get("tasks", ())) if fs.exists(path) else None

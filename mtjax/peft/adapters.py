@@ -127,6 +127,41 @@ def select_task(graphdef, params, task: int):
   return new_graphdef, params
 
 
+def default_task(graphdef, params) -> int | None:
+  """The task index task-routed adapters use where none is known (`model.adapter_default_task`),
+  or None (then such a forward pass is an error)."""
+  nodes = _task_routed_nodes(nnx.merge(graphdef, params))
+  return nodes[0].default_task if nodes else None
+
+
+def task_index(graphdef, params, task: str, task_names: Sequence[str] | None) -> int | None:
+  """The index task-routed adapters use for `task` at evaluation and inference: its row among
+  `task_names` (the tasks the adapters were trained on: the training mixture's, in order), else
+  `model.adapter_default_task`'s. None: the model has no task-routed adapter. A task they have
+  no row for, without a default task, is a `ConfigError` naming both ways out."""
+  if not task_routed(graphdef, params):
+    return None
+  names = list(task_names or ())
+  if task in names:
+    return names.index(task)
+  fallback = default_task(graphdef, params)
+  if fallback is not None:
+    return fallback
+  raise errors.ConfigError(
+      f"task {task!r} is not one of the tasks whose adapters this model routes ({names}): "
+      "task-routed adapters (model.adapter=poly/mhr/mtlora) have no routing for it, and the run "
+      "set no model.adapter_default_task",
+      hint="evaluate or infer one of those tasks (mtjax infer --task NAME), or train with "
+           "model.adapter_default_task=NAME to serve other tasks with that task's adapters")
+
+
+def for_task(graphdef, params, task: str, task_names: Sequence[str] | None):
+  """(graphdef, params) with `task`'s index (`task_index`) fixed on task-routed adapters;
+  unchanged without them."""
+  index = task_index(graphdef, params, task, task_names)
+  return (graphdef, params) if index is None else select_task(graphdef, params, index)
+
+
 def select_task_on(model: nnx.Module, task: int) -> nnx.Module:
   """`select_task` on a module in place (export: `mtjax.models.hf.export` folds it)."""
   for node in _task_routed_nodes(model):

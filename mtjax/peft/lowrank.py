@@ -83,7 +83,7 @@ def task_onehot(lead_shape, num_tasks: int, fixed: int | None, what: str,
     raise ValueError(
         f"{what} routes by task, but this forward pass knows none: training reads the batch's "
         "task_ids; evaluation of the mixture's tasks and export fix one "
-        "(mtjax.peft.adapters.select_task); other tasks and mtjax infer use "
+        "(mtjax.peft.adapters.select_task), as does mtjax infer --task; other tasks use "
         "model.adapter_default_task, which is not set")
   return jnp.broadcast_to(jax.nn.one_hot(fixed, num_tasks), tuple(lead_shape) + (num_tasks,))
 

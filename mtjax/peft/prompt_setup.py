@@ -74,14 +74,19 @@ def reinit_after_init_from(cfg, params, model_cfg, task_names: Sequence[str],
   return prompts.with_table(params, table)
 
 
-def by_row(graphdef, params, prompt_tasks: Sequence[str], task_names: Sequence[str]
-           ) -> Iterator[tuple[Any, Any, list[str]]]:
+def by_row(graphdef, params, prompt_tasks: Sequence[str], task_names: Sequence[str],
+           adapter_tasks: Sequence[str] | None = None) -> Iterator[tuple[Any, Any, list[str]]]:
   """(graphdef, params, tasks) per prompt row, in mixture order: each mixture task is evaluated
   with its own row; tasks without one (and every task when no prompt is attached) together,
   with the prompt removed, as ProMoT's inference does. Task-routed adapters (Poly/MHR, MTLoRA:
-  `mtjax.peft.adapters`) evaluate each task on its own, with its task fixed."""
+  `mtjax.peft.adapters`) evaluate each task on its own, with its index among `adapter_tasks`
+  (the tasks they were trained on; default `task_names`) fixed (`adapters.task_index`: a task
+  they have no row for takes `model.adapter_default_task`'s, else is an error, raised before
+  anything is evaluated)."""
   if adapters.task_routed(graphdef, params):  # (no soft prompt: check_config refuses both)
-    for i, task in enumerate(task_names):
+    names = task_names if adapter_tasks is None else adapter_tasks
+    indices = [adapters.task_index(graphdef, params, t, names) for t in task_names]
+    for task, i in zip(task_names, indices):
       g, p = adapters.select_task(graphdef, params, i)
       yield g, p, [task]
     return

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -53,11 +54,17 @@ class Setup:
   model_cfg: Any = None  # the family config (t5.T5Config, decoder.DecoderConfig)
   axes: dict | None = None  # parameter path -> logical axis names
   prompt_rows: np.ndarray | None = None  # soft-prompt row of each mixture task (-1: none)
+  # the tasks task-routed adapters have rows for, in order (the training mixture's: `mtjax eval`
+  # of another mixture builds them for the run's tasks); None: spec.task_names
+  adapter_tasks: tuple[str, ...] | None = None
 
 
-def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True) -> Setup:
+def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True,
+          adapter_tasks: Sequence[str] | None = None) -> Setup:
   """The run's tasks, cache, mesh, model (+ LoRA, + soft prompt) and, with `optimizer`, the
-  trainable set and optimizer state. `devices`: the mesh's (default: all)."""
+  trainable set and optimizer state. `devices`: the mesh's (default: all). `adapter_tasks`: the
+  tasks task-routed adapters get rows for (default: the mixture's; `mtjax eval` passes the
+  trained run's, whatever mixture it evaluates)."""
   prompt_setup.check_config(cfg)
   modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg),
                          options=modules.run_options(cfg.data))
@@ -70,8 +77,9 @@ def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True) -> Set
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = rules_lib.DEFAULT_RULES
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    adapter_tasks = tuple(adapter_tasks) if adapter_tasks else tuple(spec.task_names)
     model = registry.create(cfg.model, seed=cfg.train.seed, mesh=mesh, rules=rules,
-                            task_names=spec.task_names)
+                            task_names=adapter_tasks)
     prompt_rows = prompt_setup.attach(cfg, model, spec.task_names)
     graphdef, state = nnx.split(model)
     axes = {jax.tree_util.keystr(p): rules_lib.axis_names(v)
@@ -85,7 +93,7 @@ def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True) -> Set
       opt_state = jax.jit(tx.init)(params if trainable is None
                                    else filters.partition(params, trainable)[0])
   return Setup(cfg, mesh, rules, spec, graphdef, params, tx, opt_state, trainable,
-               getattr(model, "cfg", None), axes, prompt_rows)
+               getattr(model, "cfg", None), axes, prompt_rows, adapter_tasks)
 
 
 def make_optimizer(cfg: schema.RunConfig):
