@@ -120,11 +120,22 @@ def forgetting_args(args) -> argparse.Namespace:
       f"--eval_every={args.eval_every}", f"--eval_examples={args.eval_examples}"])
 
 
+def base_config(args, seed: int):
+  """repro_forgetting's per-seed base config, its `train.init_from` pinned to the pretraining's
+  step `--pretrain_steps` (a step dir, not the run dir). The first study named the run dir, whose
+  latest step another process continuing that pretraining moved from 1000 towards 2000 while seed
+  0 ran: seed 0's methods started from three different pretrained checkpoints and seeds 1 and 2
+  from a fourth (docs/results/adapters.md). A step dir that is gone fails loudly instead."""
+  base = rf.base_config(forgetting_args(args), seed)
+  step_dir = os.path.join(base.train.init_from, "checkpoints", str(args.pretrain_steps))
+  return dataclasses.replace(base, train=dataclasses.replace(base.train, init_from=step_dir))
+
+
 def stages(args, seed: int) -> dict:
   """The trained methods' stages (mtjax.recipes.promot.Stage), by method."""
   from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
 
-  base = rf.base_config(forgetting_args(args), seed)
+  base = base_config(args, seed)
   out = {}
   for method, (_, fields) in METHODS.items():
     if method == "pretrained" or method not in args.methods.split(","):
@@ -195,7 +206,7 @@ def run_seed(args, seed: int, timed) -> tuple[dict, dict]:
   from mtjax.recipes import promot  # pylint: disable=g-import-not-at-top
 
   st = stages(args, seed)
-  base = rf.base_config(forgetting_args(args), seed)
+  base = base_config(args, seed)
   evals, sizes = {}, {}
   first = os.path.join(args.workdir, "pretrained_eval")  # seed-independent: evaluated once
   any_stage = next(iter(st.values()))
