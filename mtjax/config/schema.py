@@ -84,6 +84,11 @@ class ModelConfig:
   # poly/mhr/mtlora: the mixture task whose adapters serve inputs of no known task (mtjax infer,
   # eval.other_tasks); "" = such a forward pass is an error naming this key
   adapter_default_task: str = ""
+  # poly/mhr: the task-skill routing during training: sigmoid (deterministic, HF PEFT's eval
+  # form) | gumbel (Polytropon's relaxed-Bernoulli / Gumbel-sigmoid draw of the allocation, one
+  # per task, layer and step); evaluation, inference and export always use the sigmoid
+  adapter_routing: str = "sigmoid"
+  adapter_temperature: float = 1.0  # poly/mhr, adapter_routing=gumbel: the relaxation's temperature
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0

@@ -81,6 +81,8 @@ class DecoderConfig:
   adapter_tasks: int = 0  # poly/mhr/mtlora (and per-task logging): tasks of the mixture
   adapter_knowledge: tuple[int, ...] = ()  # loramoe: mixture indices of "world knowledge" tasks
   adapter_default_task: int = -1  # poly/mhr/mtlora: the task used where none is known (-1: error)
+  adapter_routing: str = "sigmoid"  # poly/mhr training routing: sigmoid | gumbel (mtjax.peft.poly)
+  adapter_temperature: float = 1.0  # poly/mhr, gumbel: the relaxed Bernoulli's temperature
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)
@@ -237,6 +239,10 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
 
   def __call__(self, x, positions, mask, inv_freq, kv_cache=None, rng=None):
+    with routing.noise(rng):  # stochastic routers (training only: rng given)
+      return self._body(x, positions, mask, inv_freq, kv_cache, rng)
+
+  def _body(self, x, positions, mask, inv_freq, kv_cache, rng):
     rate = self.cfg.dropout_rate
     keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
     h, kv = self.attention(self.attention_norm(x), positions, mask, inv_freq, kv_cache)

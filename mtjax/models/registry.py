@@ -70,7 +70,9 @@ def _adapter_overrides(model_config, task_names) -> dict:
           "adapter_top_k": model_config.adapter_top_k,
           "adapter_heads": model_config.adapter_heads,
           "adapter_balance": model_config.adapter_balance, "adapter_tasks": tasks,
-          "adapter_knowledge": knowledge, "adapter_default_task": default}
+          "adapter_knowledge": knowledge, "adapter_default_task": default,
+          "adapter_routing": getattr(model_config, "adapter_routing", "sigmoid"),
+          "adapter_temperature": getattr(model_config, "adapter_temperature", 1.0)}
 
 
 def architecture(model_config, task_names=None):

@@ -71,6 +71,8 @@ class T5Config:
   adapter_tasks: int = 0  # poly/mhr/mtlora (and per-task logging): tasks of the mixture
   adapter_knowledge: tuple[int, ...] = ()  # loramoe: mixture indices of "world knowledge" tasks
   adapter_default_task: int = -1  # poly/mhr/mtlora: the task used where none is known (-1: error)
+  adapter_routing: str = "sigmoid"  # poly/mhr training routing: sigmoid | gumbel (mtjax.peft.poly)
+  adapter_temperature: float = 1.0  # poly/mhr, gumbel: the relaxed Bernoulli's temperature
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)
@@ -257,6 +259,10 @@ class Block(nnx.Module):
     self.mlp = FeedForward(cfg, rngs=rngs)
 
   def __call__(self, x, bias, mask, encoded=None, cross_mask=None, rng=None):
+    with routing.noise(rng):  # stochastic routers (training only: rng given)
+      return self._body(x, bias, mask, encoded, cross_mask, rng)
+
+  def _body(self, x, bias, mask, encoded, cross_mask, rng):
     rate = self.cfg.dropout_rate
     keys = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
     h = self.self_attention(self.self_norm(x), self.self_norm(x), bias=bias, mask=mask)

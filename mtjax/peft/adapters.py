@@ -47,6 +47,12 @@ def check(cfg) -> None:
                      "factors)")
   if m in ("poly", "mhr", "mixlora", "loramoe") and getattr(cfg, "adapter_experts", 1) < 1:
     raise ValueError("model.adapter_experts must be >= 1")
+  routing_mode = getattr(cfg, "adapter_routing", "sigmoid")
+  if routing_mode not in poly.ROUTINGS:
+    raise ValueError(f"model.adapter_routing must be one of {poly.ROUTINGS}, got "
+                     f"{routing_mode!r}")
+  if not getattr(cfg, "adapter_temperature", 1.0) > 0:
+    raise ValueError("model.adapter_temperature must be > 0")
 
 
 def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx.Rngs) -> None:
@@ -75,7 +81,8 @@ def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx
     if m in ("poly", "mhr"):
       adapter = poly.PolyLoRA(*args, skills=cfg.adapter_experts,
                               heads=cfg.adapter_heads if m == "mhr" else 1, tasks=tasks,
-                              **common)
+                              routing_mode=getattr(cfg, "adapter_routing", "sigmoid"),
+                              temperature=getattr(cfg, "adapter_temperature", 1.0), **common)
     elif m == "mtlora":
       adapter = mtlora.MTLoRA(*args, tasks=tasks, **common)
     else:

@@ -17,6 +17,12 @@ segment (`encoder_task_ids`).
 Outside a scope (decoding, scoring) task-routed adapters use the task fixed on them by
 `mtjax.peft.adapters.select_task` (static, so each task compiles its own program), and raise a
 clear error when none is fixed.
+
+Stochastic routers (Poly/MHR with `model.adapter_routing=gumbel`) draw their noise from the
+`noise` key each layer opens around its body during training (its dropout rng; none at
+evaluation: then they are deterministic). Each draw (`noise_key`) folds a running count into
+that key, so the modules of one layer draw independently, and the layers of a scanned stack
+(each with its own key) too.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ _SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("mtjax_rou
                                                                      default=None)
 _COLLECTOR: contextvars.ContextVar["Collector | None"] = contextvars.ContextVar(
     "mtjax_routing_collector", default=None)
+_NOISE: contextvars.ContextVar["_Noise | None"] = contextvars.ContextVar("mtjax_routing_noise",
+                                                                       default=None)
+NOISE_SALT = 0x50_4F_4C_59  # folded into a layer's rng: its routing noise is not its dropout's
 
 
 @contextlib.contextmanager
@@ -67,6 +76,31 @@ def reading_memory() -> Iterator[None]:
 
 def current() -> Scope | None:
   return _SCOPE.get()
+
+
+class _Noise:
+  def __init__(self, key: jax.Array):
+    self.key, self.count = key, 0
+
+
+@contextlib.contextmanager
+def noise(key: jax.Array | None) -> Iterator[None]:
+  """Stochastic routers run inside draw from `key` (a layer's training rng); None: they are
+  deterministic (evaluation, decoding, scoring)."""
+  token = _NOISE.set(None if key is None else _Noise(key))
+  try:
+    yield
+  finally:
+    _NOISE.reset(token)
+
+
+def noise_key() -> jax.Array | None:
+  """A fresh key for one router's draw (None outside `noise` or with a None key)."""
+  n = _NOISE.get()
+  if n is None:
+    return None
+  n.count += 1
+  return jax.random.fold_in(jax.random.fold_in(n.key, NOISE_SALT), n.count)
 
 
 def token_ids(shape) -> jax.Array | None:
