@@ -655,8 +655,12 @@ def ensure_cached(name: str, cache_dir: str, splits=("train", "validation"),
   """Caches on first use. Without SeqIO/TF installed, falls back to an existing cache.
 
   Pass the run's feature lengths as `sequence_length` (SeqIO's task feature lengths): a task
-  without `CacheDatasetPlaceholder` gives them to its preprocessors, as SeqIO does.
+  without `CacheDatasetPlaceholder` gives them to its preprocessors, as SeqIO does. Tasks whose
+  registration a fast start-up put off (`mtjax.data.startup`) are registered first.
   """
+  from mtjax.data import registration  # pylint: disable=g-import-not-at-top
+
+  registration.ensure_registered()
   try:
     import seqio  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from mtjax import errors
-from mtjax.data import file_tasks
+from mtjax.data import file_tasks, registration
 
 SEPARATOR = "\n\n"  # between demonstrations, and before the example
 ANSWER_SEPARATOR = "\n"  # between a demonstration's inputs and targets
@@ -154,6 +154,7 @@ def register_few_shot_task(task_name: str, k: int, *, name: str | None = None, s
 
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top  (imports seqio)
 
+  registration.ensure_registered()  # the base task (a fast start-up put it off: `startup`)
   if k < 1:
     raise errors.ConfigError(f"k must be at least 1, got {k}")
   if not 0.0 <= zero_shot_prob < 1.0:

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from mtjax import errors, fs
-from mtjax.data import eval_data, feature_converters, pipeline
+from mtjax.data import eval_data, feature_converters, pipeline, registration
 from mtjax.eval import batching, generate, scoring
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def evaluate_task(graphdef, params, task_name: str, *, cache_dir: str, split: st
   differ only under an `eval.max_examples` cap, which is then logged)."""
   import seqio  # pylint: disable=g-import-not-at-top  (metric fns and vocabularies live in SeqIO)
   from seqio import metrics as seqio_metrics  # pylint: disable=g-import-not-at-top
-
+  registration.ensure_registered()  # (a fast start-up put it off: `mtjax.data.startup`)
   task = seqio.get_mixture_or_task(task_name)
   kinds = output_types(task)
   vocab = task.output_features["targets"].vocabulary

@@ -191,10 +191,11 @@ def evaluate_setup(setup, params, step: int | None = None, output_dir: str | Non
     log.warning("seqio is not installed: skipping metric evaluation (it needs the tasks' "
                 "postprocessors and metric functions)")
     return []
-  from mtjax.data import cache  # pylint: disable=g-import-not-at-top
+  from mtjax.data import cache, registration  # pylint: disable=g-import-not-at-top
 
   from mtjax.eval import batching  # pylint: disable=g-import-not-at-top
 
+  registration.ensure_registered()  # (a fast start-up put it off: `mtjax.data.startup`)
   tasks = cache.eval_task_names(cfg.data.mixture, cfg.eval.split, setup.spec.task_names)
   shapes, batches, start = len(batching.SHAPES), batching.SHAPES.batches, time.perf_counter()
   with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(setup.rules):

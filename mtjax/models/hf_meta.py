@@ -84,6 +84,11 @@ def _source(hf_dir: str) -> dict:
           "generation_config": _read_json(fs.join(hf_dir, GENERATION))}
 
 
+def _vocab_name(vocab) -> str:
+  """A vocabulary's class name (a recorded one's: `mtjax.data.registration.RecordedVocabulary`)."""
+  return getattr(vocab, "recorded_name", None) or type(vocab).__name__
+
+
 def _vocab_facts(vocab, origin: str) -> dict:
   """What an export needs of a SeqIO vocabulary. An `HFVocabulary` (mtjax.data.hf_vocab) also
   knows the tokenizer's own pad token (its `pad_id` is SeqIO's padding, 0, a real token in
@@ -93,7 +98,7 @@ def _vocab_facts(vocab, origin: str) -> dict:
   stops = [i for i in (_int(i) for i in getattr(vocab, "stop_ids", None) or ()) if i is not None]
   from mtjax.data import cache  # pylint: disable=g-import-not-at-top
 
-  return {"name": type(vocab).__name__, "eos_id": _int(vocab.eos_id), "pad_id": _int(pad),
+  return {"name": _vocab_name(vocab), "eos_id": _int(vocab.eos_id), "pad_id": _int(pad),
           "bos_id": _int(getattr(vocab, "bos_id", None)), "stop_ids": stops,
           "start_id": cache.vocab_start_id(vocab), "vocab_size": _int(vocab.vocab_size),
           "from": origin}
@@ -110,15 +115,24 @@ def _int(value) -> int | None:
 
 def _task_vocabulary(task_names):
   """The targets vocabulary of the run's registered SeqIO tasks (the first task's when they
-  differ, with a warning), or None when they cannot be looked up."""
+  differ, with a warning), or None when they cannot be looked up. After a fast start-up
+  (`mtjax.data.startup`: registration put off) the start-up record's facts of them, when it has
+  them for every task: looking them up would import SeqIO and TensorFlow."""
   found = []
   try:
-    import seqio  # pylint: disable=g-import-not-at-top
+    from mtjax.data import registration  # pylint: disable=g-import-not-at-top
 
-    for name in task_names:
-      feature = seqio.get_mixture_or_task(name).output_features.get("targets")
-      if feature is not None:
-        found.append((name, feature.vocabulary))
+    recorded = [(name, registration.recorded_vocabulary(name)) for name in task_names]
+    if recorded and all(v is not None for _, v in recorded):
+      found = recorded
+    else:
+      registration.ensure_registered()
+      import seqio  # pylint: disable=g-import-not-at-top
+
+      for name in task_names:
+        feature = seqio.get_mixture_or_task(name).output_features.get("targets")
+        if feature is not None:
+          found.append((name, feature.vocabulary))
   except Exception as e:  # pylint: disable=broad-except  (no seqio, an unregistered task)
     log.debug("export metadata: task vocabularies unavailable (%s); reading the cache", e)
     return None
@@ -177,13 +191,13 @@ def _tokenizer_contents(vocab, default_dir: str) -> dict[str, tuple[str, str]]:
     names = tokenizer_files(directory)
     if not names:  # built from contents (a copy, a pickle): write what it holds
       return {n: ("text", text) for n, text in vocab.files.items() if n in TOKENIZER_FILES}
-  elif default_dir and type(vocab).__name__ != "ByteVocabulary":
+  elif default_dir and _vocab_name(vocab) != "ByteVocabulary":
     directory = default_dir
     names = tokenizer_files(directory)
   else:
     if default_dir and tokenizer_files(default_dir):
       log.info("export metadata: the tasks use %s, not the tokenizer in %s: its files are not "
-               "exported", type(vocab).__name__, default_dir)
+               "exported", _vocab_name(vocab), default_dir)
     return {}
   return {n: ("file", fs.join(directory, n)) for n in names}
 

@@ -27,7 +27,7 @@ from flax import nnx
 
 from mtjax import errors, fs
 from mtjax.config import schema
-from mtjax.data import cache, modules, pipeline, vocabularies
+from mtjax.data import pipeline, registration, startup, vocabularies
 from mtjax.models import hf_meta, registry
 from mtjax.parallel import mesh as mesh_lib
 from mtjax.parallel import rules as rules_lib
@@ -66,12 +66,11 @@ def build(cfg: schema.RunConfig, *, devices=None, optimizer: bool = True,
   tasks task-routed adapters get rows for (default: the mixture's; `mtjax eval` passes the
   trained run's, whatever mixture it evaluates)."""
   prompt_setup.check_config(cfg)
-  modules.import_modules(cfg.data.modules, vocabularies.for_run(cfg),
-                         options=modules.run_options(cfg.data))
-  modules.ensure_shot_task(cfg.data.mixture)
-  spec = cache.ensure_cached(cfg.data.mixture, cfg.data.cache_dir,
-                             sequence_length=cfg.data.sequence_length,
-                             splits=("train", cfg.eval.split))
+  # tasks registered (`data.modules`) and cached; on a warm cache of unchanged tasks the
+  # registration (SeqIO, TensorFlow) is put off until something needs the tasks
+  spec = startup.prepare(cfg, splits=("train", cfg.eval.split))
+  if cfg.model.prompt_length > 0 and cfg.model.prompt_init == "class_labels":
+    registration.ensure_registered()  # the prompt's init tokenises the tasks' label words
   vocabularies.check_fits(spec, cfg.data.cache_dir, registry.architecture(cfg.model).vocab_size,
                           cfg.model.hf_checkpoint or f"model.preset={cfg.model.preset}")
   mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
