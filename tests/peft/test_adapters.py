@@ -401,9 +401,10 @@ def test_the_step_adds_the_balancing_loss_and_trains_only_adapters_and_routers(m
 
 
 def test_a_run_trains_resumes_bit_identically_and_evaluates_each_task(tmp_path, synthetic_cache):
-  """The config path (model.adapter=mhr, train.trainable=lora) through the loop on a 4x2x1
-  mesh: 4 steps straight equal 2 steps + a resume to 4, bit for bit; `mtjax eval`'s evaluation
-  runs each task with its task fixed."""
+  """The config path (model.adapter=mhr with Polytropon's relaxed-Bernoulli routing,
+  train.trainable=lora) through the loop on a 4x2x1 mesh: 4 steps straight equal 2 steps + a
+  resume to 4, bit for bit (the routing noise is the step's); `mtjax eval`'s evaluation runs each
+  task with its task fixed."""
   import orbax.checkpoint as ocp
 
   from mtjax.config import schema
@@ -416,7 +417,7 @@ def test_a_run_trains_resumes_bit_identically_and_evaluates_each_task(tmp_path, 
         data=schema.DataConfig(mixture="synthetic_strings", cache_dir=synthetic_cache,
                                inputs_length=32, targets_length=8, batch_size=8),
         model=schema.ModelConfig(preset="t5_test", lora_rank=2, adapter="mhr",
-                                 adapter_experts=2, adapter_heads=2,
+                                 adapter_experts=2, adapter_heads=2, adapter_routing="gumbel",
                                  lora_targets=("query", "value", "wi_0", "wo")),
         optimizer=schema.OptimizerConfig(name="adamw", learning_rate=1e-2),
         train=schema.TrainConfig(steps=steps, log_every=1, checkpoint_every=2,
