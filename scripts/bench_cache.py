@@ -1,21 +1,27 @@
 """Cache-build benchmark: mtjax's TF-free path vs SeqIO, on one text task, in the same run.
 
 The task: RTE-shaped JSONL records (premise ~ 250 words, hypothesis ~ 12) rendered by five
-PromptSource templates in the style of `glue/rte` (example i gets template i % 5), tokenized by an
-HF tokenizer (`tokenizer.json`, a BPE trained here on the same text: no downloads). Measured:
+PromptSource templates in the style of `glue/rte` (example i gets template i % 5), tokenized by
+one of two vocabularies trained here on the same text (no downloads):
 
-  seqio_get_dataset   SeqIO's own pipeline of the task (`task.get_dataset`, use_cached=False),
-                      iterated as numpy: rendering + `tokenize`, nothing written. (SeqIO's cache
-                      job runs the same pipeline under Apache Beam, which cannot be installed
-                      beside our pinned dependencies: docs/DESIGN.md, "Caching at scale".)
+  sp   SeqIO's SentencePieceVocabulary (a unigram model, as T5 / T0 / mT0 use)
+  hf   an HF tokenizer (`tokenizer.json`, a Llama-3-style byte-level BPE) as mtjax's HFVocabulary
+
+Measured for each, every builder in this process (its imports done before the clock starts):
+
+  seqio_beam          SeqIO's own cache job (`seqio/scripts/cache_tasks_main.py`'s `run_pipeline`:
+                      `beam_utils.PreprocessTask` -> TFRecord shards + info) on Beam's
+                      DirectRunner, one worker: what SeqIO users run to cache a task
+  seqio_get_dataset   SeqIO's pipeline of the task (`task.get_dataset`, use_cached=False),
+                      iterated as numpy: rendering + `tokenize`, nothing written
   mtjax_seqio_1w      `mtjax cache`'s SeqIO path (tf_free=False), one worker
   mtjax_tf_free_1w    the TF-free path, one worker (in this process)
   mtjax_tf_free_2w    the TF-free path, two worker processes (process start-up included)
 
-Each builds into a fresh folder; the three mtjax caches are compared byte for byte. Printed:
-examples/s of each, the ratios, and the scaling from one to two workers.
+The mtjax caches are compared byte for byte. Printed: examples/s of each, the ratios, and the
+scaling from one to two workers.
 
-  python scripts/bench_cache.py [--examples 12000] [--workers 2]
+  python scripts/bench_cache.py [--examples 12000] [--workers 2] [--vocab sp hf] [--skip_seqio]
 """
 
 from __future__ import annotations
@@ -77,14 +83,55 @@ def write_data(folder: str, n: int) -> tuple[str, list[str]]:
   return path, sample
 
 
-def register(path: str, tokenizer_dir: str):
-  from mtjax.data import file_tasks, hf_vocab
+def vocabulary(kind: str, root: str, sample: list[str]):
+  """The task's vocabulary, trained here on `sample`."""
+  if kind == "sp":
+    import io
+
+    import seqio
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sample), model_writer=model,
+                                   vocab_size=3000, model_type="unigram", minloglevel=2)
+    path = os.path.join(root, "sp.model")
+    with open(path, "wb") as f:
+      f.write(model.getvalue())
+    return seqio.SentencePieceVocabulary(path)
+  from mtjax.data import hf_vocab
+  from tests.data import tokenizer_files
+
+  folder = tokenizer_files.llama3(os.path.join(root, "tok"), vocab_size=8000, texts=sample)
+  return hf_vocab.HFVocabulary.from_dir(folder)
+
+
+def register(name: str, path: str, vocab):
+  from mtjax.data import file_tasks
   from mtjax.data.promptsource import PromptTemplate
 
-  vocab = hf_vocab.HFVocabulary.from_dir(tokenizer_dir)
-  templates = [PromptTemplate(name, jinja, "yes ||| no") for name, jinja in TEMPLATES]
-  return file_tasks.register_file_task("bench_rte", {"train": path}, templates,
-                                       vocabulary=vocab)
+  templates = [PromptTemplate(t, jinja, "yes ||| no") for t, jinja in TEMPLATES]
+  return file_tasks.register_file_task(name, {"train": path}, templates, vocabulary=vocab)
+
+
+def seqio_beam(task_name: str, out: str) -> int:
+  """SeqIO's cache job for one task on Beam's DirectRunner (one worker); returns the examples
+  it wrote (from SeqIO's own info file)."""
+  import apache_beam as beam
+  from absl import flags
+  from seqio.scripts import cache_tasks_main
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(["bench_cache"])
+  options = beam.options.pipeline_options.PipelineOptions(
+      ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"])
+  with beam.Pipeline(options=options) as pipeline:
+    cache_tasks_main.run_pipeline(pipeline, [task_name], out)
+  import seqio
+
+  stats = seqio.get_cached_stats_path(os.path.join(out, seqio.get_task_dir_from_name(task_name)),
+                                      "train")
+  with open(stats) as f:
+    return int(json.load(f)["examples"])
 
 
 def same_bits(a: str, b: str) -> bool:
@@ -97,60 +144,73 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=int, default=12_000)
   parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--vocab", nargs="+", choices=("sp", "hf"), default=["sp", "hf"])
   parser.add_argument("--skip_seqio", action="store_true",
                       help="only the TF-free path (no SeqIO pipeline, no SeqIO-path cache)")
   args = parser.parse_args()
 
   from mtjax.data import cache
-  from tests.data import tokenizer_files
 
   root = tempfile.mkdtemp(prefix="bench_cache_")
   path, sample = write_data(root, args.examples)
-  tokenizer = tokenizer_files.llama3(os.path.join(root, "tok"), vocab_size=8000, texts=sample)
-  task = register(path, tokenizer)
   n = args.examples
-  results = {}
+  report = {"examples": n, "cores": os.cpu_count()}
+  if not args.skip_seqio:  # imports before any clock starts
+    import apache_beam  # noqa: F401
+    from seqio.scripts import cache_tasks_main  # noqa: F401
 
-  def timed(name, fn):
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-    results[name] = {"seconds": round(seconds, 2), "examples_per_s": round(n / seconds, 1)}
-    print(f"{name:20s} {seconds:8.2f} s  {n / seconds:9.1f} examples/s", flush=True)
+  for kind in args.vocab:
+    task = register(f"bench_rte_{kind}", path, vocabulary(kind, root, sample))
+    results = {}
 
-  def build(name, **kw):
-    out = os.path.join(root, name)
-    timed(name, lambda: cache.cache_task_split(task, "train", out, **kw))
-    return cache.split_dir(out, "bench_rte", "train")
+    def timed(name, fn):
+      start = time.perf_counter()
+      fn()
+      seconds = time.perf_counter() - start
+      results[name] = {"seconds": round(seconds, 2), "examples_per_s": round(n / seconds, 1)}
+      print(f"{kind} {name:20s} {seconds:8.2f} s  {n / seconds:9.1f} examples/s", flush=True)
 
-  if not args.skip_seqio:
-    def seqio_pipeline():
-      ds = task.get_dataset(None, split="train", use_cached=False, shuffle=False)
-      count = sum(1 for _ in ds.as_numpy_iterator())
-      assert count == n, count
-    timed("seqio_get_dataset", seqio_pipeline)
-    slow = build("mtjax_seqio_1w", tf_free=False)
-  one = build("mtjax_tf_free_1w", tf_free=True)
-  many = build(f"mtjax_tf_free_{args.workers}w", tf_free=True, num_workers=args.workers)
-  with open(os.path.join(one, "manifest.json")) as f:
-    tokens = json.load(f)["token_lengths"]["inputs"]["mean"]
+    def build(name, **kw):
+      out = os.path.join(root, f"{kind}_{name}")
+      timed(name, lambda: cache.cache_task_split(task, "train", out, **kw))
+      return cache.split_dir(out, task.name, "train")
 
-  fast = results["mtjax_tf_free_1w"]["examples_per_s"]
-  summary = {
-      "examples": n, "mean_input_tokens": round(tokens, 1), "cores": os.cpu_count(),
-      "scaling_1_to_%dw" % args.workers:
-          round(results[f"mtjax_tf_free_{args.workers}w"]["examples_per_s"] / fast, 2),
-      "same_bits_1w_%dw" % args.workers: same_bits(one, many),
-  }
-  if not args.skip_seqio:
-    summary.update({
-        "tf_free_vs_seqio_get_dataset": round(fast / results["seqio_get_dataset"]
-                                              ["examples_per_s"], 2),
-        "tf_free_vs_mtjax_seqio_path": round(fast / results["mtjax_seqio_1w"]
-                                             ["examples_per_s"], 2),
-        "same_bits_seqio_path_tf_free": same_bits(slow, one),
-    })
-  print(json.dumps({"results": results, "summary": summary}, indent=1))
+    if not args.skip_seqio:
+      def beam_job():
+        written = seqio_beam(task.name, os.path.join(root, f"{kind}_seqio_beam"))
+        assert written == n, written
+      timed("seqio_beam", beam_job)
+
+      def seqio_pipeline():
+        ds = task.get_dataset(None, split="train", use_cached=False, shuffle=False)
+        count = sum(1 for _ in ds.as_numpy_iterator())
+        assert count == n, count
+      timed("seqio_get_dataset", seqio_pipeline)
+      slow = build("mtjax_seqio_1w", tf_free=False)
+    one = build("mtjax_tf_free_1w", tf_free=True)
+    many = build(f"mtjax_tf_free_{args.workers}w", tf_free=True, num_workers=args.workers)
+    with open(os.path.join(one, "manifest.json")) as f:
+      tokens = json.load(f)["token_lengths"]["inputs"]["mean"]
+
+    fast = results["mtjax_tf_free_1w"]["examples_per_s"]
+    summary = {
+        "mean_input_tokens": round(tokens, 1),
+        "tf_free_per_worker": fast,
+        "scaling_1_to_%dw" % args.workers:
+            round(results[f"mtjax_tf_free_{args.workers}w"]["examples_per_s"] / fast, 2),
+        "same_bits_1w_%dw" % args.workers: same_bits(one, many),
+    }
+    if not args.skip_seqio:
+      summary.update({
+          "tf_free_vs_seqio_beam": round(fast / results["seqio_beam"]["examples_per_s"], 2),
+          "tf_free_vs_seqio_get_dataset": round(
+              fast / results["seqio_get_dataset"]["examples_per_s"], 2),
+          "tf_free_vs_mtjax_seqio_path": round(
+              fast / results["mtjax_seqio_1w"]["examples_per_s"], 2),
+          "same_bits_seqio_path_tf_free": same_bits(slow, one),
+      })
+    report[kind] = {"results": results, "summary": summary}
+  print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

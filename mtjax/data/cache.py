@@ -401,7 +401,16 @@ def _fast_producer(payload, split: str, start: int, stop: int | None):
   return fast.tokenized(examples, encoders), prepared, auto
 
 
-FAST_BLOCK = 4096  # rows per unit on the TF-free path (a block starts anywhere cheaply)
+FAST_BLOCK = 4096  # most rows per unit on the TF-free path (a block starts anywhere cheaply)
+FAST_UNITS = 32  # ... and at least this many units per split, down to FAST_MIN_BLOCK rows each,
+FAST_MIN_BLOCK = 256  # so a small split still spreads over the workers
+
+
+def fast_block_size(num_rows: int) -> int:
+  """Rows per unit of a seekable split on the TF-free path. It depends on the split's size
+  only (never on worker or host counts), so every builder cuts a split alike and a restarted
+  build finds its units."""
+  return max(1, min(FAST_BLOCK, max(FAST_MIN_BLOCK, -(-num_rows // FAST_UNITS))))
 FAST_READ_BLOCK = 25_000  # ... where a block is found by reading the rows before it
 
 
@@ -462,7 +471,7 @@ def plan_split(task, split: str, cache_dir: str, num_shards: int = 1, seed: int 
   if spec is not None:
     rows = spec[0]
     total = int(rows.num_rows(split))
-    size = FAST_BLOCK if rows.seekable(split) else max(FAST_READ_BLOCK, total // 64)
+    size = fast_block_size(total) if rows.seekable(split) else max(FAST_READ_BLOCK, total // 64)
     blocks = _blocks(total, size) if total else [(0, 0)]
     producer, payload = _fast_producer, spec
   else:

@@ -392,7 +392,9 @@ class HFVocabulary:
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """`encode` of each text, through the tokenizer's batch encoder (the TF-free cache path)."""
-    rows = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    # encode_batch_fast (tokenizers >= 0.21): the same ids without the character offsets
+    encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+    rows = [e.ids for e in encode(list(texts), add_special_tokens=False)]
     return [[self._ids["bos"], *ids] for ids in rows] if self._add_bos else rows
 
   def _decode(self, ids: Sequence[int]) -> str:

@@ -9,7 +9,8 @@ spawned workers find it by name, and the payload travels pickled once per worker
 
 Units already in the ledger are skipped (a restarted build redoes only unfinished ones); a unit
 another builder finished meanwhile is skipped too. Each host assembles the splits assigned to it
-once all their units are in the ledger, then every host waits until every split of the plan is
+from their units in order as they finish (`assemble.SplitWriter`: the shards are compressed
+while later units are built) and publishes each once all its units are in, then every host waits until every split of the plan is
 published, so the command returns on every host with the whole cache in place.
 """
 
@@ -105,8 +106,10 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
   assembler = {job.key: hosts.assembler(job.task, job.split, count) == me for job in jobs}
   by_key = {job.key: job for job in jobs}
   manifests: dict[tuple[str, str], dict] = {}
+  writers: dict[tuple[str, str], assemble.SplitWriter] = {}  # this host's splits being assembled
 
-  done = {job.key: set(ledger.done(job.task, job.split, job.build)) for job in jobs}
+  # index -> ledger entry (None: not read yet) of each split's finished units
+  done = {job.key: dict(ledger.done(job.task, job.split, job.build)) for job in jobs}
   todo = [u for u in every if (u.key, u.index) in mine_by_unit and u.index not in done[u.key]]
   bar = progress.Progress(len(every), sum(u.rows for u in every), every=progress_every,
                           stream=stream, summary=summary,
@@ -122,64 +125,106 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
   for key, indices in done.items():
     credit(key, indices)
 
-  def finish(key) -> None:
-    """Assembles a split whose units are all finished (if it is this host's to assemble)."""
+  def adopt(key, manifest: dict) -> None:
+    """A concurrent build published the split first: drop this host's assembly of it."""
+    writer = writers.pop(key, None)
+    if writer is not None:
+      writer.abort()
+      job = by_key[key]
+      ledger.clear(job.task, job.split, job.build)
+    manifests[key] = manifest
+
+  def feed(key) -> None:
+    """Adds the split's finished units, in order, to its assembly (if it is this host's to
+    assemble), so the shards are written while later units are built; publishes the split
+    once every unit is in."""
     job = by_key[key]
     if key in manifests or not assembler[key]:
       return
-    if len(done[key]) < len(job.units):
-      return
-    manifests[key] = _assemble(ledger, job)
+    try:
+      writer = writers.get(key)
+      if writer is None:
+        if 0 not in done[key]:
+          return
+        existing = published(cache_dir, job.task, job.split, job.fingerprint)
+        if existing is not None:
+          return adopt(key, existing)
+        writer = writers[key] = assemble.SplitWriter(
+            ledger, job.task, job.split, job.fingerprint, job.build, len(job.units),
+            job.num_shards, job.token_features, job.manifest_base, job.empty_message)
+      while writer.next in done[key]:
+        index = writer.next
+        if done[key][index] is None:
+          done[key][index] = ledger.entry(job.task, job.split, job.build, index)
+        writer.add(done[key][index])
+      if writer.next < len(job.units):
+        return
+      existing = published(cache_dir, job.task, job.split, job.fingerprint)
+      if existing is not None:
+        return adopt(key, existing)
+      del writers[key]
+      manifests[key] = writer.finish()
+    except Exception:  # pylint: disable=broad-except  (units removed under a concurrent build)
+      existing = published(cache_dir, job.task, job.split, job.fingerprint)
+      if existing is None:
+        raise
+      adopt(key, existing)
 
   def on_unit(unit: units.Unit, n: int) -> None:
-    done[unit.key].add(unit.index)
+    done[unit.key].setdefault(unit.index, None)
     credit(unit.key, {unit.index}, max(n, 0))
-    finish(unit.key)
+    feed(unit.key)
 
-  for job in jobs:
-    if job.key in manifests:
-      continue
-    manifest = published(cache_dir, job.task, job.split, job.fingerprint)
-    if manifest is not None:
-      manifests[job.key] = manifest
-      credit(job.key, range(len(job.units)))
-  todo = [u for u in todo if u.key not in manifests]
-  for key in list(by_key):
-    finish(key)
-  if todo:
-    if num_workers <= 1 or len(todo) == 1:
-      for unit in todo:
-        job = by_key[unit.key]
-        on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features, cache_dir,
-                                ledger.remote))
-    else:
-      _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit)
-
-  # Units of other hosts (or of a concurrent build), then the splits other hosts assemble.
-  deadline = time.monotonic() + wait_timeout_s
-  while len(manifests) < len(jobs):
-    progressed = False
+  try:
     for job in jobs:
       if job.key in manifests:
         continue
       manifest = published(cache_dir, job.task, job.split, job.fingerprint)
-      if manifest is None and assembler[job.key]:
-        done[job.key] |= set(ledger.done(job.task, job.split, job.build))
-        credit(job.key, done[job.key])
-        finish(job.key)
-        manifest = manifests.get(job.key)
       if manifest is not None:
         manifests[job.key] = manifest
         credit(job.key, range(len(job.units)))
-        progressed = True
-    if len(manifests) < len(jobs):
-      if time.monotonic() > deadline:
-        raise RuntimeError(f"cache build: {len(jobs) - len(manifests)} splits still unfinished "
-                           f"after {wait_timeout_s:.0f} s (are all {count} processes running, "
-                           "and is the cache dir shared by all of them?)")
-      if not progressed:
-        bar.update(note=f"waiting for {len(jobs) - len(manifests)} splits of other hosts")
-        time.sleep(poll_s)
+    todo = [u for u in todo if u.key not in manifests]
+    for key in list(by_key):
+      feed(key)
+    if todo:
+      if num_workers <= 1 or len(todo) == 1:
+        for unit in todo:
+          job = by_key[unit.key]
+          on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features,
+                                  cache_dir, ledger.remote))
+      else:
+        _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit)
+
+    # Units of other hosts (or of a concurrent build), then the splits other hosts assemble.
+    deadline = time.monotonic() + wait_timeout_s
+    while len(manifests) < len(jobs):
+      progressed = False
+      for job in jobs:
+        if job.key in manifests:
+          continue
+        manifest = published(cache_dir, job.task, job.split, job.fingerprint)
+        if manifest is None and assembler[job.key]:
+          for index, entry in ledger.done(job.task, job.split, job.build).items():
+            done[job.key].setdefault(index, entry)
+          credit(job.key, done[job.key])
+          feed(job.key)
+          manifest = manifests.get(job.key)
+        if manifest is not None:
+          if job.key not in manifests:
+            adopt(job.key, manifest)
+          credit(job.key, range(len(job.units)))
+          progressed = True
+      if len(manifests) < len(jobs):
+        if time.monotonic() > deadline:
+          raise RuntimeError(f"cache build: {len(jobs) - len(manifests)} splits still unfinished "
+                             f"after {wait_timeout_s:.0f} s (are all {count} processes running, "
+                             "and is the cache dir shared by all of them?)")
+        if not progressed:
+          bar.update(note=f"waiting for {len(jobs) - len(manifests)} splits of other hosts")
+          time.sleep(poll_s)
+  finally:
+    for writer in writers.values():
+      writer.abort()
   bar.update(note="")
   bar.close()
   for job in jobs:  # units a concurrent builder wrote after another one published the split

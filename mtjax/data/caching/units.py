@@ -90,6 +90,11 @@ class Ledger:
           continue  # (vanished: the split was just published and its units removed)
     return out
 
+  def entry(self, task: str, split: str, build: str, index: int) -> dict:
+    """The ledger entry of a finished unit."""
+    folder = self.remote_dir(task, split, build)
+    return json.loads(fs.read_text(fs.join(folder, f"unit-{index:05d}.json")))
+
   def has(self, unit: Unit) -> bool:
     """Whether the unit is finished (its entry exists)."""
     return fs.exists(fs.join(self.remote_dir(unit.task, unit.split, unit.build),
@@ -109,7 +114,9 @@ class Ledger:
     scratch = layout.make_scratch(self.local_root)
     try:
       tmp = os.path.join(scratch, unit.name)
-      writer = array_record_module.ArrayRecordWriter(tmp + FILES[0], "group_size:1")
+      # uncompressed: a unit lives until assembly, which compresses the split's shards once
+      writer = array_record_module.ArrayRecordWriter(tmp + FILES[0],
+                                                     "group_size:1,uncompressed")
       lengths = []
       tokens = {k: [] for k in token_features}
       for example in examples:
