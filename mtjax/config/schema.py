@@ -89,6 +89,9 @@ class ModelConfig:
   # per task, layer and step); evaluation, inference and export always use the sigmoid
   adapter_routing: str = "sigmoid"
   adapter_temperature: float = 1.0  # poly/mhr, adapter_routing=gumbel: the relaxation's temperature
+  # mixlora/loramoe: shard the experts (their LoRA factors, router columns and optimizer state)
+  # over the mesh's tensor axis, which must divide adapter_experts; false: replicated
+  adapter_shard_experts: bool = False
   # Soft prompt (mtjax.peft.prompts), inserted after the token embedding; 0 = none. Needs
   # data.pack=False (one example per row). Its parameters live under `embed_hook/prompt`.
   prompt_length: int = 0

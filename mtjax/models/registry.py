@@ -72,7 +72,8 @@ def _adapter_overrides(model_config, task_names) -> dict:
           "adapter_balance": model_config.adapter_balance, "adapter_tasks": tasks,
           "adapter_knowledge": knowledge, "adapter_default_task": default,
           "adapter_routing": getattr(model_config, "adapter_routing", "sigmoid"),
-          "adapter_temperature": getattr(model_config, "adapter_temperature", 1.0)}
+          "adapter_temperature": getattr(model_config, "adapter_temperature", 1.0),
+          "adapter_shard_experts": getattr(model_config, "adapter_shard_experts", False)}
 
 
 def architecture(model_config, task_names=None):
@@ -88,12 +89,27 @@ def architecture(model_config, task_names=None):
   return config(model_config.preset, **_overrides(model_config, task_names))
 
 
+def check_expert_sharding(model_config, mesh) -> None:
+  """`model.adapter_shard_experts` needs the mesh's tensor axis to divide the experts."""
+  if (mesh is None or not getattr(model_config, "adapter_shard_experts", False)
+      or getattr(model_config, "adapter", "lora") not in ("mixlora", "loramoe")):
+    return
+  tensor, experts = mesh.shape.get("tensor", 1), model_config.adapter_experts
+  if experts % tensor:
+    from mtjax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.ConfigError(
+        f"model.adapter_shard_experts: the mesh's tensor axis ({tensor} devices) must divide "
+        f"model.adapter_experts={experts}",
+        hint="choose adapter_experts a multiple of mesh.tensor, or leave the experts replicated")
+
+
 def create(model_config, *, seed: int, mesh=None, rules=None, task_names=None):
   """The model a run starts from (`model_config` is a `schema.ModelConfig`).
 
   Call inside `jax.set_mesh(mesh)` + `nnx.logical_axis_rules(rules)`, so fresh parameters are
   created sharded; HF weights go straight to their shardings.
   """
+  check_expert_sharding(model_config, mesh)
   hf_dir = getattr(model_config, "hf_checkpoint", "")
   if hf_dir:
     from mtjax.models import hf  # pylint: disable=g-import-not-at-top

@@ -73,6 +73,7 @@ class T5Config:
   adapter_default_task: int = -1  # poly/mhr/mtlora: the task used where none is known (-1: error)
   adapter_routing: str = "sigmoid"  # poly/mhr training routing: sigmoid | gumbel (mtjax.peft.poly)
   adapter_temperature: float = 1.0  # poly/mhr, gumbel: the relaxed Bernoulli's temperature
+  adapter_shard_experts: bool = False  # mixlora/loramoe: expert banks over the tensor mesh axis
 
   def __post_init__(self):
     lora.check_targets(self, LORA_TARGETS)

@@ -27,9 +27,11 @@ DEFAULT_RULES: Rules = (
     ("layers", None),
     ("prompt", None),
     ("lora", None),  # LoRA rank axis
-    # banks of the multi-task adapters (mtjax.peft.adapters): replicated
+    # banks of the multi-task adapters (mtjax.peft.adapters): replicated, except MixLoRA /
+    # LoRAMoE experts with model.adapter_shard_experts (`sharded_experts`: over `tensor`)
     ("skills", None),
     ("experts", None),
+    ("sharded_experts", "tensor"),
     ("tasks", None),
     ("shared", None),
 )
@@ -62,6 +64,21 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules | None = None) -> 
     used.update(axes)
     spec.append(axes[0] if len(axes) == 1 else (axes or None))
   return P(*spec)
+
+
+def giving_way_to(names: Sequence[str | None], first: str, rules: Rules | None = None
+                  ) -> tuple[str | None, ...]:
+  """`names` with every other name that maps to a mesh axis of `first` replaced by None, so that
+  `first` (e.g. `sharded_experts`) gets that axis: a sharding maps each mesh axis to one
+  dimension (the rules in force, else `DEFAULT_RULES`)."""
+  rules = dict(rules or flax_spmd.get_logical_axis_rules() or DEFAULT_RULES)
+
+  def axes(name):
+    target = rules.get(name) if name else None
+    return set((target,) if isinstance(target, str) else tuple(target or ()))
+
+  taken = axes(first)
+  return tuple(n if n == first or not (axes(n) & taken) else None for n in names)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -73,7 +73,8 @@ def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx
                  for n in targets}
       setattr(module, FFN_SUFFIX, moe_lora.MixLoRA(
           kernels, cfg.d_model, experts=cfg.adapter_experts, top_k=cfg.adapter_top_k,
-          balance=cfg.adapter_balance, tasks=tasks, **common))
+          balance=cfg.adapter_balance, tasks=tasks,
+          shard=getattr(cfg, "adapter_shard_experts", False), **common))
     return
   for name in targets:
     kernel = getattr(module, name)
@@ -88,7 +89,8 @@ def attach(module: nnx.Module, cfg, names_and_n_in: dict[str, int], *, rngs: nnx
     else:
       adapter = moe_lora.LoRAMoE(*args, experts=cfg.adapter_experts, balance=cfg.adapter_balance,
                                  knowledge_tasks=getattr(cfg, "adapter_knowledge", ()),
-                                 tasks=tasks, **common)
+                                 tasks=tasks, shard=getattr(cfg, "adapter_shard_experts", False),
+                                 **common)
     if m in TASK_ROUTED:
       default = getattr(cfg, "adapter_default_task", -1)
       adapter.default_task = default if default >= 0 else None

@@ -45,11 +45,12 @@ class Shape:
 def bank(rngs, shape: Shape, n: int, bank_name: str, rank: int, param_dtype):
   """`(a, b)`: `n` LoRA factor pairs, `a [n, *in_shape, r]` ~ N(0, 1/fan_in), `b [n, r,
   *out_shape]` zeros (so every adapter starts as the identity update, as LoRA)."""
+  a_names = rules.giving_way_to((bank_name,) + shape.in_names + (AXIS,), bank_name)
+  b_names = rules.giving_way_to((bank_name, AXIS) + shape.out_names, bank_name)
   a = rules.param(rngs, jax.nn.initializers.normal(stddev=shape.in_dim ** -0.5),
-                  (n,) + shape.in_shape + (rank,), (bank_name,) + shape.in_names + (AXIS,),
+                  (n,) + shape.in_shape + (rank,), a_names, param_dtype)
+  b = rules.param(rngs, jax.nn.initializers.zeros, (n, rank) + shape.out_shape, b_names,
                   param_dtype)
-  b = rules.param(rngs, jax.nn.initializers.zeros, (n, rank) + shape.out_shape,
-                  (bank_name, AXIS) + shape.out_names, param_dtype)
   return a, b
 
 
