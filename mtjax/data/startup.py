@@ -118,7 +118,10 @@ def _check(cfg, splits: tuple[str, ...]) -> tuple[dict | None, dict | None, str]
       record = json.load(f)
   except (OSError, ValueError):
     return key, None, "no start-up record"
-  return key, record, _changed(record, key, cfg.data.cache_dir)
+  try:
+    return key, record, _changed(record, key, cfg.data.cache_dir)
+  except Exception as e:  # pylint: disable=broad-except  (a damaged record: the normal path)
+    return key, None, f"unreadable start-up record ({type(e).__name__}: {e})"
 
 
 def register(cfg) -> None:
@@ -390,6 +393,10 @@ def _write(cfg, key: dict, splits, spec: mixing.MixtureSpec, watch: _Watch) -> N
         if not manifest or "fingerprint" not in manifest:
           raise Uncertain(f"{task.name}/{split} has no manifest")
         manifests[f"{task.name}/{split}"] = manifest["fingerprint"]
+  for name in cfg.data.modules:  # the task modules themselves must be files the next start stats
+    path = getattr(sys.modules.get(modules.builtin_name(name)), "__file__", None)
+    if not isinstance(path, str) or not os.path.isfile(path):
+      raise Uncertain(f"data.modules: {name!r} is not a module file")
   code = _code_files()
   std, sites = _installed_roots()
   skip = (watch.cache_dir + os.sep, "/proc/", "/sys/", "/dev/") + std + sites

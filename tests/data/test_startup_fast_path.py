@@ -279,3 +279,31 @@ def test_a_deferred_registration_runs_when_needed(monkeypatch):
   registration.ensure_registered()
   assert calls == [1] and not registration.deferred()
   assert registration.recorded_vocabulary("t") is None  # registered: ask SeqIO
+
+
+def test_sources_it_cannot_check_cheaply_write_no_record():
+  """TFDS, Hugging Face datasets (files resolved at cache time) and remote files: the normal
+  path every time."""
+  import types
+
+  import seqio
+
+  def fn(split, shuffle_files=False, seed=None):
+    del split, shuffle_files, seed
+
+  fn.fingerprint_parts = lambda split: []
+  task = types.SimpleNamespace(name="t", output_features={},
+                               source=seqio.FunctionDataSource(fn, splits=("train",)))
+  with pytest.raises(startup.Uncertain, match="Hugging Face"):
+    startup._task_inputs(task, {}, {})  # pylint: disable=protected-access
+
+  def remote(split, shuffle_files=False, seed=None):
+    del split, shuffle_files, seed
+
+  remote.data_files = ["gs://bucket/train.jsonl"]
+  task.source = seqio.FunctionDataSource(remote, splits=("train",))
+  with pytest.raises(startup.Uncertain, match="remote"):
+    startup._task_inputs(task, {}, {})  # pylint: disable=protected-access
+  task.source = seqio.TfdsDataSource(tfds_name="glue/rte:2.0.0")
+  with pytest.raises(startup.Uncertain, match="TFDS"):
+    startup._task_inputs(task, {}, {})  # pylint: disable=protected-access
