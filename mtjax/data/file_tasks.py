@@ -24,9 +24,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import os
+import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mtjax import errors
@@ -45,14 +47,14 @@ def _format(path: str) -> str:
   return FORMATS[ext]
 
 
-def _tsv_rows(f) -> Iterator[tuple[int, list[str]]]:
+def _tsv_rows(f, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
   """(line, fields) of a TSV file: plain tab-separated lines, no quote processing.
 
   GLUE's TSVs (and the loaders of GLUE in HF datasets and TFDS) treat `"` as text: read with
   CSV rules, a field that starts with a quote loses its quotes. A `\r\n` line end is one line
   end. An empty line yields no fields.
   """
-  for lineno, line in enumerate(f, start=1):
+  for lineno, line in enumerate(f, start=first_line):
     line = line[:-1] if line.endswith("\n") else line
     line = line[:-1] if line.endswith("\r") else line
     yield lineno, line.split("\t") if line else []
@@ -68,6 +70,65 @@ def _csv_rows(f) -> Iterator[tuple[int, list[str]]]:
     if row is None:
       return
     yield start, row
+
+
+INDEX_EVERY = 1024  # records between two checkpoints of a file's record index
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _is_record_line(line: bytes, kind: str) -> bool:
+  """Whether the line (bytes, its "\n" included) is a record line as the text readers below
+  see it: TSV, any non-empty line; JSONL, a line that is not all whitespace (`str.strip`)."""
+  if kind == "tsv":
+    return line not in (b"", b"\n", b"\r\n", b"\r")
+  stripped = line.strip()
+  if not stripped:
+    return False
+  if stripped[0] < 0x80 and stripped[0] not in (0x1c, 0x1d, 0x1e, 0x1f):
+    return True  # an ASCII character that is no whitespace to str.strip either
+  return bool(line.decode("utf-8", errors="replace").strip())
+
+
+@functools.lru_cache(maxsize=64)
+def _record_index(path: str, kind: str, size: int, mtime_ns: int, every: int):
+  """(number of records, byte offsets and line numbers of records 0, K, 2K, ... with K =
+  INDEX_EVERY) of a JSONL or TSV file (a TSV's records: its lines after the header), from one pass over its bytes; None where the lines the
+  text reader splits cannot be found in bytes alone (a "\r" that ends no "\r\n" in JSONL, which
+  the reader takes for a line end). A block of a large file then starts reading at its nearest
+  checkpoint instead of passing over every line before it (and the file is counted once per
+  process, not once per block). `size` / `mtime_ns` key the cache: a changed file is re-read."""
+  del size, mtime_ns
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  offsets, lines = [], []
+  count, pos = 0, 0
+  with open(path, "rb") as f:
+    for lineno, line in enumerate(f, start=1):
+      if lineno == 1 and kind == "tsv":  # the header
+        pos += len(line)
+        continue
+      if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):  # utf-8-sig drops the mark
+        record = _is_record_line(line[3:], kind)
+      else:
+        record = _is_record_line(line, kind)
+      if kind == "jsonl" and b"\r" in line and _LONE_CR.search(line):
+        return None
+      if record:
+        if count % every == 0:
+          offsets.append(pos)
+          lines.append(lineno)
+        count += 1
+      pos += len(line)
+  return count, np.asarray(offsets, np.int64), np.asarray(lines, np.int64)
+
+
+def record_index(path: str):
+  """`_record_index` of a JSONL / TSV file (None for other formats)."""
+  kind = _format(path)
+  if kind not in ("jsonl", "tsv"):
+    return None
+  stat = os.stat(path)
+  return _record_index(path, kind, stat.st_size, stat.st_mtime_ns, INDEX_EVERY)
 
 
 def iter_records(path: str, skipped: list[str] | None = None,
@@ -116,25 +177,10 @@ def iter_records(path: str, skipped: list[str] | None = None,
   # utf-8-sig: a byte order mark (Excel's exports) is not part of the first column's name.
   # TSV lines end at "\n" only (a stray "\r" inside a field stays text); the csv module wants
   # newline="" to see line breaks inside quoted fields itself.
-  with open(path, newline="\n" if kind == "tsv" else "", encoding="utf-8-sig") as f:
-    if kind == "jsonl":
-      passed = 0
-      for lineno, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        if passed < start:
-          passed += 1
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          bad(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-          continue
-        if not isinstance(record, dict):
-          bad(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-          continue
-        yield lineno, record
-    else:
+  newline = "\n" if kind == "tsv" else ""
+  with open(path, newline=newline, encoding="utf-8-sig") as f:
+    header = None
+    if kind != "jsonl":
       rows = _csv_rows(f) if kind == "csv" else _tsv_rows(f)
       _, header = next(rows, (0, None))
       if not header:
@@ -142,18 +188,54 @@ def iter_records(path: str, skipped: list[str] | None = None,
       repeated = sorted({h for h in header if header.count(h) > 1})
       if repeated:
         raise errors.DataError(f"{path}:1: the header names {repeated} more than once")
-      passed = 0
-      for lineno, row in rows:
-        if not row:
-          continue
-        if passed < start:
-          passed += 1
-          continue
-        if len(row) != len(header):
-          bad(f"{path}:{lineno}: {len(row)} fields, but the header has "
-              f"{len(header)} ({', '.join(header)})")
-          continue
-        yield lineno, dict(zip(header, row))
+    index = record_index(path) if start >= INDEX_EVERY else None
+    if index is None:
+      lines = rows if kind != "jsonl" else enumerate(f, start=1)
+      yield from _text_records(lines, path, kind, header, start, 0, bad)
+      return
+  # A block from far into the file: read from the checkpoint at or before its first record.
+  checkpoint = min(start // INDEX_EVERY, len(index[1]) - 1)
+  with open(path, "rb") as raw:
+    raw.seek(int(index[1][checkpoint]))
+    f = io.TextIOWrapper(raw, encoding="utf-8" if index[1][checkpoint] else "utf-8-sig",
+                         newline=newline)
+    first_line = int(index[2][checkpoint])
+    lines = _tsv_rows(f, first_line) if kind == "tsv" else enumerate(f, start=first_line)
+    yield from _text_records(lines, path, kind, header, start, checkpoint * INDEX_EVERY, bad)
+
+
+def _text_records(lines, path: str, kind: str, header, start: int, passed: int,
+                  bad) -> Iterator[tuple[int, dict]]:
+  """`iter_records` of a JSONL file's (line number, line) or a CSV / TSV file's (line number,
+  fields) pairs after its header, where `passed` records come before the first pair."""
+  if kind == "jsonl":
+    for lineno, line in lines:
+      if not line.strip():
+        continue
+      if passed < start:
+        passed += 1
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        bad(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+        continue
+      if not isinstance(record, dict):
+        bad(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        continue
+      yield lineno, record
+    return
+  for lineno, row in lines:
+    if not row:
+      continue
+    if passed < start:
+      passed += 1
+      continue
+    if len(row) != len(header):
+      bad(f"{path}:{lineno}: {len(row)} fields, but the header has "
+          f"{len(header)} ({', '.join(header)})")
+      continue
+    yield lineno, dict(zip(header, row))
 
 
 def label_mapper(label_names: Sequence[str], label_field: str = "label") -> Callable:
@@ -194,6 +276,9 @@ def _num_raw_records(path: str) -> int:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
     return pq.ParquetFile(path).metadata.num_rows
+  index = record_index(path)
+  if index is not None:
+    return index[0]
   with open(path, newline="\n" if kind == "tsv" else "", encoding="utf-8-sig") as f:
     if kind == "jsonl":
       return sum(1 for line in f if line.strip())

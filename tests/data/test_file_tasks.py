@@ -402,3 +402,44 @@ def test_byte_order_mark_is_not_a_column_name_and_repeated_columns_are_errors(tm
   path.write_text("q,q\n1,2\n")
   with pytest.raises(ValueError, match=r"d.csv:1: the header names \['q'\] more than once"):
     list(file_tasks.iter_records(str(path)))
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "tsv"])
+def test_a_block_far_into_a_file_reads_from_the_record_index(tmp_path, monkeypatch, kind):
+  """`iter_records(start=...)` seeks to a checkpoint of the file's record index instead of
+  passing over every line: the same (line, record) pairs as reading from the top, with blank and
+  whitespace-only lines (Unicode ones too), CRLF line ends and a byte order mark in the file."""
+  path = str(tmp_path / f"data.{kind}")
+  blanks = ["\n", "\r\n", "   \n", "\u3000\n", "\x1c\n"] if kind == "jsonl" else ["\n", "\r\n"]
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    f.write("\ufeff")
+    if kind == "tsv":
+      f.write("text\tlabel\r\n")
+    for i in range(200):
+      text = f"row {i} café" if i % 3 else f"row {i}"
+      f.write(json.dumps({"text": text, "label": i % 2}, ensure_ascii=i % 2 == 0) + "\r\n"
+              if kind == "jsonl" else f"{text}\t{i % 2}\n")
+      if i % 7 == 0:
+        f.write(blanks[i % len(blanks)])
+  everything = list(file_tasks.iter_records(path))
+  assert len(everything) == 200 == file_tasks._num_raw_records(path)
+  monkeypatch.setattr(file_tasks, "INDEX_EVERY", 16)
+  index = file_tasks.record_index(path)
+  assert index[0] == 200 and len(index[1]) == 13
+  for start in (0, 15, 16, 17, 50, 64, 199, 200):
+    assert list(file_tasks.iter_records(path, start=start)) == everything[start:], start
+  assert file_tasks._num_raw_records(path) == 200
+
+
+def test_a_lone_carriage_return_in_jsonl_keeps_the_text_reader(tmp_path, monkeypatch):
+  """A "\\r" ending no "\\r\\n" is a line end to the text reader but not to a byte scan: no
+  index, and blocks are read from the top as before."""
+  path = str(tmp_path / "data.jsonl")
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    for i in range(40):
+      f.write(json.dumps({"i": i}) + ("\r" if i == 5 else "\n"))
+  monkeypatch.setattr(file_tasks, "INDEX_EVERY", 4)
+  assert file_tasks.record_index(path) is None
+  everything = list(file_tasks.iter_records(path))
+  assert len(everything) == 40
+  assert list(file_tasks.iter_records(path, start=21)) == everything[21:]
