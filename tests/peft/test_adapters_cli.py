@@ -1,7 +1,7 @@
 """`mtjax eval` and `mtjax infer` on runs with multi-task adapters, through the CLI.
 
-Each run trains t5_test on `synthetic_strings` (copy, reverse, sort) for one step with one
-adapter, then its adapter parameters are overwritten with large random values (so that every
+Each run trains t5_test (MHR and MixLoRA: decoder_test, decoder-only rows) on
+`synthetic_strings` (copy, reverse, sort) for one step with one adapter, then its adapter parameters are overwritten with large random values (so that every
 task's adapters move the model far and differently: a wrong task index changes the outputs).
 The references are computed independently of the evaluators' task fixing (`select_task`) and
 their cached decoding: the model's plain forward with the evaluated task's index given
@@ -28,12 +28,16 @@ from mtjax.peft import lora
 TASKS = ("synthetic_copy", "synthetic_reverse", "synthetic_sort")
 INPUTS, TARGETS = 32, 8
 EXAMPLES = 3
-ADAPTERS = {  # the adapter's model.* keys (MHR: 2 heads divide t5_test's projections)
+ADAPTERS = {  # the adapter's model.* keys (MHR: 2 heads divide the projections)
     "poly": dict(adapter_experts=3),
     "mhr": dict(adapter_experts=3, adapter_heads=2),
     "mtlora": {},
     "loramoe": dict(adapter_experts=3),
+    "mixlora": dict(adapter_experts=3, adapter_top_k=2),
 }
+DECODER = ("mhr", "mixlora")  # trained as decoder_test (decoder-only rows); the others t5_test
+TARGETS_OF = {"t5": ("query", "value", "out", "wi_0", "wo"),
+              "decoder": ("query", "value", "out", "gate", "down")}
 FOLDS = ("poly", "mhr", "mtlora")
 DEFAULT = {"mtlora": "synthetic_reverse"}  # model.adapter_default_task: serves other tasks
 
@@ -44,13 +48,16 @@ def _train(tmp_path, cache_dir, adapter, **model_keys) -> str:
   from mtjax.recipes import train as train_recipe
 
   run_dir = str(tmp_path / adapter)
+  family = "decoder" if adapter in DECODER else "t5"
   cfg = schema.RunConfig(
       run_dir=run_dir,
       data=schema.DataConfig(mixture="synthetic_strings", cache_dir=cache_dir,
-                             inputs_length=INPUTS, targets_length=TARGETS, batch_size=8),
-      model=schema.ModelConfig(preset="t5_test", lora_rank=2, adapter=adapter,
-                               lora_targets=("query", "value", "out", "wi_0", "wo"),
-                               **ADAPTERS[adapter], **model_keys),
+                             inputs_length=INPUTS, targets_length=TARGETS, batch_size=8,
+                             feature_converter="decoder_only" if family == "decoder"
+                             else "enc_dec"),
+      model=schema.ModelConfig(preset=f"{family}_test", lora_rank=2, adapter=adapter,
+                               lora_targets=TARGETS_OF[family], **ADAPTERS[adapter],
+                               **model_keys),
       optimizer=schema.OptimizerConfig(name="adamw", learning_rate=1e-2),
       train=schema.TrainConfig(steps=1, log_every=1, checkpoint_every=1, trainable=("lora",)),
       eval=schema.EvalConfig(at_end=False),
@@ -90,14 +97,27 @@ def _encode(text: str) -> list[int]:
 
 
 class Reference:
-  """The model's forward with each token's task given as `task_ids` (no task fixed on it)."""
+  """The model's forward with each token's task given as `task_ids` (no task fixed on it).
+  Decoder-only rows are `[0] + inputs + targets` (the start token, as training's rows)."""
 
-  def __init__(self, run_dir):
+  def __init__(self, run_dir, family):
     model = store.load_any(run_dir)
+    self.family = family
     self.graphdef, self.params = nnx.split(model)
     self.forward = jax.jit(lambda params, batch: nnx.merge(self.graphdef, params)(batch))
 
   def logits(self, inputs: list[list[int]], decoder_inputs: np.ndarray, task: int):
+    """Logits `[B, TARGETS, V]` over the targets part (decoder_inputs: the shifted targets)."""
+    if self.family == "decoder":
+      rows = np.zeros((len(inputs), 1 + INPUTS + TARGETS), np.int32)
+      for i, x in enumerate(inputs):
+        rows[i, 1:1 + len(x)] = x
+        rows[i, len(x):len(x) + TARGETS] = decoder_inputs[i]  # (0 = the start: the EOS's spot)
+        rows[i, len(x)] = x[-1]  # the inputs' EOS stays; the targets start after it
+      batch = {"decoder_input_tokens": rows,
+               "task_ids": np.full(rows.shape, task, np.int32)}
+      out = np.asarray(self.forward(self.params, batch), np.float64)
+      return np.stack([out[i, len(x):len(x) + TARGETS] for i, x in enumerate(inputs)])
     enc = np.zeros((len(inputs), INPUTS), np.int32)
     for i, x in enumerate(inputs):
       enc[i, :len(x)] = x
@@ -133,17 +153,24 @@ class Reference:
     return list((picked * (targets > 0)).sum(-1))
 
 
-def _hf_choice_scores(hf_dir, text, choices) -> list[float]:
+def _hf_choice_scores(hf_dir, family, text, choices) -> list[float]:
+  """Each choice's summed log-likelihood (+ EOS) under the exported HF model, by transformers."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(hf_dir).eval()
-  scores = []
+  auto = (transformers.AutoModelForCausalLM if family == "decoder"
+          else transformers.AutoModelForSeq2SeqLM)
+  model = auto.from_pretrained(hf_dir).eval()
+  x, scores = _encode(text), []
   for c in choices:
-    labels = torch.tensor([list(_vocab().encode(c)) + [1]])
+    target = list(_vocab().encode(c)) + [1]
     with torch.no_grad():
-      logits = model(input_ids=torch.tensor([_encode(text)]), labels=labels).logits
+      if family == "decoder":  # [start] + inputs + target: position len(x) + j predicts target j
+        ids = torch.tensor([[0] + x + target])
+        logits = model(input_ids=ids).logits[0, len(x):len(x) + len(target)]
+      else:
+        logits = model(input_ids=torch.tensor([x]), labels=torch.tensor([target])).logits[0]
     logp = torch.log_softmax(logits.double(), -1)
-    scores.append(float(logp[0].gather(-1, labels[0][:, None]).sum()))
+    scores.append(float(logp.gather(-1, torch.tensor(target)[:, None]).sum()))
   return scores
 
 
@@ -151,7 +178,8 @@ def _hf_choice_scores(hf_dir, text, choices) -> list[float]:
 def test_eval_and_infer_use_each_tasks_adapters(adapter, tmp_path, synthetic_cache, capsys):
   default = DEFAULT.get(adapter, "")
   run_dir = _train(tmp_path, synthetic_cache, adapter, adapter_default_task=default)
-  ref = Reference(run_dir)
+  family = "decoder" if adapter in DECODER else "t5"
+  ref = Reference(run_dir, family)
 
   # mtjax eval of the whole mixture: each task's predictions are the greedy decode with its own
   # task index
@@ -203,7 +231,8 @@ def test_eval_and_infer_use_each_tasks_adapters(adapter, tmp_path, synthetic_cac
     cli.main(["export", "--checkpoint", run_dir, "--out", hf_dir, "--task", "synthetic_sort"])
     for row in got[:2]:
       np.testing.assert_allclose([s["sum"] for s in row["scores"]],
-                                 _hf_choice_scores(hf_dir, row["inputs"], choices), **tol)
+                                 _hf_choice_scores(hf_dir, family, row["inputs"], choices),
+                                 **tol)
   infer_add = ["infer", "--checkpoint", run_dir, "--input", str(source), "--output",
                str(tmp_path / "add.jsonl"), "--task", "synthetic_add"]
   eval_add = ["eval", "--checkpoint", run_dir, "--mixture_or_task", "synthetic_add",
