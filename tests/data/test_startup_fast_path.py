@@ -68,6 +68,36 @@ print(json.dumps({
 '''
 
 
+# `mtjax train` in a subprocess; writes what it imported to the file named by its first argument.
+CLI_SCRIPT = '''\
+import atexit, json, sys
+out, argv = sys.argv[1], sys.argv[2:]
+
+def report():
+  with open(out, "w") as f:
+    json.dump({"tensorflow": "tensorflow" in sys.modules, "seqio": "seqio" in sys.modules}, f)
+
+atexit.register(report)
+from mtjax import cli
+cli.main(argv)
+'''
+CLI_CONFIG = '''\
+from mtjax.config.schema import (DataConfig, EvalConfig, ModelConfig, OptimizerConfig, RunConfig,
+                                 TrainConfig)
+
+def get_config():
+  return RunConfig(
+      run_dir={run_dir!r},
+      data=DataConfig(mixture={task!r}, modules=({module!r},), tokenizer={tokenizer!r},
+                      cache_dir={cache_dir!r}, inputs_length=32, targets_length=4, batch_size=8,
+                      pack=False, feature_converter="prefix_lm"),
+      model=ModelConfig(preset="decoder_test"),
+      optimizer=OptimizerConfig(name="adamw", learning_rate=1e-2, warmup_steps=0),
+      train=TrainConfig(steps=1, log_every=1, checkpoint_every=1000),
+      eval=EvalConfig(at_end=False))
+'''
+
+
 def _jsonl(path, rows):
   with open(path, "w", encoding="utf-8") as f:
     for premise, hypothesis, label in rows:
@@ -192,6 +222,29 @@ def test_second_start_imports_neither_tensorflow_nor_seqio(warm):
   assert second["export"] == first["export"]
   assert second["export"]["vocabulary"]["from"] == "tasks"
   assert second["export_tokenizer"] == first["export_tokenizer"] != []
+
+
+def test_mtjax_train_on_the_warm_cache_imports_neither(world, warm):
+  """The whole start of `mtjax train` (setup, run files, export metadata, the step) on the warm
+  cache: neither TensorFlow nor SeqIO is imported."""
+  del warm
+  _run(world)  # the record is current (another test may have changed and restored a file)
+  root = world["root"]
+  (root / "run_cli.py").write_text(CLI_SCRIPT)  # next to run_startup.py: the same sys.path
+  config = root / "cli_config.py"
+  config.write_text(CLI_CONFIG.format(run_dir=str(root / "cli_run"), task=TASK, module=MODULE,
+                                      tokenizer=world["tokenizer"],
+                                      cache_dir=world["data"]["cache_dir"]))
+  env = {k: v for k, v in os.environ.items() if k != startup.ENV_SWITCH}
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  out = root / "cli_imports.json"
+  done = subprocess.run([sys.executable, str(root / "run_cli.py"), str(out), "train",
+                         "--config", str(config), "--no_progress"], cwd=world["work"], env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(out.read_text()) == {"tensorflow": False, "seqio": False}
+  with open(root / "cli_run" / "hf" / "export.json") as f:
+    assert json.load(f)["vocabulary"]["from"] == "tasks"
 
 
 def test_nothing_changed_nothing_to_check(world, warm):
