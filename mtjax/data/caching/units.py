@@ -1,7 +1,8 @@
 """Units of work and the ledger of finished ones.
 
 A unit is one block of a task split: rows [start, stop) of its source. A worker writes a unit's
-examples as encoded records (`unit-NNNNN.array_record`) and their token lengths
+examples as encoded records (`unit-NNNNN.records`: their sizes, then their bytes, back to back)
+and their token lengths
 (`unit-NNNNN.lengths.npy`), then its ledger entry (`unit-NNNNN.json`: counts) last, each file
 under a temporary name renamed into place. A unit is finished exactly when its entry exists, so a
 build killed at any moment (SIGKILL included) restarts with the units it had not finished, and two
@@ -49,7 +50,7 @@ class Unit:
 
 
 # a unit's data files (records, token lengths, flat tokens per feature); its entry comes last
-FILES = (".array_record", ".lengths.npy", ".tokens.npz")
+FILES = (".records", ".lengths.npy", ".tokens.npz")
 
 
 class Ledger:
@@ -108,23 +109,20 @@ class Ledger:
     the unit's folder at the end: a concurrent builder that publishes the split meanwhile removes
     the unit's folder (`clear`), never this writer's half-written files, and the moves are retried
     into a re-created folder (the split is then in place; `run.build` removes such leftovers)."""
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
     folder = self.local_dir(unit.task, unit.split, unit.build)
     scratch = layout.make_scratch(self.local_root)
     try:
       tmp = os.path.join(scratch, unit.name)
-      # uncompressed: a unit lives until assembly, which compresses the split's shards once
-      writer = array_record_module.ArrayRecordWriter(tmp + FILES[0],
-                                                     "group_size:1,uncompressed")
+      blobs = []
       lengths = []
       tokens = {k: [] for k in token_features}
       for example in examples:
-        writer.write(records.encode(example))
+        blobs.append(records.encode(example))
         lengths.append([len(example[k]) for k in token_features])
         for k in token_features:
           tokens[k].append(np.asarray(example[k], np.int32))
-      writer.close()
+      _write_records(tmp + FILES[0], blobs)
+      del blobs
       table = np.asarray(lengths, np.int64).reshape(len(lengths), len(token_features))
       with open(tmp + FILES[1], "wb") as f:
         np.save(f, table)
@@ -207,16 +205,28 @@ def _get(url: str, local: str) -> None:
       dst.write(chunk)
 
 
+def _write_records(path: str, blobs: list[bytes]) -> None:
+  """A unit's records: their count and sizes (int64), then the records back to back. (Not an
+  ArrayRecord file: a unit is read once, whole, by the assembler, which compresses the shards.)"""
+  sizes = np.asarray([len(b) for b in blobs], np.int64)
+  with open(path, "wb") as f:
+    f.write(np.asarray([len(blobs)], np.int64).tobytes())
+    f.write(sizes.tobytes())
+    f.write(b"".join(blobs))
+
+
 def read_records(base: str, count: int) -> Iterable[bytes]:
   """A finished unit's records, in order."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
-  reader = array_record_module.ArrayRecordReader(base + FILES[0], "readahead_buffer_size:0")
-  try:
-    for start in range(0, count, 1024):
-      yield from reader.read(list(range(start, min(count, start + 1024))))
-  finally:
-    reader.close()
+  with open(base + FILES[0], "rb") as f:
+    data = f.read()
+  n = int(np.frombuffer(data, np.int64, 1)[0])
+  if n != count:
+    raise ValueError(f"{base}{FILES[0]}: {n} records, its entry says {count}")
+  ends = np.cumsum(np.frombuffer(data, np.int64, n, 8)) + 8 * (n + 1)
+  start = 8 * (n + 1)
+  for end in ends.tolist():
+    yield data[start:end]
+    start = end
 
 
 def read_tokens(base: str) -> dict[str, np.ndarray]:
