@@ -237,6 +237,10 @@ def test_eval_and_infer_use_each_tasks_adapters(adapter, tmp_path, synthetic_cac
                str(tmp_path / "add.jsonl"), "--task", "synthetic_add"]
   eval_add = ["eval", "--checkpoint", run_dir, "--mixture_or_task", "synthetic_add",
               "--max_examples", "2", "--output_dir", str(tmp_path / "eval_add")]
+  # eval.other_tasks (zero-shot, beside one training task)
+  eval_other = ["eval", "--checkpoint", run_dir, "--mixture_or_task", "synthetic_copy",
+                "--other_tasks", "synthetic_add", "--max_examples", "2", "--output_dir",
+                str(tmp_path / "eval_other")]
   if adapter in FOLDS and default:
     # a task the adapters have no row for: model.adapter_default_task's adapters serve it
     cli.main(infer_add)
@@ -246,9 +250,17 @@ def test_eval_and_infer_use_each_tasks_adapters(adapter, tmp_path, synthetic_cac
     rows = _read(str(tmp_path / "eval_add" / "predictions" / "synthetic_add-1.jsonl"))
     want = ref.greedy([_encode(r["inputs"]) for r in rows], TASKS.index(default))
     assert [r["prediction"] for r in rows] == want
+    cli.main(eval_other)
+    folder = tmp_path / "eval_other" / "predictions"
+    (other,) = [f for f in os.listdir(folder) if f.startswith("synthetic_add")]
+    rows = _read(str(folder / other))
+    want = ref.greedy([_encode(r["inputs"]) for r in rows], TASKS.index(default))
+    assert [r["prediction"] for r in rows] == want
+    rows = _read(str(folder / "synthetic_copy-1.jsonl"))  # its own task: its own adapters
+    assert [r["prediction"] for r in rows] == ref.greedy([_encode(r["inputs"]) for r in rows], 0)
   elif adapter in FOLDS:
     # without one: one error line naming the ways out (infer, eval; infer without --task)
-    for argv in (infer_add, eval_add, infer_add[:-2]):
+    for argv in (infer_add, eval_add, eval_other, infer_add[:-2]):
       capsys.readouterr()
       with pytest.raises(SystemExit):
         cli.main(argv)
