@@ -374,3 +374,23 @@ def test_a_unit_is_never_finished_without_its_files(tmp_path, monkeypatch):
   assert ledger.write(unit, _unit_examples(2), ("inputs", "targets"), 2, []) == 2
   assert moved[-1].endswith("unit-00000.json")
   assert not ledger.has(unit) and ledger.done("t", "train", "b0") == {}
+
+
+def test_a_shared_vocabulary_reaches_the_workers_once(data, tmp_path):
+  """The payloads of a mixture's splits share their vocabulary: pickled for the workers, its
+  SentencePiece model travels once (by content), not once per split, and comes back intact."""
+  from mtjax.data.caching import run as caching_run
+
+  _, jobs, _ = cache.plan_mixture("build_mix", str(tmp_path / "unused"), tf_free=True)
+  nli = [job for job in jobs if job.task == "build_nli"]
+  assert len(nli) == 2  # train and validation, one SentencePiece vocabulary
+  model = nli[0].payload[1]["inputs"].model
+  assert len(model) >= caching_run.BLOB_SIZE
+  blobs = {}
+  raw = {job.key: caching_run.dumps(job.payload, blobs) for job in jobs}
+  assert list(blobs.values()) == [model]
+  assert all(len(r) < len(model) for r in raw.values())
+  for job in nli:
+    rows, encoders = caching_run.loads(raw[job.key], blobs)
+    assert encoders["inputs"].model == model
+    assert rows.num_rows(job.split) == job.payload[0].num_rows(job.split)

@@ -61,11 +61,54 @@ def published(cache_dir: str, task: str, split: str, fp: str) -> dict | None:
 
 _PAYLOADS: dict[tuple[str, str], Any] = {}
 _RAW: dict[tuple[str, str], bytes] = {}
+_BLOBS: dict[str, Any] = {}
+BLOB_SIZE = 1 << 16  # bytes / str values this large travel to the workers once, by content
 
 
-def _init_worker(raw: dict) -> None:
+def dumps(payload, blobs: dict) -> bytes:
+  """cloudpickle of a job's payload, its large bytes and str values (a SentencePiece model, a
+  tokenizer's JSON) kept aside in `blobs` by content: a mixture's hundreds of task splits share
+  one vocabulary, which would otherwise reach every worker once per split (T0's 313 tasks with
+  T5's 0.8 MB SentencePiece model: half a gigabyte per worker)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+
+  class Pickler(cloudpickle.CloudPickler):
+
+    def persistent_id(self, obj):  # pylint: disable=invalid-name
+      if type(obj) in (bytes, str) and len(obj) >= BLOB_SIZE:
+        data = obj if isinstance(obj, bytes) else obj.encode("utf-8", "surrogatepass")
+        key = f"{type(obj).__name__}:{hashlib.sha256(data).hexdigest()}"
+        blobs.setdefault(key, obj)
+        return key
+      return None
+
+  buffer = io.BytesIO()
+  Pickler(buffer).dump(payload)
+  return buffer.getvalue()
+
+
+def loads(raw: bytes, blobs: dict | None = None):
+  """The payload `dumps` pickled, its large values from `blobs` (this worker's by default)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  table = _BLOBS if blobs is None else blobs
+
+  class Unpickler(pickle.Unpickler):
+
+    def persistent_load(self, pid):  # pylint: disable=invalid-name
+      return table[pid]
+
+  return Unpickler(io.BytesIO(raw)).load()
+
+
+def _init_worker(raw: dict, blobs: dict) -> None:
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker
   _RAW.update(raw)
+  _BLOBS.update(blobs)
 
 
 def _run_unit(unit: units.Unit, job_producer, payload, token_features, cache_dir: str,
@@ -80,10 +123,8 @@ def _run_unit(unit: units.Unit, job_producer, payload, token_features, cache_dir
 def _work(args) -> tuple[units.Unit, int]:
   key, unit, producer, token_features, cache_dir, shared = args
   if key not in _PAYLOADS:
-    import cloudpickle  # pylint: disable=g-import-not-at-top
-
     _PAYLOADS.clear()  # one split's payload at a time: memory stays bounded
-    _PAYLOADS[key] = cloudpickle.loads(_RAW[key])
+    _PAYLOADS[key] = loads(_RAW[key])
   return unit, _run_unit(unit, producer, _PAYLOADS[key], token_features, cache_dir, shared)
 
 
@@ -254,14 +295,13 @@ def _assemble(ledger: units.Ledger, job: SplitJob) -> dict:
 def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_unit) -> None:
   import multiprocessing  # pylint: disable=g-import-not-at-top
 
-  import cloudpickle  # pylint: disable=g-import-not-at-top
-
   keys = {u.key for u in todo}
-  raw = {k: cloudpickle.dumps(by_key[k].payload) for k in keys}
+  blobs: dict = {}
+  raw = {k: dumps(by_key[k].payload, blobs) for k in keys}
   args = [(u.key, u, by_key[u.key].producer, by_key[u.key].token_features, cache_dir, shared)
           for u in todo]
   # spawn: TensorFlow (loaded by SeqIO in this process) is not fork-safe
   with multiprocessing.get_context("spawn").Pool(min(num_workers, len(todo)), _init_worker,
-                                                 (raw,)) as pool:
+                                                 (raw, blobs)) as pool:
     for unit, n in pool.imap_unordered(_work, args):
       on_unit(unit, n)
