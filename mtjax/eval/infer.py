@@ -303,7 +303,8 @@ def _route_task(model, path: str, task: str) -> None:
       raise errors.ConfigError(
           f"{path}: its adapters route by task (model.adapter={model.cfg.adapter}) and the run "
           "set no model.adapter_default_task: name the task whose adapters to use",
-          hint=f"mtjax infer --task NAME, NAME one of {list(names)}")
+          hint=f"mtjax infer --task NAME, NAME one of {list(names)}; mtjax lm-eval (no task) "
+               "needs a run trained with model.adapter_default_task")
     return
   adapters.select_task_on(model, adapters.task_index(graphdef, params, task, names))
 
