@@ -86,11 +86,20 @@ METHODS = {
                                                   adapter_experts=4)),
     "mixlora": ("MixLoRA (4 FFN experts x r 2, top 2)", dict(adapter="mixlora", lora_rank=2,
                                                             adapter_experts=4, adapter_top_k=2)),
+    # added after the study (not in its design or default --methods): Polytropon's
+    # relaxed-Bernoulli training routing (model.adapter_routing=gumbel), run on seed 0 only
+    "poly_gumbel": ("Poly, Gumbel-sigmoid routing", dict(adapter="poly", lora_rank=2,
+                                                         adapter_experts=4,
+                                                         adapter_routing="gumbel")),
+    "mhr_gumbel": ("MHR, Gumbel-sigmoid routing", dict(adapter="mhr", lora_rank=2,
+                                                       adapter_experts=4, adapter_heads=2,
+                                                       adapter_routing="gumbel")),
 }
-TASK_ROUTED = ("poly", "mhr", "mtlora")
+DESIGNED = ("pretrained", "multitask", "lora", "poly", "mhr", "mtlora", "loramoe", "mixlora")
+TASK_ROUTED = ("poly", "mhr", "mtlora", "poly_gumbel", "mhr_gumbel")
 COLORS = {"pretrained": "black", "multitask": "tab:gray", "lora": "tab:blue", "poly": "tab:green",
           "mhr": "tab:olive", "mtlora": "tab:purple", "loramoe": "tab:orange",
-          "mixlora": "tab:red"}
+          "mixlora": "tab:red", "poly_gumbel": "tab:cyan", "mhr_gumbel": "tab:brown"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
                    type=type(getattr(defaults, name)))
   p.add_argument("--workdir", default="runs/repro_adapters")
   p.add_argument("--lr", type=float, default=1e-3, help="the adapters' AdamW learning rate")
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(DESIGNED),
+                 help="the design's methods by default; also poly_gumbel, mhr_gumbel")
   p.add_argument("--timing_steps", type=int, default=20,
                  help="steps timed per method and round (0: no timing)")
   p.add_argument("--out", default="docs/results/adapters.md")
