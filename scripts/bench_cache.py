@@ -7,7 +7,9 @@ one of two vocabularies trained here on the same text (no downloads):
   sp   SeqIO's SentencePieceVocabulary (a unigram model, as T5 / T0 / mT0 use)
   hf   an HF tokenizer (`tokenizer.json`, a Llama-3-style byte-level BPE) as mtjax's HFVocabulary
 
-Measured for each, every builder in this process (its imports done before the clock starts):
+Measured for each vocabulary in a process of its own, every builder in that process (imports
+done before the clock starts), mtjax's TF-free builds first (as in `mtjax cache`: SeqIO imported,
+no TF pipeline run yet; one that has run leaves the process slower by 10-40% for a while):
 
   seqio_beam          SeqIO's own cache job (`seqio/scripts/cache_tasks_main.py`'s `run_pipeline`:
                       `beam_utils.PreprocessTask` -> TFRecord shards + info) on Beam's
@@ -21,7 +23,7 @@ Measured for each, every builder in this process (its imports done before the cl
 The mtjax caches are compared byte for byte. Printed: examples/s of each, the ratios, and the
 scaling from one to two workers.
 
-  python scripts/bench_cache.py [--examples 12000] [--workers 2] [--vocab sp hf] [--skip_seqio]
+  python scripts/bench_cache.py [--examples 24000] [--workers 2] [--vocab sp hf] [--skip_seqio]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import filecmp
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +137,19 @@ def seqio_beam(task_name: str, out: str) -> int:
     return int(json.load(f)["examples"])
 
 
+def examples_differing(a: str, b: str) -> int:
+  """How many examples' token ids differ between two caches of one split."""
+  import numpy as np
+
+  count = 0
+  for feature in ("inputs", "targets"):
+    ta, tb = (np.load(os.path.join(d, f"{feature}.tokens.npy")) for d in (a, b))
+    oa, ob = (np.load(os.path.join(d, f"{feature}.offsets.npy")) for d in (a, b))
+    count += sum(1 for i in range(len(oa) - 1)
+                 if not np.array_equal(ta[oa[i]:oa[i + 1]], tb[ob[i]:ob[i + 1]]))
+  return count
+
+
 def same_bits(a: str, b: str) -> bool:
   files = sorted(os.listdir(a))
   return files == sorted(os.listdir(b)) and all(
@@ -142,12 +158,25 @@ def same_bits(a: str, b: str) -> bool:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--examples", type=int, default=12_000)
+  parser.add_argument("--examples", type=int, default=24_000)
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--vocab", nargs="+", choices=("sp", "hf"), default=["sp", "hf"])
   parser.add_argument("--skip_seqio", action="store_true",
                       help="only the TF-free path (no SeqIO pipeline, no SeqIO-path cache)")
+  parser.add_argument("--json_out", help=argparse.SUPPRESS)
   args = parser.parse_args()
+
+  if len(args.vocab) > 1:  # each vocabulary in a fresh process: none runs after the other's
+    report = {}          # TF / Beam pipelines, which leave the process slower for a while
+    for kind in args.vocab:
+      out = tempfile.mktemp(suffix=".json")
+      command = [sys.executable, os.path.abspath(__file__), "--examples", str(args.examples),
+                 "--workers", str(args.workers), "--vocab", kind, "--json_out", out]
+      subprocess.run(command + (["--skip_seqio"] if args.skip_seqio else []), check=True)
+      with open(out) as f:
+        report.update(json.load(f))
+    print(json.dumps(report, indent=1))
+    return
 
   from mtjax.data import cache
 
@@ -175,20 +204,23 @@ def main():
       timed(name, lambda: cache.cache_task_split(task, "train", out, **kw))
       return cache.split_dir(out, task.name, "train")
 
+    # mtjax's TF-free builds first: as in `mtjax cache`, SeqIO is imported (the task is
+    # registered) but no TF pipeline has run in this process yet
+    one = build("mtjax_tf_free_1w", tf_free=True)
+    many = build(f"mtjax_tf_free_{args.workers}w", tf_free=True, num_workers=args.workers)
     if not args.skip_seqio:
-      def beam_job():
-        written = seqio_beam(task.name, os.path.join(root, f"{kind}_seqio_beam"))
-        assert written == n, written
-      timed("seqio_beam", beam_job)
+      slow = build("mtjax_seqio_1w", tf_free=False)
 
       def seqio_pipeline():
         ds = task.get_dataset(None, split="train", use_cached=False, shuffle=False)
         count = sum(1 for _ in ds.as_numpy_iterator())
         assert count == n, count
       timed("seqio_get_dataset", seqio_pipeline)
-      slow = build("mtjax_seqio_1w", tf_free=False)
-    one = build("mtjax_tf_free_1w", tf_free=True)
-    many = build(f"mtjax_tf_free_{args.workers}w", tf_free=True, num_workers=args.workers)
+
+      def beam_job():
+        written = seqio_beam(task.name, os.path.join(root, f"{kind}_seqio_beam"))
+        assert written == n, written
+      timed("seqio_beam", beam_job)
     with open(os.path.join(one, "manifest.json")) as f:
       tokens = json.load(f)["token_lengths"]["inputs"]["mean"]
 
@@ -209,8 +241,16 @@ def main():
               fast / results["mtjax_seqio_1w"]["examples_per_s"], 2),
           "same_bits_seqio_path_tf_free": same_bits(slow, one),
       })
+      if not summary["same_bits_seqio_path_tf_free"]:
+        # SentencePiece: tf_text's op (SeqIO's encode_tf) and the sentencepiece library (SeqIO's
+        # encode, the TF-free path) break exact Viterbi ties differently
+        summary["examples_tokenized_differently"] = examples_differing(slow, one)
     report[kind] = {"results": results, "summary": summary}
-  print(json.dumps(report, indent=1))
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(report, f)
+  else:
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
