@@ -394,3 +394,25 @@ def test_a_shared_vocabulary_reaches_the_workers_once(data, tmp_path):
     rows, encoders = caching_run.loads(raw[job.key], blobs)
     assert encoders["inputs"].model == model
     assert rows.num_rows(job.split) == job.payload[0].num_rows(job.split)
+
+
+def test_splits_finished_while_this_process_assembles_another_go_to_the_workers(
+    reference, tmp_path, monkeypatch, caplog):
+  """With workers running, this process assembles one split at a time; a split whose units all
+  finish meanwhile is assembled by a worker. (This process's assembly is slowed down here so
+  that happens; the workers are other processes.) The cache is the reference's bytes."""
+  import logging
+  import time
+
+  from mtjax.data.caching import assemble
+
+  add = assemble.SplitWriter.add
+  monkeypatch.setattr(assemble.SplitWriter, "add",
+                      lambda self, entry: time.sleep(0.3) or add(self, entry))
+  out = str(tmp_path / "offloaded")
+  with caplog.at_level(logging.INFO, logger="mtjax.data.caching.run"):
+    cache.cache_mixture("build_mix", out, num_shards=2, tf_free=True, num_workers=2)
+  _same(reference, out)
+  assert not os.path.exists(os.path.join(out, ".build"))
+  found = re.findall(r"(\d+) of 3 splits assembled by workers", caplog.text)
+  assert found and int(found[0]) >= 1, caplog.text

@@ -175,21 +175,37 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
       ledger.clear(job.task, job.split, job.build)
     manifests[key] = manifest
 
+  pool = []  # the worker pool while it runs
+  lead = []  # the split this process assembles while the pool runs (the first to start)
+  offloaded: dict = {}  # key -> the pool's assembly of that split (AsyncResult)
+
   def feed(key) -> None:
     """Adds the split's finished units, in order, to its assembly (if it is this host's to
     assemble), so the shards are written while later units are built; publishes the split
-    once every unit is in."""
+    once every unit is in. While workers run, this process assembles the first split to start
+    (so a one-split build overlaps its assembly with its units); every other split is
+    assembled by a worker once its units are finished (assembly is a serial copy with
+    compression, ~45 us per example: on a many-core host one process could not keep up)."""
     job = by_key[key]
-    if key in manifests or not assembler[key]:
+    if key in manifests or key in offloaded or not assembler[key]:
       return
     try:
       writer = writers.get(key)
+      if writer is None and pool and (writers or lead):
+        if len(done[key]) == len(job.units):
+          job._offloaded = True  # pylint: disable=protected-access  (for the log line)
+          offloaded[key] = pool[0].apply_async(
+              _assemble_in_worker,
+              (dataclasses.replace(job, producer=None, payload=None), cache_dir, ledger.remote))
+        return
       if writer is None:
         if 0 not in done[key]:
           return
         existing = published(cache_dir, job.task, job.split, job.fingerprint)
         if existing is not None:
           return adopt(key, existing)
+        if pool:
+          lead.append(key)
         writer = writers[key] = assemble.SplitWriter(
             ledger, job.task, job.split, job.fingerprint, job.build, len(job.units),
             job.num_shards, job.token_features, job.manifest_base, job.empty_message)
@@ -234,7 +250,24 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
           on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features,
                                   cache_dir, ledger.remote))
       else:
-        _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit)
+        def collect() -> None:  # the splits the workers assembled
+          for key, result in list(offloaded.items()):
+            try:
+              manifests[key] = result.get()
+            except Exception:  # pylint: disable=broad-except
+              job = by_key[key]
+              existing = published(cache_dir, job.task, job.split, job.fingerprint)
+              if existing is None:
+                raise
+              manifests[key] = existing
+            del offloaded[key]
+            credit(key, range(len(by_key[key].units)))
+
+        _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit, pool, collect)
+        log.info("cache build: %d of %d splits assembled by workers",
+                 sum(1 for job in jobs if getattr(job, "_offloaded", False)), len(jobs))
+        for key in list(by_key):  # (a split left without a writer when the pool ended)
+          feed(key)
 
     # Units of other hosts (or of a concurrent build), then the splits other hosts assemble.
     deadline = time.monotonic() + wait_timeout_s
@@ -292,7 +325,14 @@ def _assemble(ledger: units.Ledger, job: SplitJob) -> dict:
     return existing
 
 
-def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_unit) -> None:
+def _assemble_in_worker(job: SplitJob, cache_dir: str, shared: bool) -> dict:
+  return _assemble(units.Ledger(cache_dir, shared), job)
+
+
+def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_unit,
+              pool_ref: list, collect) -> None:
+  """Runs the units on a pool of spawned workers; `pool_ref` holds the pool meanwhile (for
+  assemblies given to it), `collect()` takes their results before the pool closes."""
   import multiprocessing  # pylint: disable=g-import-not-at-top
 
   keys = {u.key for u in todo}
@@ -303,5 +343,10 @@ def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_u
   # spawn: TensorFlow (loaded by SeqIO in this process) is not fork-safe
   with multiprocessing.get_context("spawn").Pool(min(num_workers, len(todo)), _init_worker,
                                                  (raw, blobs)) as pool:
-    for unit, n in pool.imap_unordered(_work, args):
-      on_unit(unit, n)
+    pool_ref.append(pool)
+    try:
+      for unit, n in pool.imap_unordered(_work, args):
+        on_unit(unit, n)
+      collect()
+    finally:
+      pool_ref.clear()
