@@ -293,8 +293,9 @@ def test_concurrent_builds_and_two_hosts_sharing_a_dir(reference, data, tmp_path
 
 
 def test_two_hosts_build_one_cache_on_gcs(reference, data, gcs_bucket, tmp_path, monkeypatch):
-  """Two hosts (each with its own staging mirror: another process is host 1) build disjoint
-  shares into a gs:// cache dir; a third host reads it back: the reference's bytes."""
+  """Two hosts (each with its own staging mirror: another process is host 1; host 0 with two
+  workers) build disjoint shares into a gs:// cache dir; a third host reads it back: the
+  reference's bytes."""
   from mtjax import fs
   from mtjax.data import staging
 
@@ -303,8 +304,9 @@ def test_two_hosts_build_one_cache_on_gcs(reference, data, gcs_bucket, tmp_path,
                        env=dict(os.environ, MTJAX_STAGING_DIR=str(tmp_path / "host1")))
   monkeypatch.setenv("MTJAX_STAGING_DIR", str(tmp_path / "host0"))
   staging.forget()
+  # host 0 on two workers: they also assemble the splits whose units host 1 finishes meanwhile
   cache.cache_mixture("build_mix", url, num_shards=2, tf_free=True, num_processes=2,
-                      process_id=0, poll_s=0.2)
+                      process_id=0, poll_s=0.2, num_workers=2)
   _wait([host1])
   assert not fs.exists(f"{url}/.build") or not fs.listdir(f"{url}/.build")
   monkeypatch.setenv("MTJAX_STAGING_DIR", str(tmp_path / "reader"))

@@ -16,6 +16,7 @@ published, so the command returns on every host with the whole cache in place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -243,59 +244,81 @@ def build(jobs: Sequence[SplitJob], cache_dir: str, num_workers: int = 1,
     todo = [u for u in todo if u.key not in manifests]
     for key in list(by_key):
       feed(key)
-    if todo:
-      if num_workers <= 1 or len(todo) == 1:
-        for unit in todo:
-          job = by_key[unit.key]
-          on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features,
-                                  cache_dir, ledger.remote))
-      else:
-        def collect() -> None:  # the splits the workers assembled
-          for key, result in list(offloaded.items()):
-            try:
-              manifests[key] = result.get()
-            except Exception:  # pylint: disable=broad-except
-              job = by_key[key]
-              existing = published(cache_dir, job.task, job.split, job.fingerprint)
-              if existing is None:
-                raise
-              manifests[key] = existing
-            del offloaded[key]
-            credit(key, range(len(by_key[key].units)))
-
-        _run_pool(todo, by_key, cache_dir, ledger.remote, num_workers, on_unit, pool, collect)
-        log.info("cache build: %d of %d splits assembled by workers",
-                 sum(1 for job in jobs if getattr(job, "_offloaded", False)), len(jobs))
-        for key in list(by_key):  # (a split left without a writer when the pool ended)
-          feed(key)
-
-    # Units of other hosts (or of a concurrent build), then the splits other hosts assemble.
-    deadline = time.monotonic() + wait_timeout_s
-    while len(manifests) < len(jobs):
-      progressed = False
-      for job in jobs:
-        if job.key in manifests:
+    def collect(block: bool) -> bool:
+      """Takes the manifests of the splits the workers assembled (only the finished ones unless
+      `block`); whether any was taken."""
+      taken = False
+      for key, result in list(offloaded.items()):
+        if not block and not result.ready():
           continue
-        manifest = published(cache_dir, job.task, job.split, job.fingerprint)
-        if manifest is None and assembler[job.key]:
-          for index, entry in ledger.done(job.task, job.split, job.build).items():
-            done[job.key].setdefault(index, entry)
-          credit(job.key, done[job.key])
-          feed(job.key)
-          manifest = manifests.get(job.key)
-        if manifest is not None:
-          if job.key not in manifests:
-            adopt(job.key, manifest)
-          credit(job.key, range(len(job.units)))
-          progressed = True
-      if len(manifests) < len(jobs):
-        if time.monotonic() > deadline:
-          raise RuntimeError(f"cache build: {len(jobs) - len(manifests)} splits still unfinished "
-                             f"after {wait_timeout_s:.0f} s (are all {count} processes running, "
-                             "and is the cache dir shared by all of them?)")
-        if not progressed:
-          bar.update(note=f"waiting for {len(jobs) - len(manifests)} splits of other hosts")
-          time.sleep(poll_s)
+        try:
+          manifest = result.get()
+        except Exception:  # pylint: disable=broad-except
+          job = by_key[key]
+          manifest = published(cache_dir, job.task, job.split, job.fingerprint)
+          if manifest is None:
+            raise
+        manifests[key] = manifest
+        del offloaded[key]
+        credit(key, range(len(by_key[key].units)))
+        taken = True
+      return taken
+
+    def settle() -> None:
+      """Units of other hosts (or of a concurrent build), the splits the workers assemble, then
+      the splits other hosts assemble: returns once every split of the plan is published."""
+      deadline = time.monotonic() + wait_timeout_s
+      while len(manifests) < len(jobs):
+        progressed = collect(block=False)
+        for job in jobs:
+          if job.key in manifests or job.key in offloaded:
+            continue
+          manifest = published(cache_dir, job.task, job.split, job.fingerprint)
+          if manifest is None and assembler[job.key]:
+            for index, entry in ledger.done(job.task, job.split, job.build).items():
+              done[job.key].setdefault(index, entry)
+            credit(job.key, done[job.key])
+            feed(job.key)
+            manifest = manifests.get(job.key)
+            progressed = progressed or job.key in offloaded
+          if manifest is not None:
+            if job.key not in manifests:
+              adopt(job.key, manifest)
+            credit(job.key, range(len(job.units)))
+            progressed = True
+        if len(manifests) < len(jobs):
+          if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"cache build: {len(jobs) - len(manifests)} splits still unfinished after "
+                f"{wait_timeout_s:.0f} s (are all {count} processes running, and is the cache "
+                "dir shared by all of them?)")
+          if not progressed:
+            if offloaded:  # a worker's assembly: wait for it rather than for the poll
+              next(iter(offloaded.values())).wait(poll_s)
+            else:
+              bar.update(note=f"waiting for {len(jobs) - len(manifests)} splits of other hosts")
+              time.sleep(poll_s)
+
+    if todo and num_workers > 1 and len(todo) > 1:
+      # The pool stays up until every split is published: splits whose units finish here or
+      # on other hosts meanwhile are assembled by its workers.
+      with _pool(todo, by_key, cache_dir, ledger.remote, num_workers) as (workers, args):
+        pool.append(workers)
+        try:
+          for unit, n in workers.imap_unordered(_work, args):
+            on_unit(unit, n)
+          settle()
+          collect(block=True)
+        finally:
+          pool.clear()
+      log.info("cache build: %d of %d splits assembled by workers",
+               sum(1 for job in jobs if getattr(job, "_offloaded", False)), len(jobs))
+    else:
+      for unit in todo:
+        job = by_key[unit.key]
+        on_unit(unit, _run_unit(unit, job.producer, job.payload, job.token_features,
+                                cache_dir, ledger.remote))
+    settle()
   finally:
     for writer in writers.values():
       writer.abort()
@@ -329,10 +352,9 @@ def _assemble_in_worker(job: SplitJob, cache_dir: str, shared: bool) -> dict:
   return _assemble(units.Ledger(cache_dir, shared), job)
 
 
-def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_unit,
-              pool_ref: list, collect) -> None:
-  """Runs the units on a pool of spawned workers; `pool_ref` holds the pool meanwhile (for
-  assemblies given to it), `collect()` takes their results before the pool closes."""
+@contextlib.contextmanager
+def _pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int):
+  """A pool of spawned workers holding the payloads of `todo`'s splits, and the unit tasks."""
   import multiprocessing  # pylint: disable=g-import-not-at-top
 
   keys = {u.key for u in todo}
@@ -342,11 +364,5 @@ def _run_pool(todo, by_key, cache_dir: str, shared: bool, num_workers: int, on_u
           for u in todo]
   # spawn: TensorFlow (loaded by SeqIO in this process) is not fork-safe
   with multiprocessing.get_context("spawn").Pool(min(num_workers, len(todo)), _init_worker,
-                                                 (raw, blobs)) as pool:
-    pool_ref.append(pool)
-    try:
-      for unit, n in pool.imap_unordered(_work, args):
-        on_unit(unit, n)
-      collect()
-    finally:
-      pool_ref.clear()
+                                                 (raw, blobs)) as workers:
+    yield workers, args
